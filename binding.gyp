@@ -1,0 +1,14 @@
+{
+  "targets": [
+    {
+      "target_name": "vhost_s3_native",
+      "sources": [
+        "native/addon.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra"],
+      "libraries": []
+    }
+  ]
+}

@@ -1,0 +1,141 @@
+// Typed face of the C++ addon (native/). The addon only performs system calls and
+// memory fences; every decision (what to map, which fd belongs to which queue, whether
+// an address is valid) is made in TypeScript. Errors thrown by the addon are
+// `NativeError`s carrying the positive errno in `.errno` and its name in `.code`.
+import { createRequire } from 'node:module';
+
+export interface RecvResult {
+  /** Bytes received; 0 means the peer closed the connection. */
+  readonly bytes: number;
+  /** File descriptors received with SCM_RIGHTS (already O_CLOEXEC). */
+  readonly fds: number[];
+}
+
+/**
+ * One mmap() of a memory-region fd. The mapping is exposed as consecutive external
+ * ArrayBuffer windows of at most WINDOW_SIZE bytes each (V8 cannot hold one buffer
+ * over 4 GiB). `unmap()` detaches every window (later JS access sees length 0 rather
+ * than faulting) and munmaps once; calling it again, or the GC finalizer running
+ * after it, does nothing.
+ */
+export interface Mapping {
+  /** Host virtual address of byte 0 (fits in a double: user addresses are < 2^47). */
+  readonly address: number;
+  readonly length: number;
+  /** windows[i] covers bytes [i*WINDOW_SIZE, min(length, (i+1)*WINDOW_SIZE)). */
+  readonly windows: ArrayBuffer[];
+  readonly mapped: boolean;
+  unmap(): void;
+}
+
+export const POLL_READABLE = 1;
+export const POLL_WRITABLE = 2;
+
+/** A uv_poll watcher on an fd; the callback runs on the event loop thread. */
+export interface Poller {
+  /** status is 0 or a negative errno; events is a POLL_* mask. */
+  start(events: number): void;
+  stop(): void;
+  close(): void;
+}
+
+export type IoOp = 'readv' | 'writev' | 'fdatasync' | 'fallocate';
+
+/**
+ * An io_uring instance whose completion eventfd is watched by the event loop.
+ * Submissions are queued by the prepare calls and sent with one io_uring_submit()
+ * per `submit()`; completions arrive in batches as (tag, result) pairs, result being
+ * bytes transferred or a negative errno.
+ * iovecs are packed as [address, length, address, length, ...] of host virtual
+ * addresses; every (address, length) pair must lie inside a live Mapping or the
+ * prepare call throws EFAULT (a second line of defence behind the TS bounds checks).
+ */
+export interface Uring {
+  prepReadv(fd: number, iov: Float64Array, iovCount: number, position: number, tag: number): void;
+  prepWritev(fd: number, iov: Float64Array, iovCount: number, position: number, tag: number): void;
+  prepFdatasync(fd: number, tag: number): void;
+  prepFallocate(fd: number, mode: number, offset: number, length: number, tag: number): void;
+  /** Submits everything prepared; returns the number submitted. */
+  submit(): number;
+  /** Number of submission queue slots still free before submit() must be called. */
+  readonly sqSpace: number;
+  close(): void;
+}
+
+export interface NativeAddon {
+  readonly WINDOW_SIZE: number;
+
+  // Unix sockets (all fds non-blocking and close-on-exec).
+  unixListen(path: string, backlog: number): number;
+  /** Returns the accepted fd, or -1 when no connection is pending (EAGAIN). */
+  unixAccept(listenFd: number): number;
+  /** Connects (blocking until connected), then makes the fd non-blocking. */
+  unixConnect(path: string): number;
+  socketPair(): [number, number];
+  /**
+   * recvmsg() into buf[offset, offset+length) with room for up to maxFds fds.
+   * Returns null on EAGAIN. Throws EMSGSIZE (after closing what did arrive) if the
+   * control data was truncated (MSG_CTRUNC).
+   */
+  recvMsg(fd: number, buf: Uint8Array, offset: number, length: number, maxFds: number): RecvResult | null;
+  /** sendmsg() of buf[offset, offset+length) with fds as SCM_RIGHTS; returns bytes sent, -1 on EAGAIN. */
+  sendMsg(fd: number, buf: Uint8Array, offset: number, length: number, fds: number[]): number;
+  close(fd: number): void;
+  dup(fd: number): number;
+
+  createPoller(fd: number, callback: (status: number, events: number) => void): Poller;
+
+  // eventfd (EFD_NONBLOCK | EFD_CLOEXEC)
+  eventfd(initval: number): number;
+  /** Returns the counter (reset to 0), or 0 when it was already 0 (EAGAIN). */
+  eventfdRead(fd: number): number;
+  eventfdWrite(fd: number, value: number): void;
+
+  // memory
+  memfdCreate(name: string, size: number): number;
+  mmap(fd: number, offset: number, length: number, writable: boolean): Mapping;
+  /** Full memory barrier (mfence / __atomic_thread_fence(SEQ_CST)). */
+  fence(): void;
+  /**
+   * The fenced "publish index and decide whether to notify" step of a split ring,
+   * used by the device (used ring) and by the driver (avail ring):
+   *   store u16 newIdx at idxBuf[idxOffset] (little endian, release);
+   *   full fence;
+   *   if eventIdx: read u16 ev at evBuf[evOffset]; notify = (u16)(newIdx - ev - 1) < (u16)(newIdx - oldIdx)
+   *   else:        read u16 flags at evBuf[evOffset]; notify = (flags & 1) == 0
+   *   if notify and notifyFd >= 0: write 1 to the eventfd notifyFd.
+   * Returns notify.
+   */
+  publishIdx(
+    idxBuf: ArrayBuffer, idxOffset: number, newIdx: number, oldIdx: number,
+    evBuf: ArrayBuffer, evOffset: number, eventIdx: boolean, notifyFd: number,
+  ): boolean;
+
+  // synchronous file I/O into mapped memory (same iovec packing as Uring)
+  preadv(fd: number, iov: Float64Array, iovCount: number, position: number): number;
+  pwritev(fd: number, iov: Float64Array, iovCount: number, position: number): number;
+  fdatasync(fd: number): void;
+  fallocate(fd: number, mode: number, offset: number, length: number): void;
+
+  /** Returns null when io_uring is unavailable here (old kernel, seccomp). */
+  createUring(entries: number, onComplete: (tags: Float64Array, results: Int32Array, count: number) => void): Uring | null;
+}
+
+export class NativeError extends Error {
+  errno = 0;
+  code = '';
+}
+
+const require = createRequire(import.meta.url);
+
+function load(): NativeAddon {
+  // dist/src/native/index.js → ../../../build/Release
+  return require('../../../build/Release/vhost_s3_native.node') as NativeAddon;
+}
+
+export const native: NativeAddon = load();
+
+// Linux fallocate(2) modes used by the blk device.
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
