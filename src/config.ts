@@ -1,0 +1,154 @@
+// Configuration: every option has a flag, a VHOST_S3_* environment variable, a default
+// and a doc line, declared once per command in a convict schema. Flags win over the
+// environment, which wins over defaults. Anything invalid is a ConfigError (one line,
+// exit 2) — including flags that no schema declares, which convict would ignore.
+import convict from 'convict';
+import { ConfigError } from './util/errors.js';
+import { LOG_LEVELS } from './util/log.js';
+
+const SIZE_UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
+
+/** Parses "20G", "512M", "4k", "1048576" (binary units, optional trailing B/iB). */
+export function parseSize(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*$/.exec(text);
+  if (!m) throw new ConfigError(`invalid size "${text}" (expected e.g. 512M, 20G or a byte count)`);
+  const bytes = Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!;
+  if (!Number.isSafeInteger(Math.round(bytes))) throw new ConfigError(`size "${text}" is too large`);
+  return Math.round(bytes);
+}
+
+convict.addFormat({
+  name: 'size',
+  validate(value: unknown) {
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw new Error('must be a size such as 512M or 20G');
+  },
+  coerce: (value: unknown) => (typeof value === 'number' ? value : parseSize(String(value))),
+});
+
+convict.addFormat({
+  name: 'positive-int',
+  validate(value: unknown) {
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) throw new Error('must be a positive integer');
+  },
+  coerce: (value: unknown) => Number(value),
+});
+
+export interface OptionSpec {
+  readonly doc: string;
+  readonly format: unknown;
+  readonly default: unknown;
+  readonly env: string;
+  readonly arg: string;
+  readonly nullable?: boolean;
+}
+
+export type Schema = Record<string, OptionSpec>;
+
+const common = {
+  logLevel: { doc: 'log level (debug, info, warn, error, silent); logs are JSON lines on stderr', format: LOG_LEVELS, default: 'info', env: 'VHOST_S3_LOG_LEVEL', arg: 'log-level' },
+  debug: { doc: 'print stack traces of errors', format: Boolean, default: false, env: 'VHOST_S3_DEBUG', arg: 'debug' },
+} satisfies Schema;
+
+const blkDevice = {
+  socket: { doc: 'vhost-user socket path to listen on', format: String, default: '', env: 'VHOST_S3_SOCKET', arg: 'socket' },
+  image: { doc: 'disk image: file:/path/to/disk.raw (a raw file)', format: String, default: '', env: 'VHOST_S3_IMAGE', arg: 'image' },
+  readonly: { doc: 'present the disk read-only (VIRTIO_BLK_F_RO)', format: Boolean, default: false, env: 'VHOST_S3_READONLY', arg: 'readonly' },
+  queues: { doc: 'number of request queues offered (virtio-blk MQ)', format: 'positive-int', default: 1, env: 'VHOST_S3_QUEUES', arg: 'queues' },
+  serial: { doc: 'disk serial returned by GET_ID (at most 20 bytes)', format: String, default: '', env: 'VHOST_S3_SERIAL', arg: 'serial' },
+  ioEngine: { doc: 'file I/O engine: uring (io_uring, falls back to sync when unavailable) or sync', format: ['uring', 'sync'] as const, default: 'uring', env: 'VHOST_S3_IO_ENGINE', arg: 'io-engine' },
+} satisfies Schema;
+
+export const schemas = {
+  blk: { ...common, ...blkDevice },
+  serve: {
+    ...common,
+    dataDir: { doc: 'directory holding the embedded default disk and sockets', format: String, default: './data', env: 'VHOST_S3_DATA_DIR', arg: 'data-dir' },
+    diskSize: { doc: 'size of the default disk created on first start', format: 'size', default: 1 << 30, env: 'VHOST_S3_DISK_SIZE', arg: 'disk-size' },
+    queues: blkDevice.queues,
+    ioEngine: blkDevice.ioEngine,
+  },
+  'bench blk': {
+    ...common,
+    socket: { doc: 'vhost-user-blk socket of the backend to drive', format: String, default: '', env: 'VHOST_S3_BENCH_SOCKET', arg: 'socket' },
+    rw: { doc: 'pattern: read, write, randread, randwrite, randrw', format: ['read', 'write', 'randread', 'randwrite', 'randrw'] as const, default: 'randread', env: 'VHOST_S3_BENCH_RW', arg: 'rw' },
+    bs: { doc: 'block size of each request', format: 'size', default: 4096, env: 'VHOST_S3_BENCH_BS', arg: 'bs' },
+    iodepth: { doc: 'requests in flight per queue', format: 'positive-int', default: 1, env: 'VHOST_S3_BENCH_IODEPTH', arg: 'iodepth' },
+    queues: { doc: 'request queues to use', format: 'positive-int', default: 1, env: 'VHOST_S3_BENCH_QUEUES', arg: 'queues' },
+    runtime: { doc: 'seconds to run (0: until --size bytes are done)', format: Number, default: 10, env: 'VHOST_S3_BENCH_RUNTIME', arg: 'runtime' },
+    size: { doc: 'total bytes to transfer (0: until --runtime ends)', format: 'size', default: 0, env: 'VHOST_S3_BENCH_SIZE', arg: 'size' },
+    rwmixread: { doc: 'percentage of reads for randrw', format: Number, default: 50, env: 'VHOST_S3_BENCH_RWMIXREAD', arg: 'rwmixread' },
+    verify: { doc: 'write a checkable pattern and verify every read against it', format: Boolean, default: false, env: 'VHOST_S3_BENCH_VERIFY', arg: 'verify' },
+    json: { doc: 'print one JSON object with the results', format: Boolean, default: false, env: 'VHOST_S3_BENCH_JSON', arg: 'json' },
+  },
+} satisfies Record<string, Schema>;
+
+export type CommandName = keyof typeof schemas;
+
+type ValueOf<S extends OptionSpec> = S['format'] extends BooleanConstructor
+  ? boolean
+  : S['format'] extends StringConstructor
+    ? string
+    : S['format'] extends readonly (infer U)[]
+      ? U
+      : number;
+
+export type ConfigOf<C extends CommandName> = { -readonly [K in keyof (typeof schemas)[C]]: (typeof schemas)[C][K] extends OptionSpec ? ValueOf<(typeof schemas)[C][K]> : never };
+
+/** Loads a command's configuration from argv flags and the environment. */
+export function loadConfig<C extends CommandName>(command: C, argv: string[], env: NodeJS.ProcessEnv = process.env): ConfigOf<C> {
+  const schema: Schema = schemas[command];
+  const flags = parseFlags(schema, argv);
+  try {
+    // Flags are parsed here rather than by convict, which would turn "--serial 0123" into a number.
+    const conf = convict(schema as convict.Schema<unknown>, { args: [], env });
+    for (const [key, value] of flags) conf.set(key, value);
+    conf.validate({ allowed: 'strict' });
+    return conf.getProperties() as ConfigOf<C>;
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    throw new ConfigError(firstLine((err as Error).message));
+  }
+}
+
+function firstLine(s: string): string {
+  return s.split('\n')[0]!.replace(/^[a-zA-Z]+: /, '');
+}
+
+/** `--name value`, `--name=value`, `--flag`, `--no-flag` → schema key and raw value. */
+function parseFlags(schema: Schema, argv: string[]): Map<string, string | boolean> {
+  const byArg = new Map(Object.entries(schema).map(([key, o]) => [o.arg, { key, spec: o }]));
+  const out = new Map<string, string | boolean>();
+  for (let i = 0; i < argv.length; i++) {
+    const tok = argv[i]!;
+    if (!tok.startsWith('--')) throw new ConfigError(`unexpected argument "${tok}"`);
+    const eq = tok.indexOf('=');
+    let name = eq < 0 ? tok.slice(2) : tok.slice(2, eq);
+    const negated = name.startsWith('no-') && !byArg.has(name);
+    if (negated) name = name.slice(3);
+    const entry = byArg.get(name);
+    if (!entry) throw new ConfigError(`unknown option --${name} (see --help)`);
+    if (entry.spec.format === Boolean) {
+      const raw = eq < 0 ? 'true' : tok.slice(eq + 1);
+      if (raw !== 'true' && raw !== 'false') throw new ConfigError(`option --${name} takes true or false`);
+      out.set(entry.key, negated ? raw === 'false' : raw === 'true');
+      continue;
+    }
+    if (negated) throw new ConfigError(`unknown option --no-${name} (see --help)`);
+    if (eq >= 0) out.set(entry.key, tok.slice(eq + 1));
+    else if (i + 1 < argv.length) out.set(entry.key, argv[++i]!);
+    else throw new ConfigError(`option --${name} needs a value`);
+  }
+  return out;
+}
+
+/** Human-readable schema: one block per option (used by --help and `config --help`). */
+export function describeSchema(command: CommandName): string {
+  const lines: string[] = [];
+  for (const spec of Object.values(schemas[command]) as OptionSpec[]) {
+    const value = spec.format === Boolean ? '' : ' <value>';
+    const def = spec.default === '' ? '' : `  [default: ${String(spec.default)}]`;
+    lines.push(`  --${spec.arg}${value}`.padEnd(30) + `${spec.doc}${def}`);
+    lines.push(`${' '.repeat(30)}env ${spec.env}`);
+  }
+  return lines.join('\n');
+}
