@@ -1,0 +1,47 @@
+// A blk export: one image served as a vhost-user-blk device on one socket.
+import { VhostUserServer } from '../vhost/server.js';
+import type { Logger } from '../util/log.js';
+import { BlkDevice } from './device.js';
+import { openImage } from './open-image.js';
+import type { IoEngineName } from './file-io.js';
+import type { BlockImage } from './image.js';
+
+export interface BlkExportOptions {
+  readonly socket: string;
+  readonly image: string;
+  readonly readOnly: boolean;
+  readonly queues: number;
+  readonly serial: string;
+  readonly ioEngine: IoEngineName;
+  readonly log: Logger;
+}
+
+export class BlkExport {
+  private constructor(
+    readonly image: BlockImage,
+    readonly device: BlkDevice,
+    private readonly server: VhostUserServer,
+  ) {}
+
+  static async start(opts: BlkExportOptions): Promise<BlkExport> {
+    const image = openImage(opts.image, { readOnly: opts.readOnly, ioEngine: opts.ioEngine });
+    const log = opts.log.child({ device: 'blk', socket: opts.socket });
+    const device = new BlkDevice({ image, numQueues: opts.queues, serial: opts.serial, log });
+    try {
+      const server = new VhostUserServer({ path: opts.socket, device, log });
+      await server.listen();
+      log.info('serving vhost-user-blk', { image: opts.image, size: image.size, readOnly: image.readOnly, queues: opts.queues });
+      return new BlkExport(image, device, server);
+    } catch (err) {
+      await image.close();
+      throw err;
+    }
+  }
+
+  /** Stops accepting, lets in-flight requests complete, then makes the image durable and closes it. */
+  async close(): Promise<void> {
+    await this.server.close();
+    await new Promise<void>((resolve, reject) => this.image.flush((r) => (r < 0 ? reject(new Error(`flush failed: errno ${-r}`)) : resolve())));
+    await this.image.close();
+  }
+}
