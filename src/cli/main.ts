@@ -1,0 +1,83 @@
+// Command dispatch and the error policy of the command line: configuration errors are
+// one line on stderr and exit 2; other failures exit 1 (stack trace only with --debug).
+import { readFileSync } from 'node:fs';
+import { ConfigError } from '../util/errors.js';
+import { describeSchema, schemas, type CommandName } from '../config.js';
+import { runBlk } from './blk.js';
+import { runServe } from './serve.js';
+
+interface Command {
+  readonly summary: string;
+  readonly usage: string;
+  readonly run: (argv: string[]) => Promise<void>;
+}
+
+const commands: Partial<Record<CommandName, Command>> = {
+  serve: { summary: 'run the gateway on the embedded default store (what `npm start` runs)', usage: 'vhost-s3 serve [options]', run: runServe },
+  blk: { summary: 'serve a disk image over a vhost-user-blk socket', usage: 'vhost-s3 blk --socket PATH --image file:/path/disk.raw [options]', run: runBlk },
+};
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function usage(): string {
+  const rows = (Object.entries(commands) as [CommandName, Command][]).map(([name, c]) => `  ${name.padEnd(12)}${c.summary}`);
+  return [
+    'usage: vhost-s3 <command> [options]',
+    '',
+    'commands:',
+    ...rows,
+    `  ${'config'.padEnd(12)}print every option of every command with its environment variable`,
+    '',
+    'Every option can also be given as an environment variable (VHOST_S3_*); flags win.',
+    'Run `vhost-s3 <command> --help` for a command\'s options.',
+  ].join('\n');
+}
+
+function commandHelp(name: CommandName, cmd: Command): string {
+  return `usage: ${cmd.usage}\n\n${cmd.summary}\n\noptions:\n${describeSchema(name)}`;
+}
+
+/** Splits "bench blk --x" into the longest known command name and its flags. */
+function resolveCommand(argv: string[]): { name: CommandName; rest: string[] } | null {
+  for (const words of [2, 1]) {
+    const name = argv.slice(0, words).join(' ');
+    if (argv.length >= words && name in commands) return { name: name as CommandName, rest: argv.slice(words) };
+  }
+  return null;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const debug = argv.includes('--debug') || process.env.VHOST_S3_DEBUG === 'true';
+  try {
+    if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+      process.stdout.write(usage() + '\n');
+      return;
+    }
+    if (argv[0] === '--version') {
+      process.stdout.write(version() + '\n');
+      return;
+    }
+    if (argv[0] === 'config') {
+      const all = (Object.keys(schemas) as CommandName[]).map((n) => `${n}:\n${describeSchema(n)}`);
+      process.stdout.write(all.join('\n\n') + '\n');
+      return;
+    }
+    const found = resolveCommand(argv);
+    if (!found) throw new ConfigError(`unknown command "${argv.slice(0, 2).join(' ')}" (see vhost-s3 --help)`);
+    const cmd = commands[found.name]!;
+    if (found.rest.includes('--help') || found.rest.includes('-h')) {
+      process.stdout.write(commandHelp(found.name, cmd) + '\n');
+      return;
+    }
+    await cmd.run(found.rest);
+    process.exit(0);
+  } catch (err) {
+    const e = err as Error;
+    process.stderr.write(`vhost-s3: ${e.message.split('\n')[0]}\n`);
+    if (debug && e.stack) process.stderr.write(e.stack + '\n');
+    process.exit(err instanceof ConfigError ? 2 : 1);
+  }
+}
