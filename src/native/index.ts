@@ -130,7 +130,12 @@ const require = createRequire(import.meta.url);
 
 function load(): NativeAddon {
   // dist/src/native/index.js → ../../../build/Release
-  return require('../../../build/Release/vhost_s3_native.node') as NativeAddon;
+  const addon = require('../../../build/Release/vhost_s3_native.node') as NativeAddon & {
+    setErrorClass(ctor: typeof NativeError): void;
+  };
+  // Addon errors are created as NativeError instances, so `instanceof` works.
+  addon.setErrorClass(NativeError);
+  return addon;
 }
 
 export const native: NativeAddon = load();

@@ -1,0 +1,28 @@
+// Per-environment state shared by the addon's modules, and their registration hooks.
+#pragma once
+
+#include <napi.h>
+
+namespace vhs {
+
+struct AddonData {
+  // NativeError from index.ts, so `err instanceof NativeError` holds for addon errors.
+  Napi::FunctionReference errorClass;
+  // Classes whose instances are only created by the factory functions.
+  Napi::FunctionReference mappingClass;
+  Napi::FunctionReference pollerClass;
+  Napi::FunctionReference uringClass;
+};
+
+inline AddonData* GetAddonData(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
+
+void InitSocket(Napi::Env env, Napi::Object exports);
+void InitFd(Napi::Env env, Napi::Object exports);
+void InitPoller(Napi::Env env, Napi::Object exports);
+void InitEventfd(Napi::Env env, Napi::Object exports);
+void InitMemory(Napi::Env env, Napi::Object exports);
+void InitRing(Napi::Env env, Napi::Object exports);
+void InitFileIo(Napi::Env env, Napi::Object exports);
+void InitUring(Napi::Env env, Napi::Object exports);
+
+}  // namespace vhs

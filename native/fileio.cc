@@ -1,0 +1,79 @@
+// Synchronous vectored file I/O straight into mapped guest memory, for the paths where
+// a blocking syscall on the event loop is acceptable (page-cache hits, setup, tests)
+// and a Buffer copy is not.
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "addon.h"
+#include "args.h"
+#include "iovec.h"
+
+namespace vhs {
+namespace {
+
+template <bool kWrite>
+Napi::Value Vectored(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* name = kWrite ? "pwritev" : "preadv";
+  int fd;
+  IovecArgs args;
+  int64_t position;
+  if (!ArgFd(info, 0, &fd) || !ArgIovecs(info, 1, &args) || !ArgPosition(info, 3, &position)) {
+    return env.Undefined();
+  }
+  iovec iov[kMaxIovecs];
+  if (!FillIovecs(env, args, iov, name)) return env.Undefined();
+  int count = static_cast<int>(args.count);
+  ssize_t n;
+  do {
+    // The *2 variants accept position -1 (use and advance the file position).
+    n = kWrite ? pwritev2(fd, iov, count, position, 0) : preadv2(fd, iov, count, position, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    ThrowErrno(env, errno, name);
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+Napi::Value Fdatasync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!ArgFd(info, 0, &fd)) return env.Undefined();
+  int r;
+  do {
+    r = fdatasync(fd);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) ThrowErrno(env, errno, "fdatasync");
+  return env.Undefined();
+}
+
+Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  double mode;
+  uint64_t offset, length;
+  if (!ArgFd(info, 0, &fd) || !ArgInteger(info, 1, "mode", 0, 2147483647.0, &mode) ||
+      !ArgU64(info, 2, "offset", &offset) || !ArgU64(info, 3, "length", &length)) {
+    return env.Undefined();
+  }
+  int r;
+  do {
+    r = fallocate(fd, static_cast<int>(mode), static_cast<off_t>(offset), static_cast<off_t>(length));
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) ThrowErrno(env, errno, "fallocate");
+  return env.Undefined();
+}
+
+}  // namespace
+
+void InitFileIo(Napi::Env env, Napi::Object exports) {
+  exports.Set("preadv", Napi::Function::New(env, Vectored<false>, "preadv"));
+  exports.Set("pwritev", Napi::Function::New(env, Vectored<true>, "pwritev"));
+  exports.Set("fdatasync", Napi::Function::New(env, Fdatasync, "fdatasync"));
+  exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
+}
+
+}  // namespace vhs
