@@ -1,0 +1,69 @@
+import { expect } from 'chai';
+import { native, POLL_READABLE, POLL_WRITABLE } from '../../src/native/index.js';
+import { nativeError } from './helpers.js';
+
+const tick = (ms = 20) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('native: Poller', () => {
+  it('fires on an eventfd write and stops firing after stop()', async () => {
+    const efd = native.eventfd(0);
+    const seen: Array<[number, number, number]> = [];
+    const poller = native.createPoller(efd, (status, events) => {
+      seen.push([status, events, native.eventfdRead(efd)]);
+    });
+    poller.start(POLL_READABLE);
+    await tick();
+    expect(seen).to.have.length(0);
+    native.eventfdWrite(efd, 3);
+    await tick();
+    expect(seen).to.deep.equal([[0, POLL_READABLE, 3]]);
+    poller.stop();
+    native.eventfdWrite(efd, 1);
+    await tick();
+    expect(seen).to.have.length(1);
+    poller.start(POLL_READABLE);
+    await tick();
+    expect(seen).to.have.length(2);
+    poller.close();
+    poller.close();
+    expect(() => poller.start(POLL_READABLE)).to.throw();
+    native.close(efd);
+  });
+
+  it('can be closed from inside its own callback', async () => {
+    const efd = native.eventfd(1);
+    let calls = 0;
+    const poller = native.createPoller(efd, () => {
+      calls++;
+      poller.close();
+    });
+    poller.start(POLL_READABLE);
+    await tick();
+    await tick();
+    expect(calls).to.equal(1);
+    native.close(efd);
+  });
+
+  it('reports writability', async () => {
+    const [a, b] = native.socketPair();
+    let events = 0;
+    const poller = native.createPoller(a, (_status, ev) => {
+      events = ev;
+      poller.stop();
+    });
+    poller.start(POLL_WRITABLE);
+    await tick();
+    expect(events & POLL_WRITABLE).to.equal(POLL_WRITABLE);
+    poller.close();
+    native.close(a);
+    native.close(b);
+  });
+
+  it('refuses to close an fd that an open poller watches', () => {
+    const efd = native.eventfd(0);
+    const poller = native.createPoller(efd, () => undefined);
+    expect(nativeError(() => native.close(efd)).code).to.equal('EBUSY');
+    poller.close();
+    native.close(efd);
+  });
+});
