@@ -11,9 +11,7 @@ export const VIRTQ_USED_F_NO_NOTIFY = 1;
 /** avail.flags bit: the driver does not want interrupts (used without EVENT_IDX). */
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 
-/** Feature bit numbers. */
-export const VIRTIO_RING_F_INDIRECT_DESC = 28;
-export const VIRTIO_RING_F_EVENT_IDX = 29;
+// Feature bits (as bigint masks) are in features.ts.
 
 /** Largest queue size of a split ring. */
 export const MAX_QUEUE_SIZE = 32768;
