@@ -14,6 +14,11 @@ struct AddonData {
   Napi::FunctionReference uringClass;
 };
 
+// JS callbacks of pollers and rings are kept as a hidden property of their wrapper
+// object, not as persistent references: a callback closing over its own poller would
+// otherwise root the poller forever and it could never be collected.
+constexpr const char* kCallbackKey = "__vhostS3Callback";
+
 inline AddonData* GetAddonData(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
 
 void InitSocket(Napi::Env env, Napi::Object exports);

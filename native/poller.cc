@@ -77,7 +77,8 @@ class Poller : public Napi::ObjectWrap<Poller> {
     handle_->uv.data = handle_;
     handle_->owner = this;
     MarkPolled(fd_);
-    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    info.This().As<Napi::Object>().DefineProperty(
+        Napi::PropertyDescriptor::Value(kCallbackKey, info[1], napi_writable));
     async_ = std::make_unique<Napi::AsyncContext>(env, "vhost-s3:Poller");
   }
 
@@ -118,7 +119,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     CloseHandle();
-    callback_.Reset();
+    Value().Set(kCallbackKey, info.Env().Undefined());  // let the closure go
     return info.Env().Undefined();
   }
 
@@ -141,17 +142,18 @@ class Poller : public Napi::ObjectWrap<Poller> {
 
   static void OnPoll(uv_poll_t* uv, int status, int events) {
     Poller* self = static_cast<PollHandle*>(uv->data)->owner;
-    if (self == nullptr || self->callback_.IsEmpty()) return;
+    if (self == nullptr) return;
     Napi::Env env = self->env_;
     Napi::HandleScope scope(env);
     // Holding the receiver in this scope keeps the wrapper alive even if the callback
     // closes the poller and drops the last reference.
     Napi::Object receiver = self->Value();
-    Napi::Function fn = self->callback_.Value();
+    Napi::Value fn = receiver.Get(kCallbackKey);
+    if (!fn.IsFunction()) return;
     napi_value args[2] = {Napi::Number::New(env, status), Napi::Number::New(env, events)};
     // MakeCallback rather than Call: it runs process.nextTick and promise jobs queued by
     // the callback, as for Node's own I/O callbacks.
-    fn.MakeCallback(receiver, 2, args, *self->async_);
+    fn.As<Napi::Function>().MakeCallback(receiver, 2, args, *self->async_);
     if (env.IsExceptionPending()) {
       // Without this an exception thrown by the callback would be silently dropped.
       Napi::Error error = env.GetAndClearPendingException();
@@ -163,7 +165,6 @@ class Poller : public Napi::ObjectWrap<Poller> {
   int fd_ = -1;
   PollHandle* handle_ = nullptr;
   bool active_ = false;
-  Napi::FunctionReference callback_;
   std::unique_ptr<Napi::AsyncContext> async_;
 };
 

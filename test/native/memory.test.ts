@@ -1,12 +1,7 @@
 import { expect } from 'chai';
 import { readFileSync, readSync } from 'node:fs';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { native } from '../../src/native/index.js';
-import { nativeError } from './helpers.js';
-
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
+import { collectGarbage as collect, nativeError } from './helpers.js';
 
 const GiB = 1024 ** 3;
 
@@ -17,12 +12,6 @@ function isMapped(address: number): boolean {
     .some((line) => line.startsWith(`${hex}-`));
 }
 
-async function collect(): Promise<void> {
-  for (let i = 0; i < 4; i++) {
-    gc();
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}
 
 describe('native: memfd and mmap', () => {
   it('two mappings of one memfd share bytes', () => {

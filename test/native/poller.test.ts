@@ -1,6 +1,6 @@
 import { expect } from 'chai';
-import { native, POLL_READABLE, POLL_WRITABLE } from '../../src/native/index.js';
-import { nativeError } from './helpers.js';
+import { native, Poller, POLL_READABLE, POLL_WRITABLE } from '../../src/native/index.js';
+import { collectGarbage, nativeError } from './helpers.js';
 
 const tick = (ms = 20) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -57,6 +57,37 @@ describe('native: Poller', () => {
     poller.close();
     native.close(a);
     native.close(b);
+  });
+
+  it('unstarted or stopped pollers are reclaimed by GC, releasing their fds', async () => {
+    const fds: number[] = [];
+    (() => {
+      for (let i = 0; i < 20; i++) {
+        const [a, b] = native.socketPair();
+        fds.push(a, b);
+        native.createPoller(a, () => undefined);
+        // a callback that closes over its own poller must not keep it alive
+        const p: Poller = native.createPoller(b, () => p.close());
+        p.start(POLL_READABLE);
+        p.stop();
+      }
+    })();
+    await collectGarbage();
+    for (const fd of fds) native.close(fd);
+  });
+
+  it('a started poller stays alive without JS references', async () => {
+    const efd = native.eventfd(0);
+    let fired = 0;
+    (() => native.createPoller(efd, () => {
+      native.eventfdRead(efd);
+      fired++;
+    }).start(POLL_READABLE))();
+    await collectGarbage();
+    native.eventfdWrite(efd, 1);
+    await tick();
+    expect(fired).to.equal(1);
+    expect(nativeError(() => native.close(efd)).code).to.equal('EBUSY');
   });
 
   it('refuses to close an fd that an open poller watches', () => {

@@ -1,0 +1,111 @@
+import { expect } from 'chai';
+import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, Mapping, native } from '../../src/native/index.js';
+import { nativeError } from './helpers.js';
+
+describe('native: synchronous file I/O into mapped memory', () => {
+  let dir: string;
+  let memfd: number;
+  let mem: Mapping;
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'vhs-fileio-'));
+    memfd = native.memfdCreate('guest', 1 << 20);
+    mem = native.mmap(memfd, 0, 1 << 20, true);
+  });
+
+  afterEach(() => {
+    mem.unmap();
+    native.close(memfd);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('preadv scatters a file into guest memory; pwritev gathers it back', () => {
+    const path = join(dir, 'data');
+    const content = Buffer.alloc(8192);
+    for (let i = 0; i < content.length; i++) content[i] = (i * 7) & 0xff;
+    writeFileSync(path, content);
+    const fd = openSync(path, 'r+');
+    try {
+      const iov = new Float64Array([mem.address + 65536, 1000, mem.address + 4096, 3096, 0, 0]);
+      expect(native.preadv(fd, iov, 2, 100)).to.equal(4096);
+      const bytes = new Uint8Array(mem.windows[0]!);
+      expect(Buffer.from(bytes.subarray(65536, 66536)).equals(content.subarray(100, 1100))).to.equal(true);
+      expect(Buffer.from(bytes.subarray(4096, 7192)).equals(content.subarray(1100, 4196))).to.equal(true);
+
+      bytes.fill(0xab, 200000, 200512);
+      const out = new Float64Array([mem.address + 200000, 512]);
+      expect(native.pwritev(fd, out, 1, 8192)).to.equal(512);
+      native.fdatasync(fd);
+      const back = readFileSync(path);
+      expect(back.length).to.equal(8704);
+      expect(back.subarray(8192).every((b) => b === 0xab)).to.equal(true);
+      // short read at EOF
+      expect(native.preadv(fd, out, 1, 8704 - 10)).to.equal(10);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  it('refuses iovecs outside live mappings with EFAULT', () => {
+    const path = join(dir, 'f');
+    writeFileSync(path, Buffer.alloc(4096, 1));
+    const fd = openSync(path, 'r+');
+    try {
+      const end = mem.address + mem.length;
+      const bad = [
+        [end - 10, 20],
+        [4096, 10],
+        [mem.address - 1, 2],
+        [-1, 1],
+        [mem.address + 0.5, 1],
+      ];
+      for (const [addr, len] of bad) {
+        const iov = new Float64Array([mem.address, 16, addr!, len!]);
+        expect(nativeError(() => native.preadv(fd, iov, 2, 0)).code, `${addr}`).to.equal('EFAULT');
+        expect(nativeError(() => native.pwritev(fd, iov, 2, 0)).code).to.equal('EFAULT');
+      }
+      // a range ending exactly at the end of the mapping is fine
+      expect(native.preadv(fd, new Float64Array([end - 16, 16]), 1, 0)).to.equal(16);
+      // after unmap the range is gone
+      const other = native.mmap(memfd, 0, 4096, true);
+      const iov = new Float64Array([other.address, 16]);
+      expect(native.preadv(fd, iov, 1, 0)).to.equal(16);
+      other.unmap();
+      expect(nativeError(() => native.preadv(fd, iov, 1, 0)).code).to.equal('EFAULT');
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  it('checks iovCount against the array and IOV_MAX', () => {
+    const iov = new Float64Array(2 * 1025);
+    expect(() => native.preadv(0, iov, 2000, 0)).to.throw(RangeError);
+    expect(() => native.preadv(0, new Float64Array(4), 3, 0)).to.throw(RangeError);
+    expect(() => native.preadv(0, new Float64Array(4), -1, 0)).to.throw(RangeError);
+    expect(() => native.preadv(0, new Float64Array(4) as unknown as Float64Array, 1, -2)).to.throw(RangeError);
+  });
+
+  it('fallocate punches holes that read as zeros', () => {
+    const path = join(dir, 'sparse');
+    writeFileSync(path, Buffer.alloc(1 << 20, 0xff));
+    const fd = openSync(path, 'r+');
+    try {
+      native.fdatasync(fd);
+      const blocksBefore = fstatSync(fd).blocks;
+      native.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 65536, 262144);
+      const st = fstatSync(fd);
+      expect(st.size).to.equal(1 << 20);
+      expect(st.blocks).to.be.lessThan(blocksBefore);
+      const data = readFileSync(path);
+      expect(data.subarray(65536, 65536 + 262144).every((b) => b === 0)).to.equal(true);
+      expect(data[65535]).to.equal(0xff);
+      expect(data[65536 + 262144]).to.equal(0xff);
+      expect(nativeError(() => native.fallocate(fd, FALLOC_FL_PUNCH_HOLE, 0, 4096)).code).to.equal('EOPNOTSUPP');
+    } finally {
+      closeSync(fd);
+    }
+  });
+});
