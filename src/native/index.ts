@@ -25,17 +25,28 @@ export interface Mapping {
   /** windows[i] covers bytes [i*WINDOW_SIZE, min(length, (i+1)*WINDOW_SIZE)). */
   readonly windows: ArrayBuffer[];
   readonly mapped: boolean;
+  /**
+   * Also removes the range from the addon's iovec registry. Do not unmap memory that
+   * submitted io_uring requests still target (close or drain the ring first).
+   */
   unmap(): void;
 }
 
 export const POLL_READABLE = 1;
 export const POLL_WRITABLE = 2;
 
-/** A uv_poll watcher on an fd; the callback runs on the event loop thread. */
+/**
+ * A uv_poll watcher on an fd; the callback runs on the event loop thread (as a Node
+ * I/O callback: nextTick and promise jobs run right after it, and an exception it
+ * throws goes to 'uncaughtException'). At most one Poller per fd. While open, the
+ * addon's close(fd) refuses the fd with EBUSY: close the Poller first. A started
+ * Poller keeps the process alive, a stopped or closed one does not.
+ */
 export interface Poller {
-  /** status is 0 or a negative errno; events is a POLL_* mask. */
+  /** status is 0 or a negative errno; events is a POLL_* mask. Restarting replaces the mask. */
   start(events: number): void;
   stop(): void;
+  /** Idempotent; start() afterwards throws EBADF. */
   close(): void;
 }
 
@@ -45,7 +56,13 @@ export type IoOp = 'readv' | 'writev' | 'fdatasync' | 'fallocate';
  * An io_uring instance whose completion eventfd is watched by the event loop.
  * Submissions are queued by the prepare calls and sent with one io_uring_submit()
  * per `submit()`; completions arrive in batches as (tag, result) pairs, result being
- * bytes transferred or a negative errno.
+ * bytes transferred or a negative errno. The tags/results arrays passed to onComplete
+ * are reused for the next batch: read them before returning. Completed requests have
+ * already released their slots when onComplete runs, so it may prepare new ones.
+ * position -1 means the fd's current file position. The iovec array is copied at
+ * prepare time, so the caller may reuse its Float64Array immediately.
+ * A prepare call throws EAGAIN when no slot is free (see sqSpace) and EBADF after
+ * close(). While requests are prepared or in flight, the ring keeps the process alive.
  * iovecs are packed as [address, length, address, length, ...] of host virtual
  * addresses; every (address, length) pair must lie inside a live Mapping or the
  * prepare call throws EFAULT (a second line of defence behind the TS bounds checks).
@@ -57,8 +74,18 @@ export interface Uring {
   prepFallocate(fd: number, mode: number, offset: number, length: number, tag: number): void;
   /** Submits everything prepared; returns the number submitted. */
   submit(): number;
-  /** Number of submission queue slots still free before submit() must be called. */
+  /**
+   * Number of requests that can still be prepared: the free submission-queue entries,
+   * capped by the free request slots (4 × entries may be prepared or in flight at
+   * once). 0 right after preparing `entries` requests means submit(); 0 with nothing
+   * prepared means wait for completions.
+   */
   readonly sqSpace: number;
+  /**
+   * Idempotent. Blocks until submitted requests have completed (they may target guest
+   * memory about to be unmapped); their completions, and unsubmitted requests, are
+   * dropped without calling onComplete.
+   */
   close(): void;
 }
 
@@ -78,7 +105,10 @@ export interface NativeAddon {
    * control data was truncated (MSG_CTRUNC).
    */
   recvMsg(fd: number, buf: Uint8Array, offset: number, length: number, maxFds: number): RecvResult | null;
-  /** sendmsg() of buf[offset, offset+length) with fds as SCM_RIGHTS; returns bytes sent, -1 on EAGAIN. */
+  /**
+   * sendmsg() of buf[offset, offset+length) with fds as SCM_RIGHTS; returns bytes sent
+   * (possibly fewer than length), -1 on EAGAIN. The fds go with the first byte sent.
+   */
   sendMsg(fd: number, buf: Uint8Array, offset: number, length: number, fds: number[]): number;
   close(fd: number): void;
   dup(fd: number): number;
@@ -93,6 +123,10 @@ export interface NativeAddon {
 
   // memory
   memfdCreate(name: string, size: number): number;
+  /**
+   * MAP_SHARED mapping; offset must be page-aligned (else EINVAL). With writable false
+   * the pages are PROT_READ only: a JS store into such a window kills the process.
+   */
   mmap(fd: number, offset: number, length: number, writable: boolean): Mapping;
   /** Full memory barrier (mfence / __atomic_thread_fence(SEQ_CST)). */
   fence(): void;
@@ -104,14 +138,16 @@ export interface NativeAddon {
    *   if eventIdx: read u16 ev at evBuf[evOffset]; notify = (u16)(newIdx - ev - 1) < (u16)(newIdx - oldIdx)
    *   else:        read u16 flags at evBuf[evOffset]; notify = (flags & 1) == 0
    *   if notify and notifyFd >= 0: write 1 to the eventfd notifyFd.
-   * Returns notify.
+   * Returns notify. Offsets must be even and inside the buffer (RangeError otherwise,
+   * also once the buffer was detached by unmap()). newIdx/oldIdx are taken modulo 2^16.
    */
   publishIdx(
     idxBuf: ArrayBuffer, idxOffset: number, newIdx: number, oldIdx: number,
     evBuf: ArrayBuffer, evOffset: number, eventIdx: boolean, notifyFd: number,
   ): boolean;
 
-  // synchronous file I/O into mapped memory (same iovec packing as Uring)
+  // synchronous file I/O into mapped memory (same iovec packing and EFAULT check as
+  // Uring); position -1 uses the fd's file position (preadv2/pwritev2).
   preadv(fd: number, iov: Float64Array, iovCount: number, position: number): number;
   pwritev(fd: number, iov: Float64Array, iovCount: number, position: number): number;
   fdatasync(fd: number): void;
