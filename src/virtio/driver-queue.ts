@@ -411,6 +411,22 @@ export class DriverQueue<T = unknown> {
     this.kickedIdx = idx & 0xffff;
   }
 
+  /**
+   * Before any request: starts avail.idx, used.idx and every shadow index at `idx`, as a
+   * ring resumed after many requests would (u16 wraparound without 65536 requests).
+   * The device must be given the same index (SET_VRING_BASE) and read used.idx after.
+   */
+  startAt(idx: number): void {
+    if (this.free !== this.size) throw new DriverQueueError('startAt needs an idle queue');
+    const v = idx & 0xffff;
+    this.avail16[AVAIL_IDX >>> 1] = v;
+    this.used16[USED_IDX >>> 1] = v;
+    if (this.eventIdx) this.avail16[usedEventOffset(this.size) >>> 1] = v;
+    this.availIdxValue = v;
+    this.kickedIdx = v;
+    this.lastUsed = v;
+  }
+
   /** Writes avail.ring[slot] verbatim without touching the index. */
   writeRawAvailEntry(slot: number, head: number): void {
     this.avail16[2 + (slot & this.mask)] = head & 0xffff;
