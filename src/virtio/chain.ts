@@ -23,12 +23,41 @@ export type ChainError =
   /** VIRTQ_DESC_F_INDIRECT and VIRTQ_DESC_F_NEXT in the same descriptor (spec §2.7.5.3.1). */
   | 'indirect-with-next';
 
-/** One side (readable or writable) of a chain, with a lookup cursor and lazy views. */
+/**
+ * Whole-window views, shared by every chain: a chain allocates no view of its own.
+ * Windows are few (one per GiB of guest memory), so a WeakMap behind a one-entry cache
+ * is enough. Callers check `buf.byteLength` first: a window unmapped since reads as
+ * length 0 and its cached views must not be touched.
+ */
+interface WindowViews {
+  readonly dv: DataView;
+  readonly u8: Uint8Array;
+}
+const windowViews = new WeakMap<ArrayBuffer, WindowViews>();
+let lastBuf: ArrayBuffer | null = null;
+let lastViews: WindowViews | null = null;
+
+function viewsOf(buf: ArrayBuffer): WindowViews {
+  if (buf === lastBuf) return lastViews!;
+  let v = windowViews.get(buf);
+  if (v === undefined) {
+    v = { dv: new DataView(buf), u8: new Uint8Array(buf) };
+    windowViews.set(buf, v);
+  }
+  lastBuf = buf;
+  lastViews = v;
+  return v;
+}
+
+/** Whether a segment's bytes are still mapped (its window not detached). */
+function live(seg: Segment): boolean {
+  return seg.buf.byteLength >= seg.offset + seg.length;
+}
+
+/** One side (readable or writable) of a chain, with a lookup cursor. */
 class Side {
   readonly segs: Segment[];
   readonly length: number;
-  private views: Array<DataView | undefined> | null = null;
-  private bytes: Array<Uint8Array | undefined> | null = null;
   // Cursor: segment index and its starting chain offset, for sequential access.
   private curIdx = 0;
   private curStart = 0;
@@ -60,42 +89,16 @@ class Side {
     return this.curStart;
   }
 
-  view(i: number): DataView | null {
-    const seg = this.segs[i]!;
-    if (seg.buf.byteLength < seg.offset + seg.length) return null; // detached / unmapped
-    if (this.views === null) this.views = new Array<DataView | undefined>(this.segs.length);
-    let v = this.views[i];
-    if (v === undefined) {
-      v = new DataView(seg.buf, seg.offset, seg.length);
-      this.views[i] = v;
-    }
-    return v;
-  }
-
-  u8(i: number): Uint8Array | null {
-    const seg = this.segs[i]!;
-    if (seg.buf.byteLength < seg.offset + seg.length) return null;
-    if (this.bytes === null) this.bytes = new Array<Uint8Array | undefined>(this.segs.length);
-    let v = this.bytes[i];
-    if (v === undefined) {
-      v = new Uint8Array(seg.buf, seg.offset, seg.length);
-      this.bytes[i] = v;
-    }
-    return v;
-  }
-
   byteAt(offset: number): number {
     if (!(offset >= 0 && offset < this.length)) return 0;
-    const i = this.seek(offset);
-    const b = this.u8(i);
-    return b === null ? 0 : b[offset - this.curStart]!;
+    const seg = this.segs[this.seek(offset)]!;
+    return live(seg) ? viewsOf(seg.buf).u8[seg.offset + offset - this.curStart]! : 0;
   }
 
   setByte(offset: number, value: number): void {
     if (!(offset >= 0 && offset < this.length)) return;
-    const i = this.seek(offset);
-    const b = this.u8(i);
-    if (b !== null) b[offset - this.curStart] = value;
+    const seg = this.segs[this.seek(offset)]!;
+    if (live(seg)) viewsOf(seg.buf).u8[seg.offset + offset - this.curStart] = value;
   }
 
   /** Copies [offset, offset+dst.length) of this side into dst (or dst into it). */
@@ -106,11 +109,13 @@ class Side {
     let i = this.seek(offset);
     let rel = offset - this.curStart;
     while (done < total && i < this.segs.length) {
-      const b = this.u8(i);
-      if (b === null) break;
-      const n = Math.min(total - done, b.length - rel);
-      if (toChain) b.set(data.subarray(done, done + n), rel);
-      else data.set(b.subarray(rel, rel + n), done);
+      const seg = this.segs[i]!;
+      if (!live(seg)) break;
+      const b = viewsOf(seg.buf).u8;
+      const n = Math.min(total - done, seg.length - rel);
+      const at = seg.offset + rel;
+      if (toChain) b.set(n === data.length ? data : data.subarray(done, done + n), at);
+      else data.set(b.subarray(at, at + n), done);
       done += n;
       i++;
       rel = 0;
@@ -189,9 +194,9 @@ export class DescriptorChain {
     const rel = offset - side.cursorStart;
     const seg = side.segs[i]!;
     if (rel + n <= seg.length) {
-      const v = side.view(i);
-      if (v === null) return 0;
-      return n === 4 ? v.getUint32(rel, true) : v.getUint16(rel, true);
+      if (!live(seg)) return 0;
+      const v = viewsOf(seg.buf).dv;
+      return n === 4 ? v.getUint32(seg.offset + rel, true) : v.getUint16(seg.offset + rel, true);
     }
     // Straddles segments.
     let v = 0;
@@ -252,11 +257,12 @@ export class DescriptorChain {
     if (offset >= 0 && offset <= side.length - n) {
       const i = side.seek(offset);
       const rel = offset - side.cursorStart;
-      if (rel + n <= side.segs[i]!.length) {
-        const v = side.view(i);
-        if (v === null) return;
-        if (n === 4) v.setUint32(rel, value, true);
-        else v.setUint16(rel, value, true);
+      const seg = side.segs[i]!;
+      if (rel + n <= seg.length) {
+        if (!live(seg)) return;
+        const v = viewsOf(seg.buf).dv;
+        if (n === 4) v.setUint32(seg.offset + rel, value, true);
+        else v.setUint16(seg.offset + rel, value, true);
         return;
       }
     }

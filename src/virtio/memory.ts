@@ -186,6 +186,23 @@ export class GuestMemory {
     return this.span(gpa, len, out, false);
   }
 
+  /**
+   * The one segment holding guest-physical [gpa, gpa+len) when that range lies inside a
+   * single window; null when it is unmapped, split across windows, or len is 0.
+   */
+  translateOne(gpa: number, len: number): Segment | null {
+    if (!isAddr(gpa) || !Number.isSafeInteger(len) || len <= 0 || gpa > MAX_SAFE - len) return null;
+    const r = this.find(gpa, false);
+    if (r === null || !r.mapping.mapped) return null;
+    const o = gpa - r.guestAddr;
+    if (len > r.size - o) return null;
+    const w = r.windowSize;
+    const wi = Math.floor(o / w);
+    const wo = o - wi * w;
+    if (len > w - wo) return null;
+    return { buf: r.windows[wi]!, offset: wo, length: len, hostAddr: r.hostAddr + o };
+  }
+
   /** Same for frontend virtual addresses (SET_VRING_ADDR). */
   translateUser(uva: number, len: number, out: Segment[]): boolean {
     return this.span(uva, len, out, true);

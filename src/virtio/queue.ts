@@ -68,7 +68,7 @@ interface WindowViews {
 
 export class DeviceQueue {
   readonly index: number;
-  size = 0;
+  private sizeValue = 0;
   private lastAvail = 0;
   callFd = -1; // -1 when none: then completions are published without signalling
   eventIdx = false; // VIRTIO_RING_F_EVENT_IDX negotiated
@@ -119,6 +119,16 @@ export class DeviceQueue {
   constructor(index: number, ops: RingOps = defaultRingOps()) {
     this.index = index;
     this.ops = ops;
+  }
+
+  /** Queue size (SET_VRING_NUM). Changing it forgets the ring addresses (not ready). */
+  get size(): number {
+    return this.sizeValue;
+  }
+  set size(value: number) {
+    if (value === this.sizeValue) return;
+    this.sizeValue = value;
+    this.clearRings();
   }
 
   /**
@@ -317,23 +327,26 @@ export class DeviceQueue {
         if (len === 0 || len % 16 !== 0) return 'bad-indirect-size';
         const n = len / 16;
         if (n > Math.max(this.maxIndirect, this.size)) return 'bad-indirect-size';
-        const segs = this.tableSegs;
-        segs.length = 0;
-        if (!memory.translate(addr, len, segs)) return 'addr-out-of-range';
-        const s0 = segs[0]!;
-        if (segs.length === 1 && s0.offset % 4 === 0 && s0.buf.byteLength >= s0.offset + s0.length) {
-          const v = this.windowFor(s0.buf);
+        const one = memory.translateOne(addr, len);
+        if (one !== null && one.offset % 4 === 0 && one.buf.byteLength >= one.offset + len) {
+          const v = this.windowFor(one.buf);
           d32 = v.u32;
           d16 = v.u16;
-          base32 = s0.offset >>> 2;
+          base32 = one.offset >>> 2;
         } else {
-          for (const s of segs) if (s.buf.byteLength < s.offset + s.length) return 'addr-out-of-range';
-          this.copyToScratch(segs, len);
+          // Split across windows/regions, unaligned, or not mapped at all.
+          const segs = this.tableSegs;
+          segs.length = 0;
+          const ok = memory.translate(addr, len, segs);
+          let live = ok;
+          for (const s of segs) if (s.buf.byteLength < s.offset + s.length) live = false;
+          if (live) this.copyToScratch(segs, len);
+          segs.length = 0;
+          if (!live) return 'addr-out-of-range';
           d32 = this.scratch32;
           d16 = this.scratch16;
           base32 = 0;
         }
-        segs.length = 0;
         inIndirect = true;
         max = n;
         count = 0;

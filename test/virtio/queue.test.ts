@@ -272,6 +272,9 @@ for (const [opsName, ops] of opsList) {
       // unmapped / guest-physical instead of user
       expect(q.setAddresses(memory, { ...a, desc: GUEST_BASE })).to.equal(false);
       expect(q.setAddresses(memory, { ...a, desc: USER_BASE + 4 * 1024 * 1024 - 16 })).to.equal(false);
+      expect(q.setAddresses(memory, a)).to.equal(true);
+      q.size = 32; // SET_VRING_NUM after SET_VRING_ADDR: addresses must be given again
+      expect(q.ready).to.equal(false);
       expect(q.pop().kind).to.equal('empty');
       expect(q.push(0, 0)).to.equal(false);
       expect(q.flush()).to.equal(false);
