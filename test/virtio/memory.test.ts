@@ -128,6 +128,21 @@ describe('virtio/GuestMemory', () => {
       expect(out).to.have.length(1);
     });
 
+    it('translateOne returns the single segment or null', () => {
+      const { memory, mappings } = fx();
+      const s = memory.translateOne(G + 0x1010, 0x20)!;
+      expect(s.buf).to.equal(mappings[0]!.windows[1]);
+      expect([s.offset, s.length, s.hostAddr]).to.deep.equal([0x10, 0x20, mappings[0]!.address + 0x1010]);
+      expect(memory.translateOne(G + 0xff0, 0x10)).to.not.equal(null); // ends at the boundary
+      expect(memory.translateOne(G + 0xff0, 0x11)).to.equal(null); // split
+      expect(memory.translateOne(G + 0x3ff0, 0x20)).to.equal(null); // crosses regions
+      expect(memory.translateOne(0x40000000 + 0x2fff, 1)).to.not.equal(null);
+      expect(memory.translateOne(0x40000000 + 0x3000, 1)).to.equal(null);
+      expect(memory.translateOne(G, 0)).to.equal(null);
+      expect(memory.translateOne(2 ** 53, 1)).to.equal(null);
+      expect(memory.translateOne(2 ** 53 - 1, 2)).to.equal(null);
+    });
+
     it('leaves out untouched on failure, even after partial progress', () => {
       const { memory } = fx();
       const sentinel = { buf: new ArrayBuffer(1), offset: 0, length: 1, hostAddr: 0 };
