@@ -7,6 +7,7 @@
 // A malformed or unsupported message gets an error reply (or a log line when no reply
 // is possible) and the session carries on; only framing errors and disconnects end it.
 import { EventEmitter } from 'node:events';
+import { fstatSync } from 'node:fs';
 import { native, POLL_READABLE, type Mapping, type Poller } from '../native/index.js';
 import { GuestMemory } from '../virtio/memory.js';
 import { DeviceQueue, type RingAddresses } from '../virtio/queue.js';
@@ -102,6 +103,8 @@ export class BackendSession extends EventEmitter {
   private readonly channel: MessageChannel;
   private readonly maxMemSlots: number;
   private memory: GuestMemory;
+  /** Region layout key → identity (dev:ino) of the file it maps, to spot unchanged tables. */
+  private readonly regionFiles = new Map<string, string>();
   private readonly vrings: Vring[];
   private readonly backlog: VhostUserMessage[] = [];
   private pumping: Promise<void> | null = null;
@@ -326,6 +329,16 @@ export class BackendSession extends EventEmitter {
 
   // ---- memory ------------------------------------------------------------------------
 
+  /** True if `regions` (with their fds) is exactly the current table, same files included. */
+  private sameTable(regions: readonly MemRegion[], fds: readonly number[]): boolean {
+    const current = this.memory.regions();
+    if (regions.length === 0 || current.length !== regions.length || this.regionFiles.size !== regions.length) return false;
+    return regions.every((r, i) => {
+      const id = this.regionFiles.get(regionKey(r));
+      return id !== undefined && id !== '' && id === fileId(fds[i]!);
+    });
+  }
+
   private mapRegion(r: MemRegion, fd: number): Mapping {
     if (r.size <= 0) throw new ProtocolError('EINVAL', 'memory region of size 0');
     if (r.mmapOffset % PAGE_SIZE !== 0) {
@@ -344,6 +357,13 @@ export class BackendSession extends EventEmitter {
     if (fds.length !== regions.length) {
       throw new ProtocolError('EBADF', `SET_MEM_TABLE: ${regions.length} regions but ${fds.length} fds`);
     }
+    if (this.sameTable(regions, fds)) {
+      // Frontends resend an unchanged table (QEMU without CONFIGURE_MEM_SLOTS does on
+      // every memory listener commit). Keep the mappings so running rings and in-flight
+      // requests are undisturbed; the new fds are closed by process().
+      this.log.debug('memory table unchanged', { regions: regions.length });
+      return undefined;
+    }
     const mem = new GuestMemory(this.maxMemSlots);
     try {
       regions.forEach((r, i) => {
@@ -361,6 +381,8 @@ export class BackendSession extends EventEmitter {
     }
     const old = this.memory;
     this.memory = mem;
+    this.regionFiles.clear();
+    regions.forEach((r, i) => this.regionFiles.set(regionKey(r), fileId(fds[i]!)));
     this.remapRunningRings();
     old.clear();
     this.log.debug('memory table set', { regions: regions.length });
@@ -376,6 +398,7 @@ export class BackendSession extends EventEmitter {
       mapping.unmap();
       throw toProtocolError(err, 'ADD_MEM_REG');
     }
+    this.regionFiles.set(regionKey(r), fileId(fds[0]!));
     this.log.debug('memory region added', { guestAddr: r.guestAddr, size: r.size, regions: this.memory.regionCount });
     return undefined;
   }
@@ -386,6 +409,7 @@ export class BackendSession extends EventEmitter {
     if (!this.memory.removeRegion(r.guestAddr, r.size, r.userAddr)) {
       throw new ProtocolError('ENOENT', `REM_MEM_REG: no region at guest 0x${r.guestAddr.toString(16)}`);
     }
+    for (const k of this.regionFiles.keys()) if (k.startsWith(`${r.guestAddr}:${r.size}:${r.userAddr}:`)) this.regionFiles.delete(k);
     this.remapRunningRings();
     return undefined;
   }
@@ -714,6 +738,7 @@ export class BackendSession extends EventEmitter {
         this.channel.close();
         for (const v of this.vrings) this.clearVring(v);
         this.memory.clear();
+        this.regionFiles.clear();
         this.callDevice('reset', () => this.device.reset());
       } catch (e) {
         this.log.error('error while closing the vhost-user session', { error: e });
@@ -727,6 +752,20 @@ export class BackendSession extends EventEmitter {
 }
 
 const KNOWN_REQUESTS: ReadonlySet<number> = new Set<number>(Object.values(FrontendReq));
+
+function regionKey(r: MemRegion): string {
+  return `${r.guestAddr}:${r.size}:${r.userAddr}:${r.mmapOffset}`;
+}
+
+/** dev:ino of the file behind an fd ('' if it cannot be stat'ed). */
+function fileId(fd: number): string {
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return '';
+  }
+}
 
 function toProtocolError(err: unknown, what: string): ProtocolError {
   if (err instanceof ProtocolError) return err;

@@ -188,6 +188,19 @@ describe('vhost-user backend session (driven by the frontend session)', function
     await r0.setup(fe);
     await fe.enableVring(0, true);
     expect(Array.from(await r0.echo(pattern(50, 6), DATA, DATA + 0x1000))).to.deep.equal(Array.from(pattern(50, 6)));
+    // An unchanged table (same layout, same file) keeps the mappings of the running ring.
+    const gm = sessions[0]!.guestMemory;
+    await fe.setMemTable([mem.region]);
+    expect(sessions[0]!.guestMemory).to.equal(gm);
+    expect(Array.from(await r0.echo(pattern(51, 6), DATA, DATA + 0x1000))).to.deep.equal(Array.from(pattern(51, 6)));
+    // Same layout over another file: remapped, and the running ring follows.
+    const other = new FrontendMemory(MEM_SIZE, GUEST_BASE);
+    toClose.push(other);
+    await fe.setMemTable([{ ...other.region, userAddr: mem.userAddr }]);
+    expect(sessions[0]!.guestMemory).to.not.equal(gm);
+    expect(sessions[0]!.startedQueues).to.deep.equal([0]);
+    await fe.setMemTable([mem.region]);
+    expect(Array.from(await r0.echo(pattern(52, 6), DATA, DATA + 0x1000))).to.deep.equal(Array.from(pattern(52, 6)));
     await fe.enableVring(0, false);
     await fe.getVringBase(0);
     await fe.removeMemRegion(mem.region); // → SET_MEM_TABLE with no regions
