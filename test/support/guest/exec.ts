@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 
 export interface RunResult {
   code: number | null;
@@ -36,4 +36,60 @@ export async function runChecked(cmd: string, args: readonly string[], opts: { c
 export function tail(text: string, lines = 60): string {
   const all = text.replace(/\r/g, '').split('\n');
   return (all.length > lines ? ['[...]', ...all.slice(-lines)] : all).join('\n');
+}
+
+// ---- cleanup of child processes and temporary files when the test process ends ----
+
+const tracked = new Set<ChildProcess>();
+const cleanups = new Set<() => void>();
+let hooksInstalled = false;
+
+/** Synchronously kills every tracked child (SIGKILL) and runs the registered cleanups. */
+export function cleanupAll(): void {
+  for (const c of tracked) {
+    try {
+      c.kill('SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+  tracked.clear();
+  for (const f of cleanups) {
+    try {
+      f();
+    } catch {
+      /* best effort */
+    }
+  }
+  cleanups.clear();
+}
+
+function installHooks(): void {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  process.on('exit', cleanupAll);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    const handler = (): void => {
+      cleanupAll();
+      // If nobody else handles the signal, keep its default meaning (terminate).
+      process.removeListener(sig, handler);
+      if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
+    };
+    process.on(sig, handler);
+  }
+}
+
+/** Kills `child` if this process exits or is interrupted first. Returns the function that stops tracking it. */
+export function trackChild(child: ChildProcess): () => void {
+  installHooks();
+  tracked.add(child);
+  child.once('close', () => tracked.delete(child));
+  return () => tracked.delete(child);
+}
+
+/** Runs `fn` (synchronously) if this process exits or is interrupted first. Returns the function that unregisters it. */
+export function onCleanup(fn: () => void): () => void {
+  installHooks();
+  cleanups.add(fn);
+  return () => cleanups.delete(fn);
 }

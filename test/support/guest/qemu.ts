@@ -7,7 +7,7 @@
 // system. The guest's /init (see image.ts) runs it, prints
 // "@@VHOST-S3-EXIT <status>@@" on the serial console and powers off.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { appendFile, copyFile, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 
 import { buildCpio, type CpioEntry } from './cpio.js';
-import { tail } from './exec.js';
+import { cleanupAll, onCleanup, tail, trackChild } from './exec.js';
 import { ensureGuestImage, MARKER_EXIT_RE, MARKER_START, MARKER_WATCHDOG, type GuestImage } from './image.js';
 
 export interface BootOptions {
@@ -103,43 +103,9 @@ export function parseResults(output: string): Record<string, string> {
   return out;
 }
 
-// ---- process bookkeeping: never leave a QEMU behind ----
-
-const live = new Set<ChildProcess>();
-const workDirs = new Set<string>();
-let hooksInstalled = false;
-
-function killAll(): void {
-  for (const d of workDirs) rmSync(d, { recursive: true, force: true });
-  workDirs.clear();
-  for (const c of live) {
-    try {
-      c.kill('SIGKILL');
-    } catch {
-      /* already gone */
-    }
-  }
-  live.clear();
-}
-
-function installExitHooks(): void {
-  if (hooksInstalled) return;
-  hooksInstalled = true;
-  process.on('exit', killAll);
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    const handler = (): void => {
-      killAll();
-      // If nobody else handles the signal, keep its default meaning (terminate).
-      process.removeListener(sig, handler);
-      if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
-    };
-    process.on(sig, handler);
-  }
-}
-
-/** Kills every QEMU started by bootGuest in this process (e.g. from an `after` hook). */
+/** Kills every QEMU (and qemu-storage-daemon) started by this library in this process. */
 export function killAllGuests(): void {
-  killAll();
+  cleanupAll();
 }
 
 // ---- prerequisites ----
@@ -195,7 +161,7 @@ export async function bootGuest(opts: BootOptions): Promise<BootResult> {
   opts.signal?.throwIfAborted();
 
   const work = await mkdtemp(join(tmpdir(), 'vhost-s3-guest-'));
-  workDirs.add(work);
+  const forgetWork = onCleanup(() => rmSync(work, { recursive: true, force: true }));
   try {
     // Base initramfs + per-boot layer with the script and files.
     const entries: CpioEntry[] = [{ type: 'file', path: 'test.sh', data: GUEST_PRELUDE + opts.script + '\n', mode: 0o755 }];
@@ -227,18 +193,17 @@ export async function bootGuest(opts: BootOptions): Promise<BootResult> {
     ];
     return await runQemu(qemu, args, timeoutMs, opts, verbose);
   } finally {
-    workDirs.delete(work);
+    forgetWork();
     await rm(work, { recursive: true, force: true });
   }
 }
 
 function runQemu(qemu: string, args: string[], timeoutMs: number, opts: BootOptions, verbose: boolean): Promise<BootResult> {
-  installExitHooks();
   const command = [qemu, ...args];
   const t0 = performance.now();
   return new Promise<BootResult>((resolve, reject) => {
     const child = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    live.add(child);
+    trackChild(child);
     const dec = new StringDecoder('utf8');
     let output = '';
     let stderr = '';
@@ -279,7 +244,6 @@ function runQemu(qemu: string, args: string[], timeoutMs: number, opts: BootOpti
     });
     child.on('error', (e) => kill(`cannot start ${qemu}: ${e.message}`));
     child.on('close', (code, signal) => {
-      live.delete(child);
       clearTimeout(timer);
       if (graceTimer) clearTimeout(graceTimer);
       opts.signal?.removeEventListener('abort', onAbort);

@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { tail } from './exec.js';
+import { tail, trackChild } from './exec.js';
 
 export interface QsdBlkOptions {
   /** Raw image file to export. */
@@ -53,15 +53,13 @@ export async function startQsdBlk(o: QsdBlkOptions): Promise<QsdBlk> {
   let exited = false;
   const exitP = new Promise<void>((res) => proc.on('close', () => { exited = true; res(); }));
   proc.on('error', (e) => { out += `spawn error: ${e.message}\n`; });
-  const onExit = (): void => { proc.kill('SIGKILL'); };
-  process.on('exit', onExit);
+  trackChild(proc);
 
   const qsd: QsdBlk = {
     proc,
     socket: o.socket,
     output: () => out,
     async stop() {
-      process.removeListener('exit', onExit);
       if (exited) return;
       proc.kill('SIGTERM');
       const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
