@@ -8,7 +8,7 @@
 // rebuilds. Builds happen in a private temporary directory that is renamed
 // into place, so concurrent test processes never see a half-built image.
 
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -394,7 +394,3 @@ async function buildImage(cacheDir: string, finalDir: string, pkg: string, debs:
   }
 }
 
-/** Unique suffix for per-boot temporary names. */
-export function uniqueSuffix(): string {
-  return `${process.pid}-${randomBytes(4).toString('hex')}`;
-}
