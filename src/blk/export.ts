@@ -28,8 +28,8 @@ export class BlkExport {
     const log = opts.log.child({ device: 'blk', socket: opts.socket });
     const device = new BlkDevice({ image, numQueues: opts.queues, serial: opts.serial, log });
     try {
-      const server = new VhostUserServer({ path: opts.socket, device, log });
-      await server.listen();
+      const server = new VhostUserServer(opts.socket, device, { log });
+      server.listen();
       log.info('serving vhost-user-blk', { image: opts.image, size: image.size, readOnly: image.readOnly, queues: opts.queues });
       return new BlkExport(image, device, server);
     } catch (err) {
@@ -41,7 +41,10 @@ export class BlkExport {
   /** Stops accepting, lets in-flight requests complete, then makes the image durable and closes it. */
   async close(): Promise<void> {
     await this.server.close();
-    await new Promise<void>((resolve, reject) => this.image.flush((r) => (r < 0 ? reject(new Error(`flush failed: errno ${-r}`)) : resolve())));
+    await new Promise<void>((resolve, reject) => {
+      this.image.flush((r) => (r < 0 ? reject(new Error(`flush failed: errno ${-r}`)) : resolve()));
+      this.image.unplug();
+    });
     await this.image.close();
   }
 }

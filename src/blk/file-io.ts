@@ -35,6 +35,7 @@ function packIov(segs: readonly Segment[], iov: Float64Array): number {
 }
 
 const EINVAL = 22;
+const EAGAIN = 11;
 
 class SyncFileIo implements FileIo {
   readonly engine = 'sync';
@@ -87,6 +88,8 @@ class UringFileIo implements FileIo {
   private readonly pending: (Completion | undefined)[] = [];
   private readonly free: number[] = [];
   private prepared = 0;
+  /** Submissions waiting for a free ring slot, in arrival order. */
+  private readonly backlog: (() => void)[] = [];
   private readonly ring: Uring;
 
   constructor(entries: number) {
@@ -95,15 +98,15 @@ class UringFileIo implements FileIo {
     this.ring = ring;
   }
 
+  // iovecs are packed when the request is prepared (possibly later, from the backlog),
+  // into one scratch array that the addon copies into the request's slot.
   readv(fd: number, segs: readonly Segment[], position: number, done: Completion): void {
-    const n = packIov(segs, this.iov);
-    if (n < 0) return done(-EINVAL);
-    this.prep(done, (tag) => this.ring.prepReadv(fd, this.iov, n, position, tag));
+    if (segs.length > IOV_MAX) return done(-EINVAL);
+    this.prep(done, (tag) => this.ring.prepReadv(fd, this.iov, packIov(segs, this.iov), position, tag));
   }
   writev(fd: number, segs: readonly Segment[], position: number, done: Completion): void {
-    const n = packIov(segs, this.iov);
-    if (n < 0) return done(-EINVAL);
-    this.prep(done, (tag) => this.ring.prepWritev(fd, this.iov, n, position, tag));
+    if (segs.length > IOV_MAX) return done(-EINVAL);
+    this.prep(done, (tag) => this.ring.prepWritev(fd, this.iov, packIov(segs, this.iov), position, tag));
   }
   fdatasync(fd: number, done: Completion): void {
     this.prep(done, (tag) => this.ring.prepFdatasync(fd, tag));
@@ -122,6 +125,10 @@ class UringFileIo implements FileIo {
   }
 
   private prep(done: Completion, prepare: (tag: number) => void): void {
+    if (this.backlog.length > 0) {
+      this.backlog.push(() => this.prep(done, prepare));
+      return;
+    }
     if (this.ring.sqSpace === 0) this.unplug();
     const tag = this.free.length > 0 ? this.free.pop()! : this.pending.length;
     this.pending[tag] = done;
@@ -130,7 +137,10 @@ class UringFileIo implements FileIo {
     } catch (err) {
       this.pending[tag] = undefined;
       this.free.push(tag);
-      return done(-errnoOf(err));
+      // Every request slot of the ring is in flight: wait for completions, never fail the request.
+      if (errnoOf(err) === EAGAIN) this.backlog.push(() => this.prep(done, prepare));
+      else done(-errnoOf(err));
+      return;
     }
     this.prepared++;
   }
@@ -144,6 +154,9 @@ class UringFileIo implements FileIo {
       this.free.push(tag);
       done(results[i]!);
     }
+    const waiting = this.backlog.splice(0);
+    for (const retry of waiting) retry();
+    this.unplug();
   }
 }
 

@@ -1,0 +1,177 @@
+// The device-independent half of the QEMU-free frontend: connects to a vhost-user
+// backend, negotiates like QEMU 7.2, shares a memfd as guest RAM, sets up driver-side
+// rings with kick/call eventfds, and delivers completions. Device clients (blk, fs)
+// build requests on top of it.
+import { native, POLL_READABLE, type Poller } from '../native/index.js';
+import { FrontendSession } from '../vhost/frontend-session.js';
+import type { VhostLogger } from '../vhost/backend-session.js';
+import { DriverQueue, type GuestBuffer } from '../virtio/driver-queue.js';
+import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../virtio/features.js';
+import { FrontendMemory, type SharedBuffer } from './memory.js';
+
+/** Descriptors per indirect table: the longest scatter list a request may carry. */
+export const MAX_INDIRECT = 64;
+
+export interface VirtioClientOptions {
+  /** Queues to set up (capped by what the backend offers). */
+  readonly queues: number;
+  readonly queueSize: number;
+  /** Bytes of shared guest RAM for rings and request buffers. */
+  readonly memorySize: number;
+  /** Device feature bits to accept when offered (transport bits are added here). */
+  readonly deviceFeatures: bigint;
+  /** Use indirect descriptors / EVENT_IDX when offered (default true, as Linux). */
+  readonly indirect?: boolean;
+  readonly eventIdx?: boolean;
+  readonly log?: VhostLogger;
+}
+
+export type CompletionHandler<T> = (queue: number, token: T, len: number) => void;
+
+interface ClientQueue<T> {
+  readonly ring: DriverQueue<T>;
+  readonly kickFd: number;
+  readonly callFd: number;
+  readonly poller: Poller;
+  /** Requests that did not fit in the ring, sent as completions free descriptors. */
+  readonly backlog: { readable: GuestBuffer[]; writable: GuestBuffer[]; token: T }[];
+  kickScheduled: boolean;
+}
+
+export class VirtioClient<T> {
+  private readonly queues: ClientQueue<T>[] = [];
+  private closed = false;
+
+  private constructor(
+    readonly session: FrontendSession,
+    readonly memory: FrontendMemory,
+    /** Features acked (SET_FEATURES), without the vhost-user protocol bit. */
+    readonly features: bigint,
+    /** Queues the backend can serve (GET_QUEUE_NUM). */
+    readonly backendQueues: number,
+    private readonly onComplete: CompletionHandler<T>,
+  ) {}
+
+  /**
+   * Connects and brings the device up the way QEMU does on DRIVER_OK. `beforeRings` runs
+   * after feature negotiation (e.g. to read config space) and returns how many queues to start.
+   */
+  static async connect<T>(
+    path: string,
+    opts: VirtioClientOptions,
+    onComplete: CompletionHandler<T>,
+    beforeRings: (session: FrontendSession, features: bigint, backendQueues: number) => Promise<number> = async () => opts.queues,
+  ): Promise<VirtioClient<T>> {
+    const session = await FrontendSession.connect(path, { log: opts.log });
+    let memory: FrontendMemory | null = null;
+    try {
+      const neg = await session.negotiate();
+      const want = opts.deviceFeatures | VIRTIO_F_VERSION_1
+        | (opts.indirect === false ? 0n : VIRTIO_RING_F_INDIRECT_DESC)
+        | (opts.eventIdx === false ? 0n : VIRTIO_RING_F_EVENT_IDX);
+      const features = neg.features & want;
+      if ((features & VIRTIO_F_VERSION_1) === 0n) throw new Error('backend does not offer VIRTIO_F_VERSION_1');
+      const nq = Math.min(await beforeRings(session, features, neg.queueNum), neg.queueNum);
+      memory = FrontendMemory.create(opts.memorySize);
+      await session.setFeatures(features);
+      await session.addMemRegion(memory.region);
+      const client = new VirtioClient<T>(session, memory, features, neg.queueNum, onComplete);
+      for (let i = 0; i < nq; i++) await client.startQueue(i, opts.queueSize);
+      return client;
+    } catch (err) {
+      session.close();
+      memory?.close();
+      throw err;
+    }
+  }
+
+  get numQueues(): number {
+    return this.queues.length;
+  }
+
+  private async startQueue(index: number, size: number): Promise<void> {
+    const indirect = (this.features & VIRTIO_RING_F_INDIRECT_DESC) !== 0n;
+    const eventIdx = (this.features & VIRTIO_RING_F_EVENT_IDX) !== 0n;
+    const layout = DriverQueue.layoutFor(size, indirect, MAX_INDIRECT);
+    const area = this.memory.alloc(layout.total, 4096);
+    const kickFd = native.eventfd(0);
+    const callFd = native.eventfd(0);
+    const ring = new DriverQueue<T>({
+      size, eventIdx, indirect, maxIndirect: MAX_INDIRECT, kickFd,
+      area: { buf: this.memory.buffer, offset: area.gpa - this.memory.guestBase, length: layout.total, guestAddr: area.gpa, userAddr: area.uva },
+    });
+    const poller = native.createPoller(callFd, () => this.onCall(index));
+    const q: ClientQueue<T> = { ring, kickFd, callFd, poller, backlog: [], kickScheduled: false };
+    this.queues.push(q);
+    const a = ring.ringAddresses;
+    await this.session.setVring(index, { size, base: 0, desc: a.desc, avail: a.avail, used: a.used, kickFd, callFd });
+    await this.session.enableVring(index, true);
+    poller.start(POLL_READABLE);
+  }
+
+  /** Queues a request; the kick is sent once per event-loop turn for all requests added in it. */
+  submit(queue: number, readable: readonly SharedBuffer[], writable: readonly SharedBuffer[], token: T): void {
+    const q = this.queues[queue];
+    if (!q || this.closed) throw new RangeError(`queue ${queue} is not running`);
+    const r = readable.map(toGuest);
+    const w = writable.map(toGuest);
+    if (q.backlog.length > 0 || q.ring.add(r, w, token) < 0) {
+      q.backlog.push({ readable: r, writable: w, token });
+      return;
+    }
+    this.scheduleKick(q);
+  }
+
+  private scheduleKick(q: ClientQueue<T>): void {
+    if (q.kickScheduled) return;
+    q.kickScheduled = true;
+    queueMicrotask(() => {
+      q.kickScheduled = false;
+      q.ring.kick();
+    });
+  }
+
+  private onCall(index: number): void {
+    const q = this.queues[index];
+    if (!q) return;
+    native.eventfdRead(q.callFd);
+    do {
+      for (const c of q.ring.poll()) {
+        if (c.token !== undefined) this.onComplete(index, c.token, c.len);
+      }
+      while (q.backlog.length > 0) {
+        const next = q.backlog[0]!;
+        if (q.ring.add(next.readable, next.writable, next.token) < 0) break;
+        q.backlog.shift();
+        this.scheduleKick(q);
+      }
+    } while (q.ring.enableCallbacks());
+  }
+
+  /** True if the device returned something impossible on any queue. */
+  get broken(): boolean {
+    return this.queues.some((q) => q.ring.broken);
+  }
+
+  /** Stops every ring (GET_VRING_BASE waits for the backend's in-flight requests), then disconnects. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      for (let i = 0; i < this.queues.length; i++) await this.session.getVringBase(i);
+    } catch {
+      // The backend may already be gone; everything below is ours to release anyway.
+    }
+    for (const q of this.queues) {
+      q.poller.close();
+      native.close(q.kickFd);
+      native.close(q.callFd);
+    }
+    this.session.close();
+    this.memory.close();
+  }
+}
+
+function toGuest(b: SharedBuffer): GuestBuffer {
+  return { addr: b.gpa, len: b.bytes.byteLength };
+}
