@@ -5,6 +5,7 @@ import { ConfigError } from '../util/errors.js';
 import { describeSchema, schemas, type CommandName } from '../config.js';
 import { runBlk } from './blk.js';
 import { runServe } from './serve.js';
+import { runBenchBlk } from './bench-blk.js';
 
 interface Command {
   readonly summary: string;
@@ -15,6 +16,7 @@ interface Command {
 const commands: Partial<Record<CommandName, Command>> = {
   serve: { summary: 'run the gateway on the embedded default store (what `npm start` runs)', usage: 'vhost-s3 serve [options]', run: runServe },
   blk: { summary: 'serve a disk image over a vhost-user-blk socket', usage: 'vhost-s3 blk --socket PATH --image file:/path/disk.raw [options]', run: runBlk },
+  'bench blk': { summary: 'drive a vhost-user-blk backend without a VM and measure it', usage: 'vhost-s3 bench blk --socket PATH [--rw randread] [--bs 4k] [--iodepth 32] [--runtime 10] [--json]', run: runBenchBlk },
 };
 
 function version(): string {
@@ -73,7 +75,9 @@ export async function main(argv: string[]): Promise<void> {
       return;
     }
     await cmd.run(found.rest);
-    process.exit(0);
+    // Pipes are written asynchronously: let stdout drain before ending the process.
+    await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));
+    process.exit(process.exitCode ?? 0);
   } catch (err) {
     const e = err as Error;
     process.stderr.write(`vhost-s3: ${e.message.split('\n')[0]}\n`);
