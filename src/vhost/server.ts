@@ -13,6 +13,12 @@ export interface VhostUserServerOptions extends BackendSessionOptions {
   backlog?: number;
 }
 
+/** Single-object form of the constructor arguments. */
+export interface VhostUserServerConfig extends VhostUserServerOptions {
+  path: string;
+  device: VhostUserDevice;
+}
+
 /**
  * Events: 'session' (BackendSession) when a frontend connects, 'disconnect' when its
  * session has been torn down, 'error' (Error) when accepting fails.
@@ -29,12 +35,22 @@ export class VhostUserServer extends EventEmitter {
   private closing: Promise<void> | null = null;
   private sessionCount = 0;
 
-  constructor(socketPath: string, device: VhostUserDevice, options: VhostUserServerOptions = {}) {
+  constructor(config: VhostUserServerConfig);
+  constructor(socketPath: string, device: VhostUserDevice, options?: VhostUserServerOptions);
+  constructor(pathOrConfig: string | VhostUserServerConfig, device?: VhostUserDevice, options: VhostUserServerOptions = {}) {
     super();
-    this.socketPath = socketPath;
-    this.device = device;
-    this.options = options;
-    this.log = options.log ?? nullLogger;
+    if (typeof pathOrConfig === 'string') {
+      if (device === undefined) throw new TypeError('VhostUserServer: no device');
+      this.socketPath = pathOrConfig;
+      this.device = device;
+      this.options = options;
+    } else {
+      const { path, device: dev, ...rest } = pathOrConfig;
+      this.socketPath = path;
+      this.device = dev;
+      this.options = rest;
+    }
+    this.log = this.options.log ?? nullLogger;
   }
 
   /** The connected frontend's session, if any. */
