@@ -346,6 +346,19 @@ export class BackendSession extends EventEmitter {
       // mapping that starts at the region, so the offset must be page-aligned.
       throw new ProtocolError('EINVAL', `memory region mmap_offset 0x${r.mmapOffset.toString(16)} is not page-aligned`);
     }
+    // A mapping past the end of a file faults (SIGBUS) on first access: refuse it.
+    let st;
+    try {
+      st = fstatSync(fd);
+    } catch (err) {
+      throw new ProtocolError('EBADF', `memory region fd: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    if (st.isFile() && r.mmapOffset + r.size > st.size) {
+      throw new ProtocolError(
+        'EINVAL',
+        `memory region [0x${r.mmapOffset.toString(16)}, +0x${r.size.toString(16)}) is past the end of its file (${st.size} bytes)`,
+      );
+    }
     try {
       return native.mmap(fd, r.mmapOffset, r.size, true);
     } catch (err) {
@@ -379,6 +392,7 @@ export class BackendSession extends EventEmitter {
       mem.clear();
       throw err;
     }
+    this.flushRunningRings();
     const old = this.memory;
     this.memory = mem;
     this.regionFiles.clear();
@@ -406,12 +420,23 @@ export class BackendSession extends EventEmitter {
   private remMemReg(r: MemRegion, fds: number[]): undefined {
     // QEMU sends the region's fd along; we have no use for it (closed by process()).
     if (fds.length > 1) throw new ProtocolError('EBADF', `REM_MEM_REG with ${fds.length} fds`);
+    this.flushRunningRings();
     if (!this.memory.removeRegion(r.guestAddr, r.size, r.userAddr)) {
       throw new ProtocolError('ENOENT', `REM_MEM_REG: no region at guest 0x${r.guestAddr.toString(16)}`);
     }
     for (const k of this.regionFiles.keys()) if (k.startsWith(`${r.guestAddr}:${r.size}:${r.userAddr}:`)) this.regionFiles.delete(k);
     this.remapRunningRings();
     return undefined;
+  }
+
+  /**
+   * Publishes completions a device pushed but has not flushed yet, while the old
+   * mappings are still in place: re-resolving a ring re-reads used.idx from memory.
+   */
+  private flushRunningRings(): void {
+    for (const v of this.vrings) {
+      if (v.started && v.queue.ready) this.callDevice('flush', () => void v.queue.flush());
+    }
   }
 
   /** Re-resolves the ring addresses of running rings after the memory map changed. */
