@@ -72,6 +72,8 @@ export const DEFAULT_MAX_MEM_SLOTS = 32;
 const PAGE_SIZE = 4096;
 /** Queued messages beyond which the session stops reading the socket for a while. */
 const BACKLOG_HIGH = 64;
+/** Replies queued for a frontend that does not read beyond which processing waits. */
+const REPLY_BACKLOG_HIGH = 16;
 
 interface Vring {
   readonly index: number;
@@ -143,6 +145,14 @@ export class BackendSession extends EventEmitter {
   get guestMemory(): GuestMemory {
     return this.memory;
   }
+  /** Messages received and not yet processed (bounded by back-pressure). */
+  get queuedMessages(): number {
+    return this.backlog.length;
+  }
+  /** Replies waiting for the frontend to read them (bounded by back-pressure). */
+  get queuedReplies(): number {
+    return this.channel.writeBacklog;
+  }
   /** Which rings are being served (for tests and diagnostics). */
   get startedQueues(): number[] {
     return this.vrings.filter((v) => v.started).map((v) => v.index);
@@ -173,6 +183,11 @@ export class BackendSession extends EventEmitter {
   private async pump(): Promise<void> {
     try {
       while (this.backlog.length > 0 && !this.closing) {
+        // A frontend that does not read its replies stalls us rather than our memory.
+        if (this.channel.writeBacklog >= REPLY_BACKLOG_HIGH) {
+          await this.channel.drained();
+          continue;
+        }
         const msg = this.backlog.shift()!;
         if (this.backlog.length < BACKLOG_HIGH / 2) this.channel.resume();
         await this.process(msg);

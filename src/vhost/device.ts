@@ -21,13 +21,24 @@ export interface VhostUserDevice {
   setConfig(offset: number, data: Uint8Array): boolean;
   /** The features the frontend acked (SET_FEATURES), before any queue starts. */
   setFeatures(features: bigint): void;
-  /** A queue became ready (addresses, kick fd, enabled): start serving it. */
+  /**
+   * A queue became ready (size, addresses, kick fd, and enabled when F_PROTOCOL_FEATURES
+   * was acked): start serving it. queue.eventIdx/indirect/callFd/lastAvailIdx are set.
+   * queue.callFd may change later (SET_VRING_CALL); read it when signalling, never cache it.
+   */
   startQueue(queue: DeviceQueue): void;
-  /** The driver kicked this started queue: pop and handle everything available. */
+  /**
+   * The driver kicked this started queue: pop and handle everything available. Also
+   * called once right after startQueue() and after a re-enable, without a kick, so
+   * buffers made available before the kick fd was watched are served.
+   */
   onKick(queue: DeviceQueue): void;
   /**
    * Stop serving a queue: resolves once no request popped from it is still in flight
-   * and every completion has been pushed and flushed (GET_VRING_BASE waits on this).
+   * and every completion has been pushed and flushed (GET_VRING_BASE waits on this, as
+   * do RESET_DEVICE and disconnect). No onKick() arrives for it meanwhile; guest memory
+   * stays mapped until it resolves. Afterwards queue.lastAvailIdx is reported to the
+   * frontend and the queue is reset().
    */
   stopQueue(queue: DeviceQueue): Promise<void>;
   /** The frontend went away or reset the device: drop per-connection state. */

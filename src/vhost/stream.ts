@@ -185,6 +185,11 @@ export class MessageWriter {
     return this.queue.length > 0;
   }
 
+  /** Messages (or message tails) waiting for the socket. */
+  get backlog(): number {
+    return this.queue.length;
+  }
+
   /**
    * Sends a whole message (header+payload in `bytes`) with `fds` attached. The caller
    * keeps ownership of its fds: when the message has to wait, the writer sends dups.
@@ -250,6 +255,7 @@ export class MessageChannel {
   private paused = false;
   private events = 0;
   private isClosed = false;
+  private drainWaiters: Array<() => void> = [];
 
   constructor(
     readonly fd: number,
@@ -264,6 +270,17 @@ export class MessageChannel {
 
   get closed(): boolean {
     return this.isClosed;
+  }
+
+  /** Messages queued because the peer is not reading. */
+  get writeBacklog(): number {
+    return this.writer.backlog;
+  }
+
+  /** Resolves once nothing is queued for the socket (or the channel is closed). */
+  drained(): Promise<void> {
+    if (this.isClosed || !this.writer.pending) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
   }
 
   /** Sends a message; errors close the channel (reported through onClose). */
@@ -311,7 +328,12 @@ export class MessageChannel {
     } catch {
       // already closed
     }
+    this.wakeDrained();
     this.handlers.onClose(error, byPeer);
+  }
+
+  private wakeDrained(): void {
+    for (const w of this.drainWaiters.splice(0)) w();
   }
 
   private updatePoll(): void {
@@ -331,7 +353,7 @@ export class MessageChannel {
     }
     if ((events & POLL_WRITABLE) !== 0) {
       try {
-        this.writer.flush();
+        if (this.writer.flush()) this.wakeDrained();
       } catch (err) {
         this.closeWith(err instanceof Error ? err : new Error(String(err)), true);
         return;
