@@ -110,6 +110,7 @@ export class BackendSession extends EventEmitter {
   private readonly vrings: Vring[];
   private readonly backlog: VhostUserMessage[] = [];
   private pumping: Promise<void> | null = null;
+  private wakePump: (() => void) | null = null;
   private closing = false;
   private owner = false;
   private acked = 0n;
@@ -185,7 +186,11 @@ export class BackendSession extends EventEmitter {
       while (this.backlog.length > 0 && !this.closing) {
         // A frontend that does not read its replies stalls us rather than our memory.
         if (this.channel.writeBacklog >= REPLY_BACKLOG_HIGH) {
-          await this.channel.drained();
+          await new Promise<void>((resolve) => {
+            this.wakePump = resolve; // teardown must not wait for a peer that never reads
+            void this.channel.drained().then(resolve);
+          });
+          this.wakePump = null;
           continue;
         }
         const msg = this.backlog.shift()!;
@@ -771,6 +776,7 @@ export class BackendSession extends EventEmitter {
     this.emit('closing', reason);
     this.channel.pause();
     for (const m of this.backlog.splice(0)) closeFds(m.fds);
+    this.wakePump?.();
     void (async () => {
       try {
         if (this.pumping !== null) await this.pumping;

@@ -466,3 +466,33 @@ describe('vhost-user backend session back-pressure', function () {
     }
   });
 });
+
+describe('vhost-user server close with a stalled frontend', function () {
+  this.timeout(20000);
+
+  it('completes even when the frontend never reads its replies', async () => {
+    const dir = new TempDir();
+    const server = new VhostUserServer(dir.file('stall.sock'), new EchoDevice(1));
+    const sessions: BackendSession[] = [];
+    server.on('session', (s: BackendSession) => sessions.push(s));
+    server.listen();
+    const fd = native.unixConnect(server.socketPath);
+    try {
+      const { encodeMessage, requestFlags } = await import('../../src/vhost/codec.js');
+      const msg = encodeMessage(FrontendReq.GET_QUEUE_NUM, requestFlags(false));
+      for (let stalls = 0; stalls < 10; ) {
+        if (native.sendMsg(fd, msg, 0, msg.byteLength, []) !== msg.byteLength) {
+          stalls++;
+          await sleep(5);
+        }
+      }
+      await waitFor(() => (sessions[0]?.queuedReplies ?? 0) > 0, 2000, 'replies to back up');
+      const closing = server.close();
+      expect(await settledWithin(closing, 300)).to.equal('settled');
+    } finally {
+      native.close(fd);
+      await server.close();
+      dir.remove();
+    }
+  });
+});
