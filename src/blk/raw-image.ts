@@ -3,6 +3,7 @@
 import { openSync, closeSync, fstatSync, constants as fsc } from 'node:fs';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from '../native/index.js';
 import type { Segment } from '../virtio/memory.js';
+import { segmentsLength } from '../virtio/segments.js';
 import type { BlockImage, Completion } from './image.js';
 import { createFileIo, type FileIo, type IoEngineName } from './file-io.js';
 import { ConfigError } from '../util/errors.js';
@@ -91,7 +92,6 @@ export class RawImage implements BlockImage {
 
 /** A short transfer inside the image's bounds means the file shrank or the disk filled: an I/O error. */
 function fullTransfer(segs: readonly Segment[], done: Completion): Completion {
-  let expected = 0;
-  for (const s of segs) expected += s.length;
+  const expected = segmentsLength(segs);
   return (result) => done(result < 0 ? result : result === expected ? 0 : -EIO);
 }

@@ -1,0 +1,180 @@
+// One writer per image: a writable open takes a lease object naming its holder and renews
+// it (the heartbeat). A second writable open is refused while the heartbeat is fresh; a
+// stale lease (its holder crashed) is taken over only when the operator says --force.
+//
+// Where the store supports conditional writes (If-None-Match/If-Match), taking, renewing
+// and taking over are atomic: of two racing openers exactly one wins. Where it does not
+// (s3rver, some S3-compatible servers), the lease is written and read back after a pause:
+// two openers racing inside that window can both succeed, so operators must not start two
+// writers at the same moment there (docs/images.md says so).
+import { hostname } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import type { ObjectStore } from '../backends/object-store.js';
+import { ErrnoError, errnoOf } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+
+export interface LeaseRecord {
+  readonly holder: string;
+  readonly host: string;
+  readonly pid: number;
+  /** ISO time of the last renewal. */
+  readonly heartbeat: string;
+  /** The holder promises to renew within this many milliseconds. */
+  readonly ttlMs: number;
+}
+
+export interface LeaseOptions {
+  readonly force: boolean;
+  readonly ttlMs?: number;
+  /** Pause before re-reading the lease on stores without conditional writes. */
+  readonly settleMs?: number;
+  readonly log: Logger;
+  /** Called once if the lease is lost (someone took it over): the writer must stop. */
+  readonly onLost?: (by: LeaseRecord | null) => void;
+}
+
+export const DEFAULT_LEASE_TTL_MS = 30_000;
+
+export function describeHolder(r: LeaseRecord, now = Date.now()): string {
+  const age = Math.round((now - Date.parse(r.heartbeat)) / 1000);
+  return `${r.host} pid ${r.pid} (holder ${r.holder}, renewed ${age} s ago)`;
+}
+
+function parseLease(body: Uint8Array): LeaseRecord | null {
+  try {
+    const r = JSON.parse(new TextDecoder().decode(body)) as Partial<LeaseRecord>;
+    if (typeof r.holder === 'string' && typeof r.host === 'string' && typeof r.pid === 'number' && typeof r.heartbeat === 'string' && typeof r.ttlMs === 'number') {
+      return r as LeaseRecord;
+    }
+  } catch {
+    // fall through: an unreadable lease is treated as stale
+  }
+  return null;
+}
+
+export function isStale(r: LeaseRecord | null, now = Date.now()): boolean {
+  return r === null || !(now - Date.parse(r.heartbeat) <= r.ttlMs);
+}
+
+export class ImageLease {
+  readonly holder = randomUUID();
+  private etag = '';
+  private timer: NodeJS.Timeout | null = null;
+  private lostFlag = false;
+  private renewing: Promise<void> | null = null;
+
+  private constructor(
+    private readonly store: ObjectStore,
+    private readonly key: string,
+    private readonly ttlMs: number,
+    private readonly settleMs: number,
+    private readonly log: Logger,
+    private readonly onLost: ((by: LeaseRecord | null) => void) | undefined,
+  ) {}
+
+  /** Takes the lease or throws EBUSY naming the holder. */
+  static async acquire(store: ObjectStore, key: string, opts: LeaseOptions): Promise<ImageLease> {
+    const lease = new ImageLease(store, key, opts.ttlMs ?? DEFAULT_LEASE_TTL_MS, opts.settleMs ?? 1000, opts.log, opts.onLost);
+    await lease.take(opts.force);
+    lease.timer = setInterval(() => void lease.renew(), Math.max(50, lease.ttlMs / 3));
+    lease.timer.unref();
+    return lease;
+  }
+
+  get lost(): boolean {
+    return this.lostFlag;
+  }
+
+  private record(): Uint8Array {
+    const r: LeaseRecord = { holder: this.holder, host: hostname(), pid: process.pid, heartbeat: new Date().toISOString(), ttlMs: this.ttlMs };
+    return new TextEncoder().encode(JSON.stringify(r) + '\n');
+  }
+
+  private async current(): Promise<{ record: LeaseRecord | null; etag: string } | null> {
+    try {
+      const got = await this.store.get(this.key);
+      return { record: parseLease(got.body), etag: got.etag };
+    } catch (err) {
+      if (errnoOf(err) === 2 /* ENOENT */ ) return null;
+      throw err;
+    }
+  }
+
+  private async take(force: boolean): Promise<void> {
+    const conditional = this.store.capabilities.conditionalWrites;
+    const existing = await this.current();
+    if (existing) {
+      const r = existing.record;
+      if (!isStale(r)) {
+        throw new ErrnoError('EBUSY', `image is in use by ${describeHolder(r!)}; only one writer is allowed (open it read-only, or stop that writer)`);
+      }
+      if (!force) {
+        throw new ErrnoError('EBUSY', `image has a stale lease from ${r ? describeHolder(r) : 'an unknown holder'}; if that writer is gone, take it over with --force`);
+      }
+      this.log.warn('taking over a stale image lease', { key: this.key, previous: r });
+    }
+    try {
+      const put = await this.store.put(this.key, this.record(), conditional ? (existing ? { ifMatch: existing.etag } : { ifNoneMatch: '*' }) : {});
+      this.etag = put.etag;
+    } catch (err) {
+      const e = errnoOf(err);
+      if (e === 17 /* EEXIST */ || e === 116 /* ESTALE */) {
+        const now = await this.current();
+        throw new ErrnoError('EBUSY', `image lease was taken by ${now?.record ? describeHolder(now.record) : 'another writer'} at the same moment`);
+      }
+      throw err;
+    }
+    if (!conditional) await this.confirm();
+  }
+
+  /** Without conditional writes: wait, then check that our record is still the one stored. */
+  private async confirm(): Promise<void> {
+    await new Promise((resolve) => setTimeout(resolve, this.settleMs));
+    const now = await this.current();
+    if (now?.record?.holder !== this.holder) {
+      throw new ErrnoError('EBUSY', `image lease was taken by ${now?.record ? describeHolder(now.record) : 'another writer'} at the same moment`);
+    }
+    this.etag = now.etag;
+  }
+
+  /** The heartbeat. A renewal that finds someone else's lease means we lost it. */
+  renew(): Promise<void> {
+    if (this.lostFlag || this.renewing) return this.renewing ?? Promise.resolve();
+    this.renewing = (async () => {
+      try {
+        if (this.store.capabilities.conditionalWrites) {
+          this.etag = (await this.store.put(this.key, this.record(), { ifMatch: this.etag })).etag;
+        } else {
+          const now = await this.current();
+          if (now?.record?.holder !== this.holder) return this.lose(now?.record ?? null);
+          this.etag = (await this.store.put(this.key, this.record())).etag;
+        }
+      } catch (err) {
+        const e = errnoOf(err);
+        if (e === 116 /* ESTALE */ || e === 2 /* ENOENT */) return this.lose((await this.current().catch(() => null))?.record ?? null);
+        // A failed renewal is retried at the next tick; the ttl leaves room for a few.
+        this.log.warn('image lease renewal failed', { key: this.key, error: err });
+      }
+    })().finally(() => (this.renewing = null));
+    return this.renewing;
+  }
+
+  private lose(by: LeaseRecord | null): void {
+    if (this.lostFlag) return;
+    this.lostFlag = true;
+    if (this.timer) clearInterval(this.timer);
+    this.log.error('image lease lost: another writer took over; refusing further writes', { key: this.key, by });
+    this.onLost?.(by);
+  }
+
+  /** Deletes the lease if it is still ours. */
+  async release(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await this.renewing;
+    if (this.lostFlag) return;
+    this.lostFlag = true;
+    const now = await this.current();
+    if (now?.record?.holder === this.holder) await this.store.delete(this.key);
+  }
+}
