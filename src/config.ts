@@ -49,9 +49,29 @@ const common = {
   debug: { doc: 'print stack traces of errors', format: Boolean, default: false, env: 'VHOST_S3_DEBUG', arg: 'debug' },
 } satisfies Schema;
 
+/** Where objects live: S3 connection settings (credentials come from the AWS_* variables and the SDK's chain). */
+const storage = {
+  endpoint: { doc: 'S3 endpoint URL for s3:// locators (e.g. http://127.0.0.1:9000); empty: AWS', format: String, default: '', env: 'VHOST_S3_ENDPOINT', arg: 'endpoint' },
+  region: { doc: 'S3 region (AWS_REGION is honoured when this is empty)', format: String, default: '', env: 'VHOST_S3_REGION', arg: 'region' },
+  pathStyle: { doc: 'path-style S3 URLs: auto (on when --endpoint is given), on, off', format: ['auto', 'on', 'off'] as const, default: 'auto', env: 'VHOST_S3_PATH_STYLE', arg: 'path-style' },
+  checksums: { doc: 'S3 request checksums: when-required (safe for S3-compatible servers) or when-supported (AWS SDK default)', format: ['when-required', 'when-supported'] as const, default: 'when-required', env: 'VHOST_S3_CHECKSUMS', arg: 'checksums' },
+  s3Concurrency: { doc: 'S3 requests in flight at most', format: 'positive-int', default: 32, env: 'VHOST_S3_CONCURRENCY', arg: 's3-concurrency' },
+} satisfies Schema;
+
+/** Object-backed images: cache and write-back settings. */
+const imageCache = {
+  cacheSize: { doc: 'object images: bytes of clean chunks cached in memory', format: 'size', default: 256 * 2 ** 20, env: 'VHOST_S3_CACHE_SIZE', arg: 'cache-size' },
+  dirtySize: { doc: 'object images: bytes of written, not yet stored chunks before writes wait', format: 'size', default: 128 * 2 ** 20, env: 'VHOST_S3_DIRTY_SIZE', arg: 'dirty-size' },
+  writethrough: { doc: 'object images: store every write before completing it (default: write-back, stored by FLUSH)', format: Boolean, default: false, env: 'VHOST_S3_WRITETHROUGH', arg: 'writethrough' },
+  writebackDelay: { doc: 'object images: milliseconds after its last write a dirty chunk is stored without a FLUSH', format: Number, default: 2000, env: 'VHOST_S3_WRITEBACK_DELAY', arg: 'writeback-delay' },
+  uploads: { doc: 'object images: chunk uploads in flight at most', format: 'positive-int', default: 8, env: 'VHOST_S3_UPLOADS', arg: 'uploads' },
+  readahead: { doc: 'object images: chunks fetched ahead of a sequential reader', format: Number, default: 4, env: 'VHOST_S3_READAHEAD', arg: 'readahead' },
+  force: { doc: 'object images: take over the lease of a writer whose heartbeat is stale (it crashed)', format: Boolean, default: false, env: 'VHOST_S3_FORCE', arg: 'force' },
+} satisfies Schema;
+
 const blkDevice = {
   socket: { doc: 'vhost-user socket path to listen on', format: String, default: '', env: 'VHOST_S3_SOCKET', arg: 'socket' },
-  image: { doc: 'disk image: file:/path/to/disk.raw (a raw file)', format: String, default: '', env: 'VHOST_S3_IMAGE', arg: 'image' },
+  image: { doc: 'disk image: s3://bucket/path (object image), file:/dir (object image in a local store) or file:/path/disk.raw (raw file)', format: String, default: '', env: 'VHOST_S3_IMAGE', arg: 'image' },
   readonly: { doc: 'present the disk read-only (VIRTIO_BLK_F_RO)', format: Boolean, default: false, env: 'VHOST_S3_READONLY', arg: 'readonly' },
   queues: { doc: 'number of request queues offered (virtio-blk MQ)', format: 'positive-int', default: 1, env: 'VHOST_S3_QUEUES', arg: 'queues' },
   serial: { doc: 'disk serial returned by GET_ID (at most 20 bytes)', format: String, default: '', env: 'VHOST_S3_SERIAL', arg: 'serial' },
@@ -59,14 +79,26 @@ const blkDevice = {
 } satisfies Schema;
 
 export const schemas = {
-  blk: { ...common, ...blkDevice },
+  blk: { ...common, ...blkDevice, ...imageCache, ...storage },
   serve: {
     ...common,
     dataDir: { doc: 'directory holding the embedded default disk and sockets', format: String, default: './data', env: 'VHOST_S3_DATA_DIR', arg: 'data-dir' },
     diskSize: { doc: 'size of the default disk created on first start', format: 'size', default: 1 << 30, env: 'VHOST_S3_DISK_SIZE', arg: 'disk-size' },
     queues: blkDevice.queues,
-    ioEngine: blkDevice.ioEngine,
+    ...imageCache,
   },
+  'image create': { ...common, ...storage,
+    size: { doc: 'disk size (e.g. 20G)', format: 'size', default: 0, env: 'VHOST_S3_IMAGE_SIZE', arg: 'size' },
+    chunkSize: { doc: 'chunk size: a power of two from 64K to 64M', format: 'size', default: 4 * 2 ** 20, env: 'VHOST_S3_CHUNK_SIZE', arg: 'chunk-size' },
+  },
+  'image import': { ...common, ...storage,
+    chunkSize: { doc: 'chunk size: a power of two from 64K to 64M', format: 'size', default: 4 * 2 ** 20, env: 'VHOST_S3_CHUNK_SIZE', arg: 'chunk-size' },
+    uploads: imageCache.uploads,
+  },
+  'image export': { ...common, ...storage, uploads: { ...imageCache.uploads, doc: 'chunk downloads in flight at most' } },
+  'image info': { ...common, ...storage, json: { doc: 'print one JSON object', format: Boolean, default: false, env: 'VHOST_S3_JSON', arg: 'json' } },
+  'image ls': { ...common, ...storage },
+  'image rm': { ...common, ...storage, force: { doc: 'remove even while a writer holds a fresh lease', format: Boolean, default: false, env: 'VHOST_S3_FORCE', arg: 'force' } },
   'bench blk': {
     ...common,
     socket: { doc: 'vhost-user-blk socket of the backend to drive', format: String, default: '', env: 'VHOST_S3_BENCH_SOCKET', arg: 'socket' },
@@ -94,10 +126,23 @@ type ValueOf<S extends OptionSpec> = S['format'] extends BooleanConstructor
 
 export type ConfigOf<C extends CommandName> = { -readonly [K in keyof (typeof schemas)[C]]: (typeof schemas)[C][K] extends OptionSpec ? ValueOf<(typeof schemas)[C][K]> : never };
 
-/** Loads a command's configuration from argv flags and the environment. */
+/** Loads a command's configuration from argv flags and the environment (no positional arguments). */
 export function loadConfig<C extends CommandName>(command: C, argv: string[], env: NodeJS.ProcessEnv = process.env): ConfigOf<C> {
+  return loadCommand(command, argv, [], env).config;
+}
+
+/** Like loadConfig, for commands that take positional arguments (exactly `names`, in order). */
+export function loadCommand<C extends CommandName>(
+  command: C, argv: string[], names: readonly string[], env: NodeJS.ProcessEnv = process.env,
+): { config: ConfigOf<C>; args: string[] } {
   const schema: Schema = schemas[command];
-  const flags = parseFlags(schema, argv);
+  const { flags, positionals } = parseFlags(schema, argv);
+  if (positionals.length > names.length) throw new ConfigError(`unexpected argument "${positionals[names.length]}"`);
+  if (positionals.length < names.length) throw new ConfigError(`missing ${names.slice(positionals.length).join(' and ')}`);
+  return { config: loadSchema<C>(schema, flags, env), args: positionals };
+}
+
+function loadSchema<C extends CommandName>(schema: Schema, flags: Map<string, string | boolean>, env: NodeJS.ProcessEnv): ConfigOf<C> {
   try {
     // Flags are parsed here rather than by convict, which would turn "--serial 0123" into a number.
     const conf = convict(schema as convict.Schema<unknown>, { args: [], env });
@@ -114,13 +159,17 @@ function firstLine(s: string): string {
   return s.split('\n')[0]!.replace(/^[a-zA-Z]+: /, '');
 }
 
-/** `--name value`, `--name=value`, `--flag`, `--no-flag` → schema key and raw value. */
-function parseFlags(schema: Schema, argv: string[]): Map<string, string | boolean> {
+/** `--name value`, `--name=value`, `--flag`, `--no-flag` → schema key and raw value; the rest are positionals. */
+function parseFlags(schema: Schema, argv: string[]): { flags: Map<string, string | boolean>; positionals: string[] } {
   const byArg = new Map(Object.entries(schema).map(([key, o]) => [o.arg, { key, spec: o }]));
   const out = new Map<string, string | boolean>();
+  const positionals: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const tok = argv[i]!;
-    if (!tok.startsWith('--')) throw new ConfigError(`unexpected argument "${tok}"`);
+    if (!tok.startsWith('--')) {
+      positionals.push(tok);
+      continue;
+    }
     const eq = tok.indexOf('=');
     let name = eq < 0 ? tok.slice(2) : tok.slice(2, eq);
     const negated = name.startsWith('no-') && !byArg.has(name);
@@ -138,7 +187,7 @@ function parseFlags(schema: Schema, argv: string[]): Map<string, string | boolea
     else if (i + 1 < argv.length) out.set(entry.key, argv[++i]!);
     else throw new ConfigError(`option --${name} needs a value`);
   }
-  return out;
+  return { flags: out, positionals };
 }
 
 /** Human-readable schema: one block per option (used by --help and `config --help`). */

@@ -2,17 +2,16 @@
 import { VhostUserServer } from '../vhost/server.js';
 import type { Logger } from '../util/log.js';
 import { BlkDevice } from './device.js';
-import { openImage } from './open-image.js';
-import type { IoEngineName } from './file-io.js';
 import type { BlockImage } from './image.js';
 
 export interface BlkExportOptions {
   readonly socket: string;
-  readonly image: string;
-  readonly readOnly: boolean;
+  /** The opened image; the export owns it from now on (closes it, also when starting fails). */
+  readonly image: BlockImage;
+  /** For logs: where the image lives. */
+  readonly locator: string;
   readonly queues: number;
   readonly serial: string;
-  readonly ioEngine: IoEngineName;
   readonly log: Logger;
 }
 
@@ -24,13 +23,13 @@ export class BlkExport {
   ) {}
 
   static async start(opts: BlkExportOptions): Promise<BlkExport> {
-    const image = openImage(opts.image, { readOnly: opts.readOnly, ioEngine: opts.ioEngine });
+    const image = opts.image;
     const log = opts.log.child({ device: 'blk', socket: opts.socket });
     const device = new BlkDevice({ image, numQueues: opts.queues, serial: opts.serial, log });
     try {
       const server = new VhostUserServer(opts.socket, device, { log });
       server.listen();
-      log.info('serving vhost-user-blk', { image: opts.image, size: image.size, readOnly: image.readOnly, queues: opts.queues });
+      log.info('serving vhost-user-blk', { image: opts.locator, size: image.size, readOnly: image.readOnly, queues: opts.queues });
       return new BlkExport(image, device, server);
     } catch (err) {
       await image.close();

@@ -133,8 +133,12 @@ export class ObjectImage implements BlockImage {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.cache.close();
-    await this.lease?.release();
+    try {
+      await this.cache.close();
+      await this.lease?.release();
+    } finally {
+      await this.store.close();
+    }
   }
 
   private zeroRange(offset: number, length: number, done: Completion): void {

@@ -6,6 +6,7 @@ import { describeSchema, schemas, type CommandName } from '../config.js';
 import { runBlk } from './blk.js';
 import { runServe } from './serve.js';
 import { runBenchBlk } from './bench-blk.js';
+import { runImageCreate, runImageExport, runImageImport, runImageInfo, runImageLs, runImageRm } from './image.js';
 
 interface Command {
   readonly summary: string;
@@ -16,6 +17,12 @@ interface Command {
 const commands: Partial<Record<CommandName, Command>> = {
   serve: { summary: 'run the gateway on the embedded default store (what `npm start` runs)', usage: 'vhost-s3 serve [options]', run: runServe },
   blk: { summary: 'serve a disk image over a vhost-user-blk socket', usage: 'vhost-s3 blk --socket PATH --image file:/path/disk.raw [options]', run: runBlk },
+  'image create': { summary: 'create an empty object-backed disk image', usage: 'vhost-s3 image create IMAGE --size 20G [--chunk-size 4M]', run: runImageCreate },
+  'image import': { summary: 'copy a raw disk file into a new image (zero chunks are not stored)', usage: 'vhost-s3 image import FILE IMAGE [--chunk-size 4M]', run: runImageImport },
+  'image export': { summary: 'copy an image into a sparse raw file', usage: 'vhost-s3 image export IMAGE FILE', run: runImageExport },
+  'image info': { summary: 'size, chunk size, chunks and bytes stored, lease holder of an image', usage: 'vhost-s3 image info IMAGE [--json]', run: runImageInfo },
+  'image ls': { summary: 'list the images under a prefix', usage: 'vhost-s3 image ls s3://bucket/images/', run: runImageLs },
+  'image rm': { summary: 'remove an image and all its chunks', usage: 'vhost-s3 image rm IMAGE [--force]', run: runImageRm },
   'bench blk': { summary: 'drive a vhost-user-blk backend without a VM and measure it', usage: 'vhost-s3 bench blk --socket PATH [--rw randread] [--bs 4k] [--iodepth 32] [--runtime 10] [--json]', run: runBenchBlk },
 };
 

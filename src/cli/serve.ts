@@ -1,11 +1,17 @@
-// `npm start`: the gateway on the embedded default — a sparse raw disk under the data
-// directory, created on first start, served over vhost-user-blk.
-import { mkdirSync, openSync, closeSync, ftruncateSync, existsSync } from 'node:fs';
+// `npm start`: the gateway on the embedded default — an object-backed disk image in a
+// local directory store under the data directory, created on first start and served over
+// vhost-user-blk.
+import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { loadConfig } from '../config.js';
 import { ConfigError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { BlkExport } from '../blk/export.js';
+import { createImage } from '../blk/image-admin.js';
+import { DEFAULT_CHUNK_SIZE, ImageKeys } from '../blk/image-format.js';
+import { openStore, type StorageConfig } from '../backends/store-config.js';
+import type { Logger } from '../util/log.js';
+import { openConfiguredImage } from './blk.js';
 import { stopOnSignals } from './lifecycle.js';
 
 export async function runServe(argv: string[]): Promise<void> {
@@ -17,26 +23,33 @@ export async function runServe(argv: string[]): Promise<void> {
   } catch (err) {
     throw new ConfigError(`cannot create data directory ${dir}: ${(err as NodeJS.ErrnoException).code}`);
   }
-  const disk = join(dir, 'disk0.raw');
-  if (!existsSync(disk)) createSparseFile(disk, cfg.diskSize);
+  const storage = { endpoint: '', region: '', pathStyle: 'auto', checksums: 'when-required', s3Concurrency: 8 } as const;
+  const storeDir = join(dir, 'store');
+  await createDefaultImage(storeDir, 'images/disk0/', cfg.diskSize, storage, log);
+  const locator = `file:${storeDir}/images/disk0`;
   const socket = join(dir, 'disk0.sock');
-  const exp = await BlkExport.start({ socket, image: `file:${disk}`, readOnly: false, queues: cfg.queues, serial: 'vhost-s3-disk0', ioEngine: cfg.ioEngine, log });
+  const image = await openConfiguredImage(locator, false, { ...cfg, ...storage }, log);
+  const exp = await BlkExport.start({ socket, image, locator, queues: cfg.queues, serial: 'vhost-s3-disk0', log });
   process.stdout.write(
-    `vhost-s3 is serving ${disk} (${exp.image.size} bytes) on ${socket}\n` +
+    `vhost-s3 is serving the disk image ${locator} (${exp.image.size} bytes) on ${socket}\n` +
     `Attach it to QEMU with:\n` +
-    `  -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\\n` +
+    `  -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem -m 1G \\\n` +
     `  -chardev socket,id=d0,path=${socket} -device vhost-user-blk-pci,chardev=d0\n` +
     `Press Ctrl-C to stop.\n`,
   );
   await stopOnSignals(log, () => exp.close());
 }
 
-function createSparseFile(path: string, size: number): void {
-  if (size <= 0 || size % 512 !== 0) throw new ConfigError(`disk size must be a positive multiple of 512 bytes, got ${size}`);
-  const fd = openSync(path, 'wx');
+/** Creates the image on first start; later starts reuse it (whatever its size). */
+async function createDefaultImage(storeDir: string, prefix: string, size: number, storage: StorageConfig, log: Logger): Promise<void> {
+  const { store } = await openStore(`file:${storeDir}/`, storage, log, true);
   try {
-    ftruncateSync(fd, size);
+    const keys = new ImageKeys(prefix);
+    if (await store.head(keys.manifest)) return;
+    await createImage(store, keys, size, DEFAULT_CHUNK_SIZE);
+  } catch (err) {
+    throw new ConfigError(`cannot create the default disk image in ${storeDir}: ${(err as Error).message}`);
   } finally {
-    closeSync(fd);
+    await store.close();
   }
 }

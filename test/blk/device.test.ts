@@ -3,6 +3,7 @@
 import { expect } from 'chai';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { BlkExport } from '../../src/blk/export.js';
+import { RawImage } from '../../src/blk/raw-image.js';
 import { BlkClient } from '../../src/frontend/blk-client.js';
 import { BlkStatus, BlkType } from '../../src/blk/protocol.js';
 import { silentLogger } from '../../src/util/log.js';
@@ -19,9 +20,9 @@ describe('virtio-blk device over a raw file', function () {
 
   async function start(opts: { readOnly?: boolean; queues?: number; serial?: string; ioEngine?: 'uring' | 'sync'; size?: number } = {}): Promise<BlkClient> {
     makeRawFile(raw, opts.size ?? 16 * MiB);
+    const image = RawImage.open(raw, { readOnly: opts.readOnly ?? false, ioEngine: opts.ioEngine ?? 'uring' });
     exp = await BlkExport.start({
-      socket: dir.file('blk.sock'), image: `file:${raw}`, readOnly: opts.readOnly ?? false,
-      queues: opts.queues ?? 1, serial: opts.serial ?? 'TESTDISK', ioEngine: opts.ioEngine ?? 'uring', log: silentLogger,
+      socket: dir.file('blk.sock'), image, locator: raw, queues: opts.queues ?? 1, serial: opts.serial ?? 'TESTDISK', log: silentLogger,
     });
     client = await BlkClient.connect(dir.file('blk.sock'), { queues: opts.queues ?? 1 });
     return client;

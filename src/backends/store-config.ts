@@ -1,0 +1,76 @@
+// From the storage options of a command to an opened object store. Store errors that an
+// operator causes (missing bucket, wrong credentials, unreachable endpoint, missing image)
+// become one-line ConfigErrors: the command line reports them and exits 2.
+import { existsSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join, relative, sep } from 'node:path';
+import { createObjectStore, parseLocator, type OpenedStore } from './locator.js';
+import type { S3StoreOptions } from './s3-store.js';
+import { StoreError } from './object-store.js';
+import { ConfigError } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+
+export interface StorageConfig {
+  readonly endpoint: string;
+  readonly region: string;
+  readonly pathStyle: 'auto' | 'on' | 'off';
+  readonly checksums: 'when-required' | 'when-supported';
+  readonly s3Concurrency: number;
+}
+
+export function s3Options(cfg: StorageConfig, log: Logger): Omit<S3StoreOptions, 'bucket'> {
+  const checksum = cfg.checksums === 'when-required' ? 'WHEN_REQUIRED' : 'WHEN_SUPPORTED';
+  return {
+    ...(cfg.endpoint !== '' ? { endpoint: cfg.endpoint } : {}),
+    ...(cfg.region !== '' ? { region: cfg.region } : {}),
+    ...(cfg.pathStyle !== 'auto' ? { forcePathStyle: cfg.pathStyle === 'on' } : {}),
+    requestChecksumCalculation: checksum,
+    responseChecksumValidation: checksum,
+    concurrency: cfg.s3Concurrency,
+    logger: log,
+  };
+}
+
+/**
+ * Opens the store of a locator and returns the key prefix it names. A `file:` locator
+ * names a path inside a local store, whose root is the nearest directory up the path
+ * holding the marker file ROOT_MARKER (written when a store is created): so
+ * `file:/srv/store/images/vm1` is the prefix `images/vm1/` of the store `/srv/store`, as
+ * `s3://bucket/images/vm1` is of a bucket. Without a marker, the last path component is
+ * the prefix (a trailing `/` makes the whole path the root) and, with `create`, the store
+ * is created there.
+ */
+export async function openStore(locator: string, cfg: StorageConfig, log: Logger, create = false): Promise<OpenedStore> {
+  try {
+    if (locator.startsWith('file:')) {
+      const { root, prefix } = fileStoreRoot(parseLocator(locator) as { path: string }, locator.endsWith('/'));
+      const opened = await createObjectStore(`file:${root}`, { file: { create } });
+      if (create) writeFileSync(join(root, ROOT_MARKER), 'vhost-s3 local object store\n');
+      return { ...opened, prefix };
+    }
+    return await createObjectStore(locator, { s3: s3Options(cfg, log) });
+  } catch (err) {
+    throw asConfigError(err, locator);
+  }
+}
+
+export const ROOT_MARKER = '.vhost-s3-store';
+
+function fileStoreRoot(loc: { path: string }, isPrefix: boolean): { root: string; prefix: string } {
+  for (let dir = loc.path; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, ROOT_MARKER))) {
+      const rel = relative(dir, loc.path);
+      return { root: dir, prefix: rel === '' ? '' : rel.split(sep).join('/') + '/' };
+    }
+    if (dir === dirname(dir)) break;
+  }
+  if (isPrefix) return { root: loc.path, prefix: '' };
+  return { root: dirname(loc.path), prefix: basename(loc.path) + '/' };
+}
+
+/** Store errors an operator can fix are configuration errors. */
+export function asConfigError(err: unknown, what: string): unknown {
+  if (err instanceof StoreError && ['ENOENT', 'ENOTDIR', 'EACCES', 'ECONNREFUSED', 'EHOSTUNREACH', 'ETIMEDOUT', 'EINVAL'].includes(err.code)) {
+    return new ConfigError(`${what}: ${err.message}`);
+  }
+  return err;
+}
