@@ -161,8 +161,10 @@ class Uring : public Napi::ObjectWrap<Uring> {
     IovecArgs args;
     int64_t position;
     double tag;
+    bool async = false;
     if (!CheckOpen(env, what) || !ArgFd(info, 0, &fd) || !ArgIovecs(info, 1, &args) ||
-        !ArgPosition(info, 3, &position) || !ArgTag(info, 4, &tag) || !HaveSlot(env, what)) {
+        !ArgPosition(info, 3, &position) || !ArgTag(info, 4, &tag) ||
+        (info.Length() > 5 && !info[5].IsUndefined() && !ArgBool(info, 5, "async", &async)) || !HaveSlot(env, what)) {
       return env.Undefined();
     }
     // Filled before the slot is taken so a bad iovec leaves the slot free.
@@ -178,6 +180,9 @@ class Uring : public Napi::ObjectWrap<Uring> {
     } else {
       io_uring_prep_readv(sqe, fd, iov.data(), static_cast<unsigned>(args.count), static_cast<uint64_t>(position));
     }
+    // IOSQE_ASYNC: skip the inline attempt at submit and go straight to an io-wq worker,
+    // so a large page-cache copy runs on another CPU instead of the event-loop thread.
+    if (async) sqe->flags |= IOSQE_ASYNC;
     io_uring_sqe_set_data64(sqe, slot);
     return env.Undefined();
   }

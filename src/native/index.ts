@@ -68,8 +68,13 @@ export type IoOp = 'readv' | 'writev' | 'fdatasync' | 'fallocate';
  * prepare call throws EFAULT (a second line of defence behind the TS bounds checks).
  */
 export interface Uring {
-  prepReadv(fd: number, iov: Float64Array, iovCount: number, position: number, tag: number): void;
-  prepWritev(fd: number, iov: Float64Array, iovCount: number, position: number, tag: number): void;
+  /**
+   * `async` (default false) sets IOSQE_ASYNC: the request is not tried inline at submit
+   * but handed to one of the kernel's io-wq worker threads, so a large page-cache copy
+   * runs on another CPU instead of blocking the event loop inside submit().
+   */
+  prepReadv(fd: number, iov: Float64Array, iovCount: number, position: number, tag: number, async?: boolean): void;
+  prepWritev(fd: number, iov: Float64Array, iovCount: number, position: number, tag: number, async?: boolean): void;
   prepFdatasync(fd: number, tag: number): void;
   prepFallocate(fd: number, mode: number, offset: number, length: number, tag: number): void;
   /** Submits everything prepared; returns the number submitted. */

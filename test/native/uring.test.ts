@@ -109,6 +109,37 @@ describe('native: io_uring', function () {
     }
   });
 
+  it('runs async (IOSQE_ASYNC) readv and writev through io-wq with the same results', async () => {
+    const path = join(dir, 'async');
+    writeFileSync(path, Buffer.alloc(0));
+    const fd = openSync(path, 'r+');
+    const { ring, done, wait } = collectingRing(8);
+    try {
+      const bytes = new Uint8Array(mem.windows[0]!);
+      for (let i = 0; i < 65536; i++) bytes[i] = (i * 7) & 0xff;
+      const iov = new Float64Array(4);
+      iov.set([mem.address, 32768, mem.address + 32768, 32768]);
+      ring!.prepWritev(fd, iov, 2, 0, 1, true);
+      expect(ring!.submit()).to.equal(1);
+      await wait(1);
+      expect(done.get(1)).to.equal(65536);
+      iov.set([mem.address + 524288, 65536]);
+      ring!.prepReadv(fd, iov, 1, 0, 2, true);
+      ring!.prepReadv(fd, iov, 1, 0, 3, false);
+      ring!.prepReadv(fd, iov, 1, 0, 4, undefined);
+      expect(ring!.submit()).to.equal(3);
+      await wait(4);
+      expect([done.get(2), done.get(3), done.get(4)]).to.deep.equal([65536, 65536, 65536]);
+      expect(Buffer.from(bytes.subarray(524288, 524288 + 65536)).equals(Buffer.from(bytes.subarray(0, 65536)))).to.equal(true);
+      // a non-boolean async flag is a TypeError and leaves the slot free
+      expect(() => ring!.prepReadv(fd, iov, 1, 0, 5, 1 as unknown as boolean)).to.throw(TypeError);
+      expect(ring!.sqSpace).to.equal(8);
+    } finally {
+      ring!.close();
+      closeSync(fd);
+    }
+  });
+
   it('delivers many completions in few callbacks', async () => {
     const path = join(dir, 'many');
     writeFileSync(path, Buffer.alloc(64 * 1024, 7));
