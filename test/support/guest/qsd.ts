@@ -16,6 +16,8 @@ export interface QsdBlkOptions {
   logicalBlockSize?: number;
   /** Open the file with O_DIRECT (cache.direct=on). Default false. */
   direct?: boolean;
+  /** Pass guest discards to the file (discard=unmap punches holes) or drop them (QEMU's default, ignore). */
+  discard?: 'unmap' | 'ignore';
   /** Binary. Default qemu-storage-daemon. */
   binary?: string;
 }
@@ -42,7 +44,7 @@ export async function startQsdBlk(o: QsdBlkOptions): Promise<QsdBlk> {
   if (o.numQueues !== undefined) exp.push(`num-queues=${o.numQueues}`);
   if (o.logicalBlockSize !== undefined) exp.push(`logical-block-size=${o.logicalBlockSize}`);
   const args = [
-    '--blockdev', `driver=file,node-name=file0,filename=${o.image},cache.direct=${o.direct ? 'on' : 'off'}`,
+    '--blockdev', `driver=file,node-name=file0,filename=${o.image},cache.direct=${o.direct ? 'on' : 'off'}${o.discard ? `,discard=${o.discard}` : ''}`,
     '--export', exp.join(','),
   ];
   const bin = o.binary ?? 'qemu-storage-daemon';
