@@ -180,7 +180,10 @@ export class BlkDevice implements VhostUserDevice {
 
   private readWrite(st: QueueState, chain: DescriptorChain, sector: number, isWrite: boolean): void {
     const dataLen = isWrite ? chain.readableLength - OUTHDR_SIZE : chain.writableLength - 1;
-    if (isWrite && this.image.readOnly) return this.finish(st, chain, BlkStatus.IoErr, 0);
+    // Data goes one way only: a write's data is device-readable and a read's device-writable.
+    // Anything else in the other direction means a confused or hostile driver.
+    const stray = isWrite ? chain.writableLength - 1 : chain.readableLength - OUTHDR_SIZE;
+    if (stray !== 0 || (isWrite && this.image.readOnly)) return this.finish(st, chain, BlkStatus.IoErr, 0);
     if (!this.inRange(sector, dataLen) || dataLen % SECTOR_SIZE !== 0 || dataLen > this.limits.maxRequestBytes) {
       return this.finish(st, chain, BlkStatus.IoErr, 0);
     }

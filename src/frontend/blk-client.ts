@@ -136,6 +136,10 @@ export class BlkClient implements BlkIo {
   get broken(): boolean {
     return this.client.broken;
   }
+  /** The generic client underneath: raw rings and raw completions for hostile tests. */
+  get virtio(): VirtioClient<unknown> {
+    return this.client as VirtioClient<unknown>;
+  }
 
   /** Allocates a buffer in shared memory (guest RAM) for request data. */
   allocBuffer(length: number): SharedBuffer {

@@ -38,9 +38,18 @@ interface ClientQueue<T> {
   kickScheduled: boolean;
 }
 
+/** A completion of a chain published with the ring's raw methods (hostile tests). */
+export interface RawCompletion {
+  readonly queue: number;
+  readonly head: number;
+  readonly len: number;
+}
+
 export class VirtioClient<T> {
   private readonly queues: ClientQueue<T>[] = [];
   private closed = false;
+  /** Completions of raw chains (no token), in arrival order; tests take them from here. */
+  readonly rawCompletions: RawCompletion[] = [];
 
   private constructor(
     readonly session: FrontendSession,
@@ -138,6 +147,7 @@ export class VirtioClient<T> {
     do {
       for (const c of q.ring.poll()) {
         if (c.token !== undefined) this.onComplete(index, c.token, c.len);
+        else this.rawCompletions.push({ queue: index, head: c.head, len: c.len });
       }
       while (q.backlog.length > 0) {
         const next = q.backlog[0]!;
@@ -146,6 +156,13 @@ export class VirtioClient<T> {
         this.scheduleKick(q);
       }
     } while (q.ring.enableCallbacks());
+  }
+
+  /** The driver-side ring of a queue, for tests that write malformed descriptors (kick it with kickRaw). */
+  rawRing(queue: number): DriverQueue<T> {
+    const q = this.queues[queue];
+    if (!q) throw new RangeError(`queue ${queue} is not running`);
+    return q.ring;
   }
 
   /** True if the device returned something impossible on any queue. */
