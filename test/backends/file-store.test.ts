@@ -1,0 +1,247 @@
+// The conformance suite against the file store, plus its own guarantees: key encoding
+// (property: any key round-trips and stays under the root), listing order against a
+// reference model, and atomicity (a crashed write leaves no partial object).
+import { expect } from 'chai';
+import fc from 'fast-check';
+import { spawn, execFileSync } from 'node:child_process';
+import { existsSync, openSync, writeSync, closeSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve, sep } from 'node:path';
+import { FileStore, HEADER_SIZE } from '../../src/backends/file-store.js';
+import { MemoryStore } from '../../src/backends/memory-store.js';
+import { decodeSegment, encodeSegment, keyToPath, pathToKey, NAME_MAX, TEMP_TAG } from '../../src/backends/file-keys.js';
+import { compareKeys, listAll, StoreError, validateKey, type ObjectStore } from '../../src/backends/object-store.js';
+import { TmpDir, patternBytes } from '../support/tmp.js';
+import { expectErrno, objectStoreConformance } from './conformance.js';
+
+const dirs: TmpDir[] = [];
+function tmp(): TmpDir {
+  const d = new TmpDir('vhost-s3-filestore-');
+  dirs.push(d);
+  return d;
+}
+
+describe('FileStore', () => {
+  after(() => {
+    for (const d of dirs) d.remove();
+  });
+
+  objectStoreConformance({
+    name: 'file',
+    open: async () => {
+      const store = await FileStore.open(tmp().file('store'), { create: true });
+      return { store, close: () => store.close() };
+    },
+    openMissingContainer: async () => {
+      const store = new FileStore(tmp().file('never-created'));
+      return { store, close: () => store.close() };
+    },
+  });
+
+  /** Keys from an alphabet rich in the characters that matter (/, ., %, NUL, unicode), plus arbitrary strings. */
+  const awkwardChar = fc.constantFrom('/', '.', '%', '\0', 'a', 'b', '-', ' ', '~', '\\', 'é', '\uFF5E', '\u{1F600}', '0', '2', '5');
+  const awkwardKey = fc.oneof(
+    fc.array(awkwardChar, { minLength: 1, maxLength: 24 }).map((a) => a.join('')),
+    fc.string({ unit: 'binary', minLength: 1, maxLength: 64 }),
+    fc.string({ unit: 'grapheme', minLength: 1, maxLength: 40 }),
+  );
+
+  describe('file store key encoding', () => {
+    const root = '/srv/store';
+
+    it('decodeSegment inverts encodeSegment for any string', () => {
+      fc.assert(
+        // A segment never holds '/' (keys are split there).
+        fc.property(fc.oneof(fc.string({ unit: 'binary' }), fc.array(awkwardChar).map((a) => a.join(''))).map((s) => s.replaceAll('/', '')), (s) => {
+          expect(decodeSegment(encodeSegment(s))).to.equal(s);
+          expect(encodeSegment(s)).to.not.include('\0');
+        }),
+        { numRuns: 2000 },
+      );
+    });
+
+    it('any key maps to names that stay under the root and map back to the key (or ENAMETOOLONG)', () => {
+      fc.assert(
+        fc.property(awkwardKey, (key) => {
+          let p;
+          try {
+            p = keyToPath(key);
+          } catch (err) {
+            expect(err).to.be.instanceOf(StoreError);
+            expect((err as StoreError).code).to.equal('ENAMETOOLONG');
+            return;
+          }
+          for (const name of [...p.dirs, p.file]) {
+            expect(name).to.not.match(/[/\0]/);
+            expect(name).to.not.be.oneOf(['', '.', '..']);
+            expect(Buffer.byteLength(name)).to.be.at.most(NAME_MAX);
+          }
+          const full = resolve(join(root, ...p.dirs, p.file));
+          expect(full.startsWith(root + sep)).to.equal(true);
+          expect(full.split(sep).length).to.equal(root.split(sep).length + p.dirs.length + 1);
+          expect(pathToKey(p.dirs, p.file)).to.equal(key);
+        }),
+        { numRuns: 5000 },
+      );
+    });
+
+    it('maps hostile keys to ordinary names', () => {
+      expect(keyToPath('../../etc/passwd')).to.deep.equal({ dirs: ['d..', 'd..', 'detc'], file: 'opasswd' });
+      expect(keyToPath('/abs')).to.deep.equal({ dirs: ['d'], file: 'oabs' });
+      expect(keyToPath('dir/')).to.deep.equal({ dirs: ['ddir'], file: 'o' });
+      expect(keyToPath('a%2Fb')).to.deep.equal({ dirs: [], file: 'oa%252Fb' });
+      expect(keyToPath('nul\0')).to.deep.equal({ dirs: [], file: 'onul%00' });
+      expect(() => keyToPath('x'.repeat(255))).to.throw(/over 254 bytes/);
+      expect(keyToPath('x'.repeat(254)).file.length).to.equal(255);
+    });
+
+    it('ignores names that are not objects or key directories', () => {
+      expect(pathToKey([], 'tabc')).to.equal(null);
+      expect(pathToKey([], 'o%zz')).to.equal(null);
+      expect(pathToKey(['oa'], 'ob')).to.equal(null);
+    });
+
+    it('compareKeys orders like the UTF-8 bytes', () => {
+      fc.assert(
+        fc.property(fc.string({ unit: 'binary' }), fc.string({ unit: 'binary' }), (a, b) => {
+          expect(Math.sign(compareKeys(a, b))).to.equal(Math.sign(Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'))));
+        }),
+        { numRuns: 3000 },
+      );
+    });
+  });
+
+  describe('file store listing against the memory store (reference model)', function () {
+    this.timeout(120_000);
+    it('gives the same pages for random key sets, prefixes, delimiters and page sizes', async () => {
+      const listKey = fc.array(fc.constantFrom('a', 'b', '/', '-', '.', 'é', '\u{1F600}', '\uFF5E'), { minLength: 1, maxLength: 8 }).map((a) => a.join(''));
+      await fc.assert(
+        fc.asyncProperty(
+          fc.uniqueArray(listKey, { minLength: 0, maxLength: 25 }),
+          fc.constantFrom('', 'a', 'a/', 'b/', '/', 'é'),
+          fc.constantFrom(undefined, '/', 'a', '-/'),
+          fc.integer({ min: 1, max: 6 }),
+          async (keys, prefix, delimiter, maxKeys) => {
+            const d = tmp();
+            const file = await FileStore.open(d.file('s'), { create: true, noSync: true });
+            const mem = new MemoryStore();
+            for (const k of keys) {
+              await file.put(k, new Uint8Array(0));
+              await mem.put(k, new Uint8Array(0));
+            }
+            const run = async (s: ObjectStore): Promise<string[][]> => {
+              const pages: string[][] = [];
+              let token: string | undefined;
+              do {
+                const p = await s.list({ prefix, delimiter, maxKeys, continuationToken: token });
+                pages.push([...p.objects.map((o) => 'o:' + o.key), ...p.commonPrefixes.map((c) => 'p:' + c)]);
+                token = p.nextToken;
+              } while (token);
+              return pages;
+            };
+            const [a, b] = [await run(file), await run(mem)];
+            expect(a).to.deep.equal(b);
+            // and the model itself: without a delimiter, every key under the prefix in byte order
+            if (delimiter === undefined) expect(a.flat().map((x) => x.slice(2))).to.deep.equal(keys.filter((k) => k.startsWith(prefix)).sort(compareKeys));
+            d.remove();
+          },
+        ),
+        { numRuns: 60 },
+      );
+    });
+  });
+
+  describe('file store on disk', function () {
+    this.timeout(60_000);
+
+    it('keeps bytes at HEADER_SIZE in a file per object and removes empty directories on delete', async () => {
+      const d = tmp();
+      const store = await FileStore.open(d.file('s'), { create: true });
+      const body = patternBytes(5, 5000);
+      await store.put('a/b/c', body);
+      const path = store.pathOf('a/b/c');
+      expect(path).to.equal(join(d.file('s'), 'da', 'db', 'oc'));
+      expect(statSync(path).size).to.equal(HEADER_SIZE + 5000);
+      await store.delete('a/b/c');
+      expect(readdirSync(d.file('s'))).to.deep.equal([]);
+    });
+
+    it('reports a foreign file in the key space as EIO, not as data', async () => {
+      const d = tmp();
+      const store = await FileStore.open(d.file('s'), { create: true });
+      writeFileSync(join(d.file('s'), 'ostray'), 'not an object file');
+      await expectErrno(store.get('stray'), 'EIO');
+    });
+  });
+
+  describe('file store atomicity', function () {
+    this.timeout(60_000);
+
+    it('ignores a leftover temp file (a write that crashed) in get, head and list', async () => {
+      const d = tmp();
+      const store = await FileStore.open(d.file('s'), { create: true });
+      await store.put('dir/obj', new TextEncoder().encode('v1'));
+      const dir = dirname(store.pathOf('dir/obj'));
+      // What a writer killed mid-write leaves: a partial temp file next to the object.
+      writeFileSync(join(dir, TEMP_TAG + 'deadbeef'), Buffer.alloc(100, 7));
+      writeFileSync(join(d.file('s'), TEMP_TAG + 'cafe'), Buffer.alloc(10, 7));
+      expect(new TextDecoder().decode((await store.get('dir/obj')).body)).to.equal('v1');
+      const keys: string[] = [];
+      for await (const e of listAll(store)) if (e.type === 'object') keys.push(e.key);
+      expect(keys).to.deep.equal(['dir/obj']);
+      expect(await store.head('dir/deadbeef')).to.equal(null);
+      expect(await store.removeStaleTemps(0)).to.equal(2);
+      expect(readdirSync(dir)).to.deep.equal(['oobj']);
+    });
+
+    it('a writer killed (SIGKILL) in the middle of a put leaves the old object intact', async () => {
+      const d = tmp();
+      const root = d.file('s');
+      const store = await FileStore.open(root, { create: true });
+      await store.put('victim', new TextEncoder().encode('old version'), { metadata: { v: 'old' } });
+      // The new body comes from a FIFO, so the child is provably blocked mid-write when killed.
+      const fifo = d.file('body.fifo');
+      execFileSync('mkfifo', [fifo]);
+      const moduleUrl = new URL('../../src/backends/file-store.js', import.meta.url).href;
+      const script = `import(${JSON.stringify(moduleUrl)}).then(async (m) => {
+        const s = new m.FileStore(${JSON.stringify(root)});
+        process.stdout.write('ready\\n');
+        await s.put('victim', { path: ${JSON.stringify(fifo)} }, { metadata: { v: 'new' } });
+        process.stdout.write('done\\n');
+      });`;
+      const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+      try {
+        await new Promise<void>((res) => child.stdout!.once('data', () => res()));
+        const w = openSync(fifo, 'w'); // blocks until the child opened it for reading
+        writeSync(w, Buffer.alloc(1024 * 1024, 0x42));
+        // Wait until the partial body has reached the temp file, then kill the writer.
+        const deadline = Date.now() + 10_000;
+        let tempSize = 0;
+        while (Date.now() < deadline) {
+          const temps = readdirSync(root).filter((n) => n.startsWith(TEMP_TAG));
+          tempSize = temps.length === 1 ? statSync(join(root, temps[0]!)).size : 0;
+          if (tempSize >= HEADER_SIZE + 1024 * 1024) break;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        expect(tempSize).to.equal(HEADER_SIZE + 1024 * 1024);
+        child.kill('SIGKILL');
+        await new Promise((res) => child.once('exit', res));
+        closeSync(w);
+      } finally {
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      }
+      const g = await store.get('victim');
+      expect(new TextDecoder().decode(g.body)).to.equal('old version');
+      expect(g.metadata).to.deep.equal({ v: 'old' });
+      const keys: string[] = [];
+      for await (const e of listAll(store)) if (e.type === 'object') keys.push(e.key);
+      expect(keys).to.deep.equal(['victim']);
+      expect(await store.removeStaleTemps(0)).to.equal(1);
+      expect(existsSync(store.pathOf('victim'))).to.equal(true);
+    });
+
+    it('validates keys the same way as the other stores', () => {
+      expect(() => validateKey('ok/key')).to.not.throw();
+      expect(() => validateKey('')).to.throw(StoreError);
+    });
+  });
+});
