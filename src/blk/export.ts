@@ -1,6 +1,7 @@
 // A blk export: one image served as a vhost-user-blk device on one socket.
 import { VhostUserServer } from '../vhost/server.js';
 import type { Logger } from '../util/log.js';
+import { ConfigError } from '../util/errors.js';
 import { BlkDevice } from './device.js';
 import type { BlockImage } from './image.js';
 
@@ -28,7 +29,11 @@ export class BlkExport {
     const device = new BlkDevice({ image, numQueues: opts.queues, serial: opts.serial, log });
     try {
       const server = new VhostUserServer(opts.socket, device, { log });
-      server.listen();
+      try {
+        server.listen();
+      } catch (err) {
+        throw new ConfigError(`cannot listen on ${opts.socket}: ${(err as Error).message}`);
+      }
       log.info('serving vhost-user-blk', { image: opts.locator, size: image.size, readOnly: image.readOnly, queues: opts.queues });
       return new BlkExport(image, device, server);
     } catch (err) {

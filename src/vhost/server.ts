@@ -176,5 +176,17 @@ function removeStaleSocket(path: string): void {
     err.errno = 17;
     throw err;
   }
-  unlinkSync(path);
+  // A socket another server still listens on is not stale: refuse rather than steal it.
+  let fd = -1;
+  try {
+    fd = native.unixConnect(path);
+  } catch {
+    unlinkSync(path); // nobody listening (ECONNREFUSED)
+    return;
+  }
+  native.close(fd);
+  const err = new Error(`${path} is in use by another running server`) as Error & { code: string; errno: number };
+  err.code = 'EADDRINUSE';
+  err.errno = 98;
+  throw err;
 }

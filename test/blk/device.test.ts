@@ -7,6 +7,7 @@ import { RawImage } from '../../src/blk/raw-image.js';
 import { BlkClient } from '../../src/frontend/blk-client.js';
 import { BlkStatus, BlkType } from '../../src/blk/protocol.js';
 import { silentLogger } from '../../src/util/log.js';
+import { ConfigError } from '../../src/util/errors.js';
 import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
 
 const MiB = 1 << 20;
@@ -206,6 +207,20 @@ describe('virtio-blk device over a raw file', function () {
       expect(Buffer.from(r.bytes).equals(Buffer.from(patternBytes(9, 4096)))).to.equal(true);
       await again.close();
     }
+  });
+
+  it('refuses to take over the socket of a running server, which keeps serving', async () => {
+    const c = await start();
+    const other = makeRawFile(dir.file('other.raw'), MiB);
+    let err: unknown;
+    try {
+      await BlkExport.start({ socket: dir.file('blk.sock'), image: RawImage.open(other, { readOnly: false, ioEngine: 'sync' }), locator: other, queues: 1, serial: '', log: silentLogger });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).to.be.instanceOf(ConfigError);
+    expect((err as Error).message).to.match(/in use/);
+    expect(await c.readAsync(0, 0, c.allocBuffer(512))).to.equal(BlkStatus.Ok);
   });
 
   it('works with direct descriptors and without EVENT_IDX (as SeaBIOS drives it)', async () => {
