@@ -80,6 +80,11 @@ export interface FrontendSessionOptions {
   log?: VhostLogger;
   /** A request whose reply takes longer fails with ETIMEDOUT and closes the session (default 30 s; 0 = never). */
   timeoutMs?: number;
+  /**
+   * How long connect() keeps trying while the socket is missing or refuses (a backend
+   * that is starting: the socket file exists between its bind() and listen()). Default 2 s.
+   */
+  connectRetryMs?: number;
 }
 
 /** Protocol features the frontend knows how to use. */
@@ -125,8 +130,16 @@ export class FrontendSession {
 
   /** Connects to a backend's Unix socket. */
   static async connect(path: string, options: FrontendSessionOptions = {}): Promise<FrontendSession> {
-    const fd = native.unixConnect(path);
-    return new FrontendSession(fd, options);
+    const deadline = Date.now() + (options.connectRetryMs ?? 2000);
+    for (;;) {
+      try {
+        return new FrontendSession(native.unixConnect(path), options);
+      } catch (err) {
+        const code = (err as { code?: string }).code;
+        if ((code !== 'ECONNREFUSED' && code !== 'ENOENT') || Date.now() >= deadline) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    }
   }
 
   /** Wraps an already connected socket (the session owns it from now on). */
