@@ -226,7 +226,7 @@ export class S3Store implements ObjectStore {
     }
     this.caps = { ...this.caps, conditionalWrites: supported };
     this.conditionalKnown = true;
-    this.log.info('store capabilities', { conditionalWrites: supported });
+    this.log.debug('store capabilities', { conditionalWrites: supported });
     return this.caps;
   }
 
