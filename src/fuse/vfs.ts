@@ -1,0 +1,123 @@
+// The file-system trait the FUSE engine drives (as virtiofsd's FileSystem trait or
+// fuse-backend-rs's). It is path-based: the engine owns inode numbers, lookup counts and
+// handles (src/fuse/), and turns every request into calls on paths; implementations (the
+// S3 mapping in src/backends/, an in-memory one for tests) never see a nodeid.
+//
+// Paths: '' is the root; otherwise segments joined by '/', each a valid POSIX name (the
+// engine has already rejected '', '.', '..', '/', NUL and names over 255 bytes).
+//
+// Errors: implementations throw ErrnoError (src/util/errors.ts) with the errno Linux file
+// systems return for the same case (ENOENT, EEXIST, ENOTDIR, EISDIR, ENOTEMPTY, EXDEV,
+// EINVAL, EIO, ENODATA for a missing xattr, ERANGE, EROFS, ENOSPC, EFBIG ...); anything
+// else reaching the engine is answered with EIO.
+
+/** Nanoseconds since the epoch. */
+export type TimeNs = bigint;
+
+export type FileKind = 'file' | 'dir' | 'symlink';
+
+export interface FileAttr {
+  readonly kind: FileKind;
+  /** Full st_mode: S_IFREG/S_IFDIR/S_IFLNK plus permission bits (and setuid/setgid/sticky). */
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  /** Bytes (for a symlink: the target's length). Includes writes not yet stored. */
+  readonly size: number;
+  readonly atime: TimeNs;
+  readonly mtime: TimeNs;
+  readonly ctime: TimeNs;
+  /** Stable for the life of the object at this path where the store can tell (0 when not). */
+  readonly version?: string;
+}
+
+export interface DirEntry {
+  readonly name: string;
+  readonly attr: FileAttr;
+}
+
+/** What SETATTR changes; absent fields stay as they are. 'now' is the server's clock. */
+export interface AttrChanges {
+  readonly mode?: number;
+  readonly uid?: number;
+  readonly gid?: number;
+  /** Truncate or extend (zeros). */
+  readonly size?: number;
+  readonly atime?: TimeNs | 'now';
+  readonly mtime?: TimeNs | 'now';
+  readonly ctime?: TimeNs;
+}
+
+/** Who asks (from the FUSE header): used for the owner of new files. */
+export interface Caller {
+  readonly uid: number;
+  readonly gid: number;
+  readonly pid: number;
+}
+
+export interface OpenFlags {
+  readonly read: boolean;
+  readonly write: boolean;
+  /** O_TRUNC (with ATOMIC_O_TRUNC the engine passes it here rather than as a SETATTR). */
+  readonly truncate: boolean;
+  readonly append: boolean;
+}
+
+/**
+ * An open file. Writes are buffered by the implementation and made durable by flush()/
+ * fsync()/release(); fsync() resolves only once the data is in the store. An upload
+ * failure is reported by the flush/fsync/release that would have stored it.
+ */
+export interface OpenFile {
+  /** Reads up to `length` bytes at `offset` (short only at end of file). */
+  read(offset: number, length: number): Promise<Uint8Array>;
+  /** Writes `data` at `offset` (for O_APPEND files the engine passes the end of file). Returns bytes written. */
+  write(offset: number, data: Uint8Array): Promise<number>;
+  /** Current attributes including buffered writes. */
+  attr(): Promise<FileAttr>;
+  /** FUSE FLUSH (close(2) of one descriptor): store buffered writes. */
+  flush(): Promise<void>;
+  /** FSYNC: store buffered writes and wait until the store has them. */
+  fsync(datasync: boolean): Promise<void>;
+  /** Preallocates / extends to offset+length (FALLOCATE mode 0). */
+  allocate(offset: number, length: number): Promise<void>;
+  /** Last close: store what is left and drop buffers. */
+  release(): Promise<void>;
+}
+
+export interface StatFs {
+  readonly blockSize: number;
+  readonly blocks: number;
+  readonly blocksFree: number;
+  readonly files: number;
+  readonly filesFree: number;
+  readonly nameMax: number;
+}
+
+export interface Vfs {
+  /** Attributes of the object at `path`, or null when nothing is there. */
+  stat(path: string): Promise<FileAttr | null>;
+  /** Every entry of a directory (no '.' or '..'); ENOTDIR/ENOENT as appropriate. */
+  list(path: string): Promise<DirEntry[]>;
+  mkdir(path: string, mode: number, caller: Caller): Promise<FileAttr>;
+  /** ENOTEMPTY when the directory has entries. */
+  rmdir(path: string): Promise<void>;
+  unlink(path: string): Promise<void>;
+  /** Files and directories; `noReplace` = RENAME_NOREPLACE (EEXIST when `to` exists). Directory renames are not atomic on S3. */
+  rename(from: string, to: string, noReplace: boolean): Promise<void>;
+  symlink(path: string, target: string, caller: Caller): Promise<FileAttr>;
+  readlink(path: string): Promise<string>;
+  setattr(path: string, changes: AttrChanges): Promise<FileAttr>;
+  open(path: string, flags: OpenFlags): Promise<OpenFile>;
+  /** Creates (EEXIST if `exclusive` and it exists) and opens for writing. */
+  create(path: string, mode: number, caller: Caller, exclusive: boolean): Promise<{ attr: FileAttr; file: OpenFile }>;
+  getxattr(path: string, name: string): Promise<Uint8Array>;
+  setxattr(path: string, name: string, value: Uint8Array, flags: { create: boolean; replace: boolean }): Promise<void>;
+  listxattr(path: string): Promise<string[]>;
+  removexattr(path: string, name: string): Promise<void>;
+  statfs(): Promise<StatFs>;
+  /** Stores everything buffered in every open file (SYNCFS, DESTROY). */
+  sync(): Promise<void>;
+  /** Forget cached knowledge of `path` (and below): the engine's TTLs ran out or it was told. */
+  invalidate?(path: string): void;
+}
