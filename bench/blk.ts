@@ -29,6 +29,9 @@ export interface BlkSuiteOptions {
   readonly vhostArgs: readonly string[];
   readonly log: (msg: string) => void;
   readonly tty: boolean;
+  /** Before each measurement, wait (up to quietWait seconds) until other load is below quietCores. */
+  readonly quietCores: number;
+  readonly quietWait: number;
 }
 
 interface Workload {
@@ -82,6 +85,8 @@ interface Summary {
   p50_us: Partial<Record<Target, number>>;
   frontend_cores: Partial<Record<Target, number>>;
   backend_cores: Partial<Record<Target, number>>;
+  /** Median cores used by other processes during this workload's measurements (noise). */
+  other_cores: number;
   ratio_vs_qsd: number | null;
   ratio_vs_host: number | null;
   p50_ratio_vs_qsd: number | null;
@@ -227,6 +232,27 @@ interface FioSide {
   lat_ns: { mean: number; percentile?: Record<string, number> };
 }
 
+/**
+ * Waits until the machine is quiet: other processes (tests of other people, writeback)
+ * using less than `cores` CPUs over a 0.5 s sample, for at most `maxWait` seconds.
+ * Returns the last sample.
+ */
+async function waitForQuiet(cores: number, maxWait: number, log: (m: string) => void): Promise<number> {
+  const deadline = performance.now() + maxWait * 1000;
+  let waited = false;
+  for (;;) {
+    const a = machineCpu();
+    await sleep(500);
+    const busy = machineBusy(a, machineCpu()) * cpus().length;
+    if (busy <= cores || performance.now() >= deadline) {
+      if (waited) log(`  machine ${busy <= cores ? 'quiet' : 'still busy'} (${busy.toFixed(2)} cores in use by others)`);
+      return busy;
+    }
+    if (!waited) log(`  waiting for a quiet machine: ${busy.toFixed(2)} cores in use by other processes`);
+    waited = true;
+  }
+}
+
 function otherCores(machineBusyFraction: number, ours: number): number {
   return round3(Math.max(0, machineBusyFraction * cpus().length - ours));
 }
@@ -320,6 +346,7 @@ export async function runBlkSuite(o: BlkSuiteOptions): Promise<BlkSuiteResult> {
             n++;
             const label = `[${n}/${total}] round ${round + 1} ${target.padEnd(8)} ${w.id.padEnd(18)}`;
             const progress = o.tty ? (s: string): void => void process.stderr.write(`\r${label} ${s}   `) : null;
+            if (o.quietWait > 0) await waitForQuiet(o.quietCores, o.quietWait, log);
             if (o.tty) process.stderr.write(`${label} ...`);
             const r = backend
               ? await driveBackend(socket, backend, w, o.runtime, o.queues, progress)
@@ -349,6 +376,7 @@ export async function runBlkSuite(o: BlkSuiteOptions): Promise<BlkSuiteResult> {
       config: {
         runtime_s: o.runtime, rounds: o.rounds, size_bytes: o.sizeBytes, queues: o.queues,
         workloads: workloads.map((w) => ({ ...w })), targets, vhost_extra_args: o.vhostArgs,
+        quiet_cores: o.quietCores, quiet_wait_s: o.quietWait,
       },
       commands: {
         'vhost-s3': `node ${vhostArgs(o, image, join(dir, 'vhost-s3.sock')).join(' ')}`,
@@ -371,6 +399,7 @@ function summarize(workloads: readonly Workload[], targets: readonly Target[], m
   return workloads.map((w) => {
     const s: Summary = {
       workload: w.id, metric: w.metric, value: {}, p50_us: {}, frontend_cores: {}, backend_cores: {},
+      other_cores: round3(median(ms.filter((m) => m.workload === w.id).map((m) => m.cpu.other_cores))),
       ratio_vs_qsd: null, ratio_vs_host: null, p50_ratio_vs_qsd: null,
     };
     for (const t of targets) {
@@ -422,10 +451,10 @@ function renderTable(summary: readonly Summary[]): string {
   const rows = summary.map((s) => [
     `${s.workload} (${s.metric === 'bw' ? 'B/s' : 'IOPS'})`, fmt(s, 'vhost-s3'), fmt(s, 'qsd'), fmt(s, 'host'),
     ratio(s.ratio_vs_qsd), ratio(s.ratio_vs_host), p50(s),
-    cores(s, 'vhost-s3'), cores(s, 'qsd'), cores(s, 'host'),
+    cores(s, 'vhost-s3'), cores(s, 'qsd'), cores(s, 'host'), s.other_cores.toFixed(2),
   ]);
   return table(
-    ['workload', 'vhost-s3', 'qsd', 'host', 's3/qsd', 's3/host', 'p50 us s3/qsd/host', 'cores s3 fe+be', 'cores qsd fe+be', 'cores fio'],
+    ['workload', 'vhost-s3', 'qsd', 'host', 's3/qsd', 's3/host', 'p50 us s3/qsd/host', 'cores s3 fe+be', 'cores qsd fe+be', 'cores fio', 'other'],
     rows,
   );
 }

@@ -34,6 +34,8 @@ interface Args {
   targets: string[] | null;
   vhostNodeArgs: string[];
   vhostArgs: string[];
+  quietCores: number;
+  quietWait: number;
 }
 
 const USAGE = `usage: npm run bench -- [options]
@@ -48,6 +50,9 @@ const USAGE = `usage: npm run bench -- [options]
   --out DIR            results directory (default bench/results)
   --vhost-node-args S  extra node flags for the vhost-s3 child (space-separated)
   --vhost-args S       extra vhost-s3 blk flags (space-separated)
+  --quiet-cores N      before each measurement wait until other processes use less than N
+                       cores (default 0.3) ...
+  --quiet-wait SECONDS ... for at most this long (default 30; 0 = do not wait)
 `;
 
 function parseSize(s: string): number {
@@ -61,12 +66,18 @@ function parseArgs(argv: string[]): Args {
   const a: Args = {
     only: [...SUITES], runtime: 5, rounds: 3, size: 2 ** 30, queues: 1, dir: null,
     out: join(repoRoot, 'bench/results'), workloads: null, targets: null, vhostNodeArgs: [], vhostArgs: [],
+    quietCores: 0.3, quietWait: 30,
   };
   const list = (v: string): string[] => v.split(',').map((s) => s.trim()).filter((s) => s !== '');
   const words = (v: string): string[] => v.split(/\s+/).filter((s) => s !== '');
   const posInt = (k: string, v: string): number => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < 1) throw new Error(`${k} needs a positive integer, got ${v}`);
+    return n;
+  };
+  const nonNeg = (k: string, v: string): number => {
+    const n = Number(v);
+    if (!(n >= 0)) throw new Error(`${k} needs a number >= 0, got ${v}`);
     return n;
   };
   for (let i = 0; i < argv.length; i++) {
@@ -109,6 +120,8 @@ function parseArgs(argv: string[]): Args {
       case '--targets': a.targets = list(value()); break;
       case '--vhost-node-args': a.vhostNodeArgs = words(value()); break;
       case '--vhost-args': a.vhostArgs = words(value()); break;
+      case '--quiet-cores': a.quietCores = nonNeg(key, value()); break;
+      case '--quiet-wait': a.quietWait = nonNeg(key, value()); break;
       default:
         throw new Error(`unknown option ${key}\n${USAGE}`);
     }
@@ -164,13 +177,14 @@ async function main(): Promise<void> {
       const r = await runBlkSuite({
         runtime: args.runtime, rounds: args.rounds, sizeBytes: args.size, queues: args.queues, dir: args.dir, repoRoot,
         workloads: args.workloads, targets: args.targets, vhostNodeArgs: args.vhostNodeArgs, vhostArgs: args.vhostArgs,
-        log, tty: process.stderr.isTTY === true,
+        quietCores: args.quietCores, quietWait: args.quietWait, log, tty: process.stderr.isTTY === true,
       });
       const file = join(args.out, 'blk.json');
       writeFileSync(file, JSON.stringify({ suite, date: started.toISOString(), finished: new Date().toISOString(), machine, git, ...r }, null, 2) + '\n');
       process.stdout.write(`\nblk: medians of ${args.rounds} round(s) x ${args.runtime} s, ${args.queues} queue(s), ${args.size} byte page-cached raw file\n`);
       process.stdout.write(`${r.table}\n\n`);
-      process.stdout.write('cores: CPU time / wall time of the frontend (this process) + the backend process (or fio)\n');
+      process.stdout.write('cores: CPU time / wall time of the frontend (this process) + the backend process (or fio);\n');
+      process.stdout.write('other: median cores used by other processes meanwhile (noise; above ~0.3 the numbers are suspect)\n');
       for (const t of r.targets_check) process.stdout.write(`${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'MISS'}  ${t.target}  (${t.detail})\n`);
       process.stdout.write(`results: ${file}\n`);
     }
