@@ -33,6 +33,17 @@ convict.addFormat({
   coerce: (value: unknown) => Number(value),
 });
 
+/** virtio-blk's num_queues is 16 bits, and QEMU accepts at most VIRTIO_QUEUE_MAX (1024) queues. */
+export const MAX_QUEUES = 1024;
+
+convict.addFormat({
+  name: 'queue-count',
+  validate(value: unknown) {
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > MAX_QUEUES) throw new Error(`must be an integer from 1 to ${MAX_QUEUES}`);
+  },
+  coerce: (value: unknown) => Number(value),
+});
+
 export interface OptionSpec {
   readonly doc: string;
   readonly format: unknown;
@@ -73,7 +84,7 @@ const blkDevice = {
   socket: { doc: 'vhost-user socket path to listen on', format: String, default: '', env: 'VHOST_S3_SOCKET', arg: 'socket' },
   image: { doc: 'disk image: s3://bucket/path (object image), file:/dir (object image in a local store) or file:/path/disk.raw (raw file)', format: String, default: '', env: 'VHOST_S3_IMAGE', arg: 'image' },
   readonly: { doc: 'present the disk read-only (VIRTIO_BLK_F_RO)', format: Boolean, default: false, env: 'VHOST_S3_READONLY', arg: 'readonly' },
-  queues: { doc: 'number of request queues offered (virtio-blk MQ)', format: 'positive-int', default: 1, env: 'VHOST_S3_QUEUES', arg: 'queues' },
+  queues: { doc: 'number of request queues offered (virtio-blk MQ)', format: 'queue-count', default: 1, env: 'VHOST_S3_QUEUES', arg: 'queues' },
   serial: { doc: 'disk serial returned by GET_ID (at most 20 bytes)', format: String, default: '', env: 'VHOST_S3_SERIAL', arg: 'serial' },
   ioEngine: { doc: 'file I/O engine: uring (io_uring, falls back to sync when unavailable) or sync', format: ['uring', 'sync'] as const, default: 'uring', env: 'VHOST_S3_IO_ENGINE', arg: 'io-engine' },
 } satisfies Schema;
@@ -151,12 +162,17 @@ function loadSchema<C extends CommandName>(schema: Schema, flags: Map<string, st
     return conf.getProperties() as ConfigOf<C>;
   } catch (err) {
     if (err instanceof ConfigError) throw err;
-    throw new ConfigError(firstLine((err as Error).message));
+    throw new ConfigError(firstLine((err as Error).message, schema));
   }
 }
 
-function firstLine(s: string): string {
-  return s.split('\n')[0]!.replace(/^[a-zA-Z]+: /, '');
+/** convict says "queues: must be ..."; name the option as the user gives it instead. */
+function firstLine(s: string, schema: Schema): string {
+  const line = s.split('\n')[0]!;
+  const m = /^([a-zA-Z]+): (.*)$/.exec(line);
+  if (m === null) return line;
+  const spec = schema[m[1]!];
+  return spec === undefined ? m[2]! : `--${spec.arg} (${spec.env}): ${m[2]}`;
 }
 
 /** `--name value`, `--name=value`, `--flag`, `--no-flag` → schema key and raw value; the rest are positionals. */
