@@ -25,6 +25,8 @@ export function openConfiguredImage(locator: string, readOnly: boolean, cfg: Ima
 export async function runBlk(argv: string[]): Promise<void> {
   const cfg = loadConfig('blk', argv);
   if (cfg.socket === '') throw new ConfigError('no socket given (--socket /run/vm1-disk.sock)');
+  const serialBytes = Buffer.byteLength(cfg.serial);
+  if (serialBytes > 20) throw new ConfigError(`--serial is ${serialBytes} bytes long; a virtio-blk serial has at most 20`);
   const log = createLogger(cfg.logLevel);
   const image = await openConfiguredImage(cfg.image, cfg.readonly, cfg, log);
   const exp = await BlkExport.start({ socket: cfg.socket, image, locator: cfg.image, queues: cfg.queues, serial: cfg.serial, log });

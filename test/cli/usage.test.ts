@@ -152,6 +152,7 @@ describe('cli: bad configuration exits 2 with one line on stderr', function () {
     { name: 'invalid --io-engine', args: (d) => ['blk', '--socket', sock(d), '--image', img(d), '--io-engine', 'aio'], says: /--io-engine .*"aio"/ },
     { name: 'invalid --log-level', args: (d) => ['blk', '--socket', sock(d), '--image', img(d), '--log-level', 'loud'], says: /--log-level .*"loud"/ },
     { name: 'boolean flag with a value', args: (d) => ['blk', '--socket', sock(d), '--image', img(d), '--readonly=maybe'], says: /--readonly takes true or false/ },
+    { name: 'serial longer than 20 bytes', args: (d) => ['blk', '--socket', sock(d), '--image', img(d), '--serial', 'A-SERIAL-OF-25-CHARACTERS'], says: /--serial is 25 bytes long/ },
     { name: 'bad size', args: (d) => ['serve', '--data-dir', d.file('data'), '--disk-size', '12Q'], says: /invalid size "12Q"/ },
     { name: 'bad size in the environment', args: () => ['serve'], env: (d) => ({ VHOST_S3_DATA_DIR: d.file('data'), VHOST_S3_DISK_SIZE: 'lots' }), says: /invalid size "lots"/ },
     { name: 'bench block size not a multiple of 512', args: (d) => ['bench', 'blk', '--socket', sock(d), '--bs', '1000'], says: /--bs must be a positive multiple of 512/ },
