@@ -16,6 +16,8 @@ import { stopOnSignals } from './lifecycle.js';
 
 export async function runServe(argv: string[]): Promise<void> {
   const cfg = loadConfig('serve', argv);
+  // Checked before anything is created, so that a typo leaves no empty store behind.
+  if (cfg.diskSize <= 0 || cfg.diskSize % 512 !== 0) throw new ConfigError(`--disk-size must be a positive multiple of 512 bytes, got ${cfg.diskSize}`);
   const log = createLogger(cfg.logLevel);
   const dir = resolve(cfg.dataDir);
   try {
@@ -42,13 +44,16 @@ export async function runServe(argv: string[]): Promise<void> {
 
 /** Creates the image on first start; later starts reuse it (whatever its size). */
 async function createDefaultImage(storeDir: string, prefix: string, size: number, storage: StorageConfig, log: Logger): Promise<void> {
-  const { store } = await openStore(`file:${storeDir}/`, storage, log, true);
+  const fail = (err: unknown): ConfigError => new ConfigError(`cannot create the default disk image in ${storeDir}: ${(err as Error).message}`);
+  const { store } = await openStore(`file:${storeDir}/`, storage, log, true).catch((err: unknown) => {
+    throw fail(err);
+  });
   try {
     const keys = new ImageKeys(prefix);
     if (await store.head(keys.manifest)) return;
     await createImage(store, keys, size, DEFAULT_CHUNK_SIZE);
   } catch (err) {
-    throw new ConfigError(`cannot create the default disk image in ${storeDir}: ${(err as Error).message}`);
+    throw fail(err);
   } finally {
     await store.close();
   }

@@ -155,6 +155,7 @@ describe('cli: bad configuration exits 2 with one line on stderr', function () {
     { name: 'serial longer than 20 bytes', args: (d) => ['blk', '--socket', sock(d), '--image', img(d), '--serial', 'A-SERIAL-OF-25-CHARACTERS'], says: /--serial is 25 bytes long/ },
     { name: 'bad size', args: (d) => ['serve', '--data-dir', d.file('data'), '--disk-size', '12Q'], says: /invalid size "12Q"/ },
     { name: 'bad size in the environment', args: () => ['serve'], env: (d) => ({ VHOST_S3_DATA_DIR: d.file('data'), VHOST_S3_DISK_SIZE: 'lots' }), says: /invalid size "lots"/ },
+    { name: 'disk size not a multiple of 512', args: (d) => ['serve', '--data-dir', d.file('data'), '--disk-size', '1000'], says: /multiple of 512/ },
     { name: 'bench block size not a multiple of 512', args: (d) => ['bench', 'blk', '--socket', sock(d), '--bs', '1000'], says: /--bs must be a positive multiple of 512/ },
     { name: 'bench without a socket', args: () => ['bench', 'blk', '--runtime', '1'], says: /no socket given/ },
     { name: 'bench against a socket nobody listens on', args: (d) => ['bench', 'blk', '--socket', sock(d), '--runtime', '1'], says: /cannot drive .*blk\.sock.*ENOENT/ },
@@ -165,6 +166,7 @@ describe('cli: bad configuration exits 2 with one line on stderr', function () {
     { name: 'socket path too long for a Unix socket', args: (d) => ['blk', '--socket', d.file('s'.repeat(120) + '.sock'), '--image', img(d)], says: /ENAMETOOLONG|too long/ },
     { name: 'socket directory not writable', args: (d) => ['blk', '--socket', d.file('ro/blk.sock'), '--image', img(d)], unprivileged: true, says: /ro\/blk\.sock.*EACCES/ },
     { name: 'serve: data directory cannot be created', args: (d) => ['serve', '--data-dir', d.file('plain-file/data')], says: /cannot create data directory/ },
+    { name: 'serve: data directory not writable', args: (d) => ['serve', '--data-dir', d.file('ro'), '--disk-size', '16M'], unprivileged: true, says: /ro.*EACCES/ },
   ];
 
   for (const c of cases) {
