@@ -1,0 +1,275 @@
+// The long-running commands as a user runs them: configuration from the environment,
+// `serve` (what `npm start` runs), clean shutdown on SIGTERM/SIGINT, and logs that are
+// JSON lines on stderr. vhost-s3 runs as a child process through bin/vhost-s3.js; the
+// QEMU-free frontend (BlkClient) or `vhost-s3 bench blk` plays the VM.
+import { expect } from 'chai';
+import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { BlkClient } from '../../src/frontend/blk-client.js';
+import { BlkStatus } from '../../src/blk/protocol.js';
+import { CliProcess, isSocket, runCli, startBlkServer } from '../support/cli.js';
+import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
+
+const MiB = 1 << 20;
+
+/** Every stderr line is a JSON object with time, level and msg. */
+function expectJsonLogs(p: CliProcess): Record<string, unknown>[] {
+  let lines: Record<string, unknown>[] = [];
+  expect(() => (lines = p.logLines()), p.describe()).not.to.throw();
+  for (const l of lines) {
+    expect(l, JSON.stringify(l)).to.include.keys('time', 'level', 'msg');
+    expect(['debug', 'info', 'warn', 'error']).to.include(l.level);
+    expect(Number.isNaN(Date.parse(String(l.time))), String(l.time)).to.equal(false);
+  }
+  return lines;
+}
+
+/** Bytes allocated on disk under `root` (st_blocks), to check that a new disk is sparse. */
+function allocatedBytes(root: string): number {
+  let total = 0;
+  for (const e of readdirSync(root, { withFileTypes: true })) {
+    const p = join(root, e.name);
+    const st = lstatSync(p);
+    if (e.isDirectory()) total += allocatedBytes(p);
+    else if (st.isFile()) total += st.blocks * 512;
+  }
+  return total;
+}
+
+describe('cli: configuration from the environment', function () {
+  this.timeout(60_000);
+  let dir: TmpDir;
+  let server: CliProcess | null = null;
+  let client: BlkClient | null = null;
+
+  beforeEach(() => {
+    dir = new TmpDir('vhost-s3-cli-');
+  });
+  afterEach(async () => {
+    await client?.close();
+    client = null;
+    await server?.kill();
+    server = null;
+    dir.remove();
+  });
+
+  it('blk takes every setting from VHOST_S3_* variables', async () => {
+    const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
+    const sock = dir.file('env.sock');
+    server = new CliProcess(['blk'], {
+      env: {
+        VHOST_S3_SOCKET: sock, VHOST_S3_IMAGE: `file:${raw}`, VHOST_S3_QUEUES: '2', VHOST_S3_SERIAL: 'FROM-ENV',
+        VHOST_S3_READONLY: 'true', VHOST_S3_IO_ENGINE: 'sync', VHOST_S3_LOG_LEVEL: 'warn',
+      },
+    });
+    await server.waitForSocket(sock);
+    client = await BlkClient.connect(sock, { queues: 4 });
+    expect(client.numQueues).to.equal(2);
+    expect(client.readOnly).to.equal(true);
+    expect(client.capacity).to.equal(16 * MiB);
+    expect((await client.getIdAsync()).id).to.equal('FROM-ENV');
+    await client.close();
+    client = null;
+    const st = await server.stop('SIGTERM');
+    expect(st.code, server.describe()).to.equal(0);
+    // --log-level warn from the environment: a clean run logs nothing.
+    expect(server.stderr, 'no info lines at level warn').to.equal('');
+  });
+
+  it('flags win over the environment', async () => {
+    const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
+    const sock = dir.file('flag.sock');
+    server = await startBlkServer({
+      socket: sock, image: `file:${raw}`, serial: 'FROM-FLAG', queues: 1,
+      env: { VHOST_S3_SOCKET: dir.file('not-this.sock'), VHOST_S3_SERIAL: 'FROM-ENV', VHOST_S3_QUEUES: '3', VHOST_S3_READONLY: 'true' },
+      extra: ['--no-readonly'],
+    });
+    expect(existsSync(dir.file('not-this.sock'))).to.equal(false);
+    client = await BlkClient.connect(sock, { queues: 4 });
+    expect(client.numQueues).to.equal(1);
+    expect(client.readOnly).to.equal(false);
+    expect((await client.getIdAsync()).id).to.equal('FROM-FLAG');
+  });
+
+  it('bench blk takes its settings from VHOST_S3_BENCH_* variables', async () => {
+    const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
+    const sock = dir.file('b.sock');
+    server = await startBlkServer({ socket: sock, image: `file:${raw}`, queues: 2, logLevel: 'warn' });
+    const r = await runCli(['bench', 'blk'], {
+      env: {
+        VHOST_S3_BENCH_SOCKET: sock, VHOST_S3_BENCH_RW: 'write', VHOST_S3_BENCH_BS: '64k', VHOST_S3_BENCH_SIZE: '2M',
+        VHOST_S3_BENCH_QUEUES: '2', VHOST_S3_BENCH_IODEPTH: '4', VHOST_S3_BENCH_JSON: 'true', VHOST_S3_LOG_LEVEL: 'warn',
+      },
+    });
+    expect(r.code, r.stderr).to.equal(0);
+    const res = JSON.parse(r.stdout) as { ios: number; errors: number };
+    expect(res.errors).to.equal(0);
+    expect(res.ios).to.equal(32); // 2 MiB in 64 KiB requests
+  });
+});
+
+describe('cli: shutdown on SIGTERM and SIGINT', function () {
+  this.timeout(60_000);
+  let dir: TmpDir;
+  let server: CliProcess | null = null;
+  let client: BlkClient | null = null;
+
+  beforeEach(() => {
+    dir = new TmpDir('vhost-s3-cli-');
+  });
+  afterEach(async () => {
+    await client?.close();
+    client = null;
+    await server?.kill();
+    server = null;
+    dir.remove();
+  });
+
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    it(`an idle server exits 0 on ${signal} and removes its socket`, async () => {
+      const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
+      const sock = dir.file('idle.sock');
+      server = await startBlkServer({ socket: sock, image: `file:${raw}` });
+      const st = await server.stop(signal);
+      expect(st.code, server.describe()).to.equal(0);
+      expect(st.signal).to.equal(null);
+      expect(st.ms, 'shutdown time').to.be.below(5000);
+      expect(existsSync(sock), 'socket removed').to.equal(false);
+      const logs = expectJsonLogs(server);
+      expect(logs.some((l) => l.msg === 'shutting down' && l.signal === signal), server.stderr).to.equal(true);
+    });
+  }
+
+  it('exits 0 on SIGTERM while a frontend is connected; its completed writes are in the file', async () => {
+    const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
+    const sock = dir.file('busy.sock');
+    server = await startBlkServer({ socket: sock, image: `file:${raw}`, queues: 2 });
+    client = await BlkClient.connect(sock, { queues: 2 });
+    const data = patternBytes(5, 8192);
+    const b = client.allocBuffer(data.length);
+    b.bytes.set(data);
+    expect(await client.writeAsync(1, 4096, b)).to.equal(BlkStatus.Ok);
+    const st = await server.stop('SIGTERM');
+    expect(st.code, server.describe()).to.equal(0);
+    expect(st.ms).to.be.below(5000);
+    expect(isSocket(sock)).to.equal(false);
+    // The completed write was flushed before exit.
+    expect(readFileSync(raw).subarray(4096, 4096 + 8192).equals(Buffer.from(data))).to.equal(true);
+    expectJsonLogs(server);
+  });
+
+  it('a server restarted on the same socket path replaces the stale socket file of a killed one', async () => {
+    const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
+    const sock = dir.file('stale.sock');
+    server = await startBlkServer({ socket: sock, image: `file:${raw}` });
+    await server.kill(); // SIGKILL: the socket file stays behind
+    expect(existsSync(sock)).to.equal(true);
+    server = await startBlkServer({ socket: sock, image: `file:${raw}` });
+    client = await BlkClient.connect(sock);
+    expect(client.capacity).to.equal(16 * MiB);
+  });
+
+  it('refuses to take over the socket of a server that is still running (exit 2)', async () => {
+    const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
+    const raw2 = makeRawFile(dir.file('disk2.raw'), 16 * MiB);
+    const sock = dir.file('taken.sock');
+    server = await startBlkServer({ socket: sock, image: `file:${raw}` });
+    const r = await runCli(['blk', '--socket', sock, '--image', `file:${raw2}`]);
+    expect(r.code, r.stderr).to.equal(2);
+    expect(r.stderr.trim().split('\n')).to.have.length(1);
+    expect(r.stderr).to.match(/in use|EADDRINUSE/);
+    // The first server still serves.
+    client = await BlkClient.connect(sock);
+    expect(client.capacity).to.equal(16 * MiB);
+  });
+});
+
+describe('cli: vhost-s3 serve (npm start)', function () {
+  this.timeout(90_000);
+  let dir: TmpDir;
+  let server: CliProcess | null = null;
+  let client: BlkClient | null = null;
+
+  beforeEach(() => {
+    dir = new TmpDir('vhost-s3-serve-');
+  });
+  afterEach(async () => {
+    await client?.close();
+    client = null;
+    await server?.kill();
+    server = null;
+    dir.remove();
+  });
+
+  async function startServe(args: string[], o: { env?: Record<string, string>; cwd?: string } = {}): Promise<CliProcess> {
+    const p = new CliProcess(['serve', ...args], o);
+    await p.waitFor('the QEMU arguments on stdout', (out) => out.includes('Press Ctrl-C'));
+    return p;
+  }
+
+  it('creates a sparse disk of --disk-size on first start, prints how to attach it, and reuses it on the next start', async () => {
+    const data = dir.file('state/vhost-s3');
+    const sock = join(data, 'disk0.sock');
+    server = await startServe(['--data-dir', data, '--disk-size', '64M']);
+    const out = server.stdout;
+    expect(out).to.include(`on ${sock}`);
+    expect(out).to.include(`(${64 * MiB} bytes)`);
+    expect(out).to.include(`-chardev socket,id=d0,path=${sock}`);
+    expect(out).to.include('-device vhost-user-blk-pci,chardev=d0');
+    expect(out).to.match(/-object memory-backend-memfd,id=mem,size=\S+,share=on -numa node,memdev=mem/);
+    expect(isSocket(sock)).to.equal(true);
+    expect(allocatedBytes(data), 'bytes stored for a new, empty 64 MiB disk').to.be.below(MiB);
+
+    // Reachable with bench blk.
+    const r = await runCli(['bench', 'blk', '--socket', sock, '--rw', 'randwrite', '--bs', '16k', '--size', '1M', '--json', '--log-level', 'warn']);
+    expect(r.code, r.stderr).to.equal(0);
+    expect((JSON.parse(r.stdout) as { errors: number }).errors).to.equal(0);
+
+    client = await BlkClient.connect(sock);
+    expect(client.capacity).to.equal(64 * MiB);
+    expect((await client.getIdAsync()).id).to.equal('vhost-s3-disk0');
+    const pattern = patternBytes(77, 128 * 1024);
+    const b = client.allocBuffer(pattern.length);
+    b.bytes.set(pattern);
+    expect(await client.writeAsync(0, 40 * MiB, b)).to.equal(BlkStatus.Ok);
+    expect(await client.flushAsync()).to.equal(BlkStatus.Ok);
+    await client.close();
+    client = null;
+    const st = await server.stop('SIGTERM');
+    expect(st.code, server.describe()).to.equal(0);
+    expect(existsSync(sock)).to.equal(false);
+    expectJsonLogs(server);
+
+    // Second start: the same disk, whatever --disk-size says now.
+    server = await startServe(['--data-dir', data, '--disk-size', '128M']);
+    expect(server.stdout).to.include(`(${64 * MiB} bytes)`);
+    client = await BlkClient.connect(sock);
+    expect(client.capacity).to.equal(64 * MiB);
+    const rb = client.allocBuffer(pattern.length);
+    expect(await client.readAsync(0, 40 * MiB, rb)).to.equal(BlkStatus.Ok);
+    expect(Buffer.from(rb.bytes).equals(Buffer.from(pattern)), 'data written before the restart').to.equal(true);
+    await client.close();
+    client = null;
+    expect((await server.stop('SIGINT')).code, server.describe()).to.equal(0);
+    expectJsonLogs(server);
+  });
+
+  it('without --data-dir uses ./data of the working directory; VHOST_S3_DISK_SIZE sets the size', async () => {
+    server = await startServe([], { cwd: dir.path, env: { VHOST_S3_DISK_SIZE: '16M' } });
+    const sock = dir.file('data/disk0.sock');
+    expect(server.stdout).to.include(`on ${sock}`);
+    client = await BlkClient.connect(sock);
+    expect(client.capacity).to.equal(16 * MiB);
+    await client.close();
+    client = null;
+    expect((await server.stop()).code).to.equal(0);
+  });
+
+  it('VHOST_S3_DATA_DIR chooses the data directory', async () => {
+    const data = dir.file('from-env');
+    server = await startServe([], { env: { VHOST_S3_DATA_DIR: data, VHOST_S3_DISK_SIZE: '16M' } });
+    expect(isSocket(join(data, 'disk0.sock'))).to.equal(true);
+    expect((await server.stop()).code).to.equal(0);
+  });
+});
