@@ -12,6 +12,8 @@
 // - A chunk whose bytes are all zero is deleted rather than stored.
 // - Memory is bounded: clean chunks by `cacheBytes` (LRU), dirty chunks by `maxDirtyBytes`
 //   (writers wait), fetch buffers by `fetchConcurrency`, upload copies by `uploadConcurrency`.
+// - Every upload and delete first passes the `beforeStore` fence (the image's lease): when
+//   it throws, nothing is stored and the chunk stays dirty.
 // - A failed upload leaves the chunk dirty (nothing acknowledged is dropped); the error is
 //   reported to whoever waits for it (flush) and the upload is tried again later.
 import { LRUCache } from 'lru-cache';
@@ -35,6 +37,8 @@ export interface ChunkCacheOptions {
   /** A dirty chunk is stored this long after its last write at the latest (0: only on flush or pressure). */
   readonly writebackDelayMs: number;
   readonly log: Logger;
+  /** Called before every upload or delete; throwing stops it (a writer that lost its lease must store nothing). */
+  readonly beforeStore?: () => Promise<void>;
 }
 
 /** Writes are tracked in sectors: the blk layer never writes less. */
@@ -376,6 +380,7 @@ export class ChunkCache {
 
   private async upload(c: Chunk): Promise<void> {
     if (!c.loaded) await this.load(c);
+    await this.o.beforeStore?.();
     const gen = c.dirtyGen;
     const buf = c.data;
     const key = this.o.keyOf(c.index);

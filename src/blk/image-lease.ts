@@ -62,6 +62,8 @@ export class ImageLease {
   private timer: NodeJS.Timeout | null = null;
   private lostFlag = false;
   private renewing: Promise<void> | null = null;
+  /** Heartbeat time of the last record we stored and know to be ours. */
+  private renewedAt = 0;
 
   private constructor(
     private readonly store: ObjectStore,
@@ -85,8 +87,8 @@ export class ImageLease {
     return this.lostFlag;
   }
 
-  private record(): Uint8Array {
-    const r: LeaseRecord = { holder: this.holder, host: hostname(), pid: process.pid, heartbeat: new Date().toISOString(), ttlMs: this.ttlMs };
+  private record(at = Date.now()): Uint8Array {
+    const r: LeaseRecord = { holder: this.holder, host: hostname(), pid: process.pid, heartbeat: new Date(at).toISOString(), ttlMs: this.ttlMs };
     return new TextEncoder().encode(JSON.stringify(r) + '\n');
   }
 
@@ -113,9 +115,11 @@ export class ImageLease {
       }
       this.log.warn('taking over a stale image lease', { key: this.key, previous: r });
     }
+    const at = Date.now();
     try {
-      const put = await this.store.put(this.key, this.record(), conditional ? (existing ? { ifMatch: existing.etag } : { ifNoneMatch: '*' }) : {});
+      const put = await this.store.put(this.key, this.record(at), conditional ? (existing ? { ifMatch: existing.etag } : { ifNoneMatch: '*' }) : {});
       this.etag = put.etag;
+      this.renewedAt = at;
     } catch (err) {
       const e = errnoOf(err);
       if (e === 17 /* EEXIST */ || e === 116 /* ESTALE */) {
@@ -141,14 +145,16 @@ export class ImageLease {
   renew(): Promise<void> {
     if (this.lostFlag || this.renewing) return this.renewing ?? Promise.resolve();
     this.renewing = (async () => {
+      const at = Date.now();
       try {
         if (this.store.capabilities.conditionalWrites) {
-          this.etag = (await this.store.put(this.key, this.record(), { ifMatch: this.etag })).etag;
+          this.etag = (await this.store.put(this.key, this.record(at), { ifMatch: this.etag })).etag;
         } else {
           const now = await this.current();
           if (now?.record?.holder !== this.holder) return this.lose(now?.record ?? null);
-          this.etag = (await this.store.put(this.key, this.record())).etag;
+          this.etag = (await this.store.put(this.key, this.record(at))).etag;
         }
+        this.renewedAt = at;
       } catch (err) {
         const e = errnoOf(err);
         if (e === 116 /* ESTALE */ || e === 2 /* ENOENT */) return this.lose((await this.current().catch(() => null))?.record ?? null);
@@ -157,6 +163,18 @@ export class ImageLease {
       }
     })().finally(() => (this.renewing = null));
     return this.renewing;
+  }
+
+  /**
+   * The fence in front of every chunk upload and delete: resolves while the lease is ours,
+   * throws EIO once it was lost (taken over) or could not be renewed within its ttl. A
+   * heartbeat older than half the ttl is renewed first, so that a writer that was cut off
+   * (and possibly taken over meanwhile) finds out before it stores anything.
+   */
+  async check(): Promise<void> {
+    if (!this.lostFlag && Date.now() - this.renewedAt > this.ttlMs / 2) await this.renew();
+    if (this.lostFlag) throw new ErrnoError('EIO', `image lease ${this.key} is lost (another writer took over): not storing`);
+    if (Date.now() - this.renewedAt > this.ttlMs) throw new ErrnoError('EIO', `image lease ${this.key} could not be renewed within ${this.ttlMs} ms: not storing`);
   }
 
   private lose(by: LeaseRecord | null): void {

@@ -85,6 +85,7 @@ export class ObjectImage implements BlockImage {
       cacheBytes: opts.cacheBytes, maxDirtyBytes: Math.max(opts.maxDirtyBytes, manifest.chunkSize),
       uploadConcurrency: opts.uploadConcurrency, fetchConcurrency: opts.fetchConcurrency,
       fetchPartSize: Math.min(manifest.chunkSize, 1 << 20), writebackDelayMs: opts.writebackDelayMs, log: opts.log,
+      ...(lease ? { beforeStore: () => lease.check() } : {}),
     });
     return new ObjectImage(store, keys, manifest, opts.readOnly, cache, lease, opts);
   }
