@@ -36,13 +36,17 @@ export async function runBenchBlk(argv: string[]): Promise<void> {
     if (tty) process.stderr.write('\n');
     process.stdout.write(cfg.json ? JSON.stringify(summary(result)) + '\n' : formatResult(cfg.rw, cfg.bs, cfg.iodepth, result));
     if (result.errors > 0) process.exitCode = 1;
+    if (result.disconnected) throw new Error(`the backend closed the connection during the run (after ${result.ios} I/Os, ${result.errors} errors)`);
   } finally {
     await client.close();
   }
 }
 
 function summary(r: LoadResult): Record<string, unknown> {
-  return { iops: r.iops, bw_bytes_per_s: r.bw_bytes_per_s, lat_us: r.lat_us, errors: r.errors, ios: r.ios, seconds: r.seconds, verified_bytes: r.verified_bytes };
+  return {
+    iops: r.iops, bw_bytes_per_s: r.bw_bytes_per_s, lat_us: r.lat_us, errors: r.errors, ios: r.ios, seconds: r.seconds, verified_bytes: r.verified_bytes,
+    ...(r.disconnected ? { disconnected: true } : {}),
+  };
 }
 
 function formatResult(rw: string, bs: number, depth: number, r: LoadResult): string {

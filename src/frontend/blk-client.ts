@@ -7,11 +7,12 @@ import { BlkStatus, BlkType, CONFIG_SIZE, DISCARD_SEGMENT_SIZE, ID_BYTES, OUTHDR
 } from '../blk/protocol.js';
 import type { VhostLogger } from '../vhost/backend-session.js';
 import type { SharedBuffer } from './memory.js';
-import type { BlkIo } from './blk-load.js';
+import { STATUS_DISCONNECTED, type BlkIo } from './blk-load.js';
 import { VirtioClient } from './virtio-client.js';
 
 /** Status reported when the device gave back a chain without a believable status byte. */
 export const STATUS_BAD_REPLY = -1;
+export { STATUS_DISCONNECTED };
 
 export type BlkDone = (status: number) => void;
 
@@ -94,6 +95,7 @@ export class BlkClient implements BlkIo {
       this.freeSlots.push([...slots]);
       this.waiting.push([]);
     }
+    client.onDisconnect(() => this.failOutstanding());
   }
 
   static async connect(path: string, opts: BlkClientOptions = {}): Promise<BlkClient> {
@@ -135,6 +137,10 @@ export class BlkClient implements BlkIo {
   }
   get broken(): boolean {
     return this.client.broken;
+  }
+  /** The backend closed the connection: every request now completes with STATUS_DISCONNECTED. */
+  get disconnected(): boolean {
+    return this.client.disconnected;
   }
   /** The generic client underneath: raw rings and raw completions for hostile tests. */
   get virtio(): VirtioClient<unknown> {
@@ -238,12 +244,31 @@ export class BlkClient implements BlkIo {
   }
 
   private send(queue: number, slot: Slot, type: number, sector: number, readable: SharedBuffer[], writable: SharedBuffer[], done: BlkDone): void {
+    if (this.client.disconnected) {
+      this.freeSlots[queue]!.push(slot);
+      queueMicrotask(() => done(STATUS_DISCONNECTED));
+      return;
+    }
     slot.view.setUint32(SLOT_HDR, type, true);
     slot.view.setUint32(SLOT_HDR + 4, 0, true);
     slot.view.setBigUint64(SLOT_HDR + 8, BigInt(sector), true);
     slot.status.bytes[0] = 0xff; // so that a device that never writes it is caught
     slot.done = done;
     this.client.submit(queue, readable, writable, slot);
+  }
+
+  /** The backend is gone: requests in the ring, in the backlog or waiting for a slot fail now. */
+  private failOutstanding(): void {
+    for (let q = 0; q < this.slots.length; q++) {
+      for (const slot of this.slots[q]!) {
+        const done = slot.done;
+        if (done === null) continue;
+        slot.done = null;
+        this.freeSlots[q]!.push(slot);
+        done(STATUS_DISCONNECTED);
+      }
+      for (const waiter of this.waiting[q]!.splice(0)) waiter();
+    }
   }
 
   private complete(queue: number, slot: Slot, len: number): void {

@@ -7,7 +7,13 @@ import { LatencyRecorder, type LoadResult } from './stats.js';
 
 export type RwPattern = 'read' | 'write' | 'randread' | 'randwrite' | 'randrw';
 
-/** What the generator needs from a blk client: one request at a time, callback on completion. */
+/** Completion status of a request the backend never completed because it closed the connection. */
+export const STATUS_DISCONNECTED = -2;
+
+/**
+ * What the generator needs from a blk client: one request at a time, callback on completion
+ * with a virtio-blk status (0 OK) or STATUS_DISCONNECTED.
+ */
 export interface BlkIo {
   /** Bytes addressable on the device. */
   readonly capacity: number;
@@ -92,6 +98,7 @@ export async function runBlkLoad(io: BlkIo, opts: LoadOptions): Promise<LoadResu
   let issuedBytes = 0;
   let inflight = 0;
   let failure: Error | null = null;
+  let disconnected = false;
   const start = performance.now();
   const deadline = opts.runtime > 0 ? start + opts.runtime * 1000 : Infinity;
   let lastProgress = start;
@@ -127,7 +134,7 @@ export async function runBlkLoad(io: BlkIo, opts: LoadOptions): Promise<LoadResu
       if (inflight > 0) return;
       const seconds = (performance.now() - start) / 1000;
       if (failure) reject(failure);
-      else resolve(stats.result(seconds));
+      else resolve(disconnected ? { ...stats.result(seconds), disconnected } : stats.result(seconds));
     };
     const issue = (queue: number, buf: SharedBuffer): void => {
       const now = performance.now();
@@ -135,7 +142,7 @@ export async function runBlkLoad(io: BlkIo, opts: LoadOptions): Promise<LoadResu
         lastProgress = now;
         opts.onProgress(stats.bytes, (now - start) / 1000);
       }
-      if (failure || now >= deadline || (opts.totalBytes > 0 && issuedBytes >= opts.totalBytes)) return finish();
+      if (failure || disconnected || now >= deadline || (opts.totalBytes > 0 && issuedBytes >= opts.totalBytes)) return finish();
       const block = pickBlock();
       if (block < 0) {
         // Every try hit a block in flight (tiny span, deep queue): retry on the next tick.
@@ -158,7 +165,8 @@ export async function runBlkLoad(io: BlkIo, opts: LoadOptions): Promise<LoadResu
       const done = (status: number): void => {
         inflight--;
         const latencyNs = (performance.now() - t0) * 1e6;
-        if (status !== 0) stats.errors++;
+        if (status === STATUS_DISCONNECTED) disconnected = true; // not an error of the device: it never saw the request
+        else if (status !== 0) stats.errors++;
         else {
           stats.record(latencyNs, opts.bs);
           if (opts.verify) {

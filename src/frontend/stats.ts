@@ -9,6 +9,8 @@ export interface LoadResult {
   readonly bytes: number;
   readonly seconds: number;
   readonly verified_bytes: number;
+  /** The backend closed the connection before the run ended (the numbers cover the run until then). */
+  readonly disconnected?: boolean;
 }
 
 export class LatencyRecorder {

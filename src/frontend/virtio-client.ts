@@ -48,6 +48,8 @@ export interface RawCompletion {
 export class VirtioClient<T> {
   private readonly queues: ClientQueue<T>[] = [];
   private closed = false;
+  private lost = false;
+  private onLost: (() => void) | null = null;
   /** Completions of raw chains (no token), in arrival order; tests take them from here. */
   readonly rawCompletions: RawCompletion[] = [];
 
@@ -59,7 +61,30 @@ export class VirtioClient<T> {
     /** Queues the backend can serve (GET_QUEUE_NUM). */
     readonly backendQueues: number,
     private readonly onComplete: CompletionHandler<T>,
-  ) {}
+  ) {
+    void session.closed.then(() => this.backendGone());
+  }
+
+  /** True once the backend closed the connection (rather than close() here): nothing more will complete. */
+  get disconnected(): boolean {
+    return this.lost;
+  }
+
+  /**
+   * `fn` runs once if the backend goes away, after every completion it published has been
+   * delivered; the requests still outstanding then will never complete.
+   */
+  onDisconnect(fn: () => void): void {
+    this.onLost = fn;
+  }
+
+  private backendGone(): void {
+    if (this.closed || this.lost) return;
+    this.lost = true;
+    // The call eventfd may not have been read yet: deliver what the backend completed before it left.
+    for (let i = 0; i < this.queues.length; i++) this.drain(i);
+    this.onLost?.();
+  }
 
   /**
    * Connects and brings the device up the way QEMU does on DRIVER_OK. `beforeRings` runs
@@ -144,12 +169,17 @@ export class VirtioClient<T> {
     const q = this.queues[index];
     if (!q) return;
     native.eventfdRead(q.callFd);
+    this.drain(index);
+  }
+
+  private drain(index: number): void {
+    const q = this.queues[index]!;
     do {
       for (const c of q.ring.poll()) {
         if (c.token !== undefined) this.onComplete(index, c.token, c.len);
         else this.rawCompletions.push({ queue: index, head: c.head, len: c.len });
       }
-      while (q.backlog.length > 0) {
+      while (q.backlog.length > 0 && !this.lost) {
         const next = q.backlog[0]!;
         if (q.ring.add(next.readable, next.writable, next.token) < 0) break;
         q.backlog.shift();
