@@ -27,8 +27,16 @@ async function writeManifest(store: ObjectStore, keys: ImageKeys, m: ImageManife
   }
 }
 
+/**
+ * A new image must start empty: refused where a manifest exists, and where chunks are left
+ * over without one (an interrupted import or removal), which would show through as data.
+ */
 async function refuseExisting(store: ObjectStore, keys: ImageKeys): Promise<void> {
   if (await store.head(keys.manifest)) throw new ErrnoError('EEXIST', `an image already exists at ${store.description}/${keys.prefix}`);
+  const page = await store.list({ prefix: keys.chunksPrefix, maxKeys: 1 });
+  if (page.objects.length > 0) {
+    throw new ErrnoError('EEXIST', `chunks are left over at ${store.description}/${keys.chunksPrefix} (an interrupted import or removal); remove them first with vhost-s3 image rm`);
+  }
 }
 
 export async function createImage(store: ObjectStore, keys: ImageKeys, size: number, chunkSize: number): Promise<ImageManifest> {
