@@ -70,7 +70,11 @@ function fileStoreRoot(loc: { path: string }, isPrefix: boolean): { root: string
 /** Store errors an operator can fix are configuration errors. */
 export function asConfigError(err: unknown, what: string): unknown {
   if (err instanceof StoreError && ['ENOENT', 'ENOTDIR', 'EACCES', 'ECONNREFUSED', 'EHOSTUNREACH', 'ETIMEDOUT', 'EINVAL'].includes(err.code)) {
-    return new ConfigError(`${what}: ${err.message}`);
+    // A refused HEAD has no error body ("HTTP 403 Unknown"): say what it means.
+    const hint = err.code === 'EACCES' && !/credential/i.test(err.message)
+      ? ' (access denied: check the credentials, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and the bucket policy)'
+      : '';
+    return new ConfigError(`${what}: ${err.message}${hint}`);
   }
   return err;
 }

@@ -1,5 +1,6 @@
 // vhost-s3 image create|import|export|info|ls|rm: manage object-backed disk images in
 // S3 (s3://bucket/path) or in a local directory store (file:/path).
+import { statSync } from 'node:fs';
 import { loadCommand, type CommandName, type ConfigOf } from '../config.js';
 import { ConfigError, errnoOf } from '../util/errors.js';
 import { createLogger, type Logger, type LogLevel } from '../util/log.js';
@@ -31,10 +32,10 @@ function setup<C extends ImageCommand>(command: C, argv: string[], names: string
   return { cfg: config, args, log: createLogger((config as { logLevel: LogLevel }).logLevel) };
 }
 
-const GiB = 2 ** 30;
-const MiB = 2 ** 20;
+const UNITS: readonly [string, number][] = [['G', 2 ** 30], ['M', 2 ** 20], ['K', 2 ** 10]];
 function human(bytes: number): string {
-  return bytes >= GiB ? `${(bytes / GiB).toFixed(bytes % GiB === 0 ? 0 : 1)}G` : `${(bytes / MiB).toFixed(bytes % MiB === 0 ? 0 : 1)}M`;
+  for (const [unit, n] of UNITS) if (bytes >= n) return `${(bytes / n).toFixed(bytes % n === 0 ? 0 : 1)}${unit}`;
+  return `${bytes}B`;
 }
 
 export async function runImageCreate(argv: string[]): Promise<void> {
@@ -48,10 +49,17 @@ export async function runImageCreate(argv: string[]): Promise<void> {
 export async function runImageImport(argv: string[]): Promise<void> {
   const { cfg, args, log } = setup('image import', argv, ['FILE', 'IMAGE']);
   const [file, locator] = args as [string, string];
+  // The source first: a missing file is the operator's mistake, not the image's.
+  let st;
+  try {
+    st = statSync(file);
+  } catch (err) {
+    throw new ConfigError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  if (!st.isFile()) throw new ConfigError(`cannot read ${file}: not a regular file`);
   const bar = new ProgressBar('import', 'bytes');
   const r = await withStore(locator, cfg, log, true, ({ store, prefix }) =>
-    importImage(file, store, new ImageKeys(prefix), cfg.chunkSize, cfg.uploads, bar.update))
-    .catch((err: unknown) => { throw errnoOf(err) === 2 && !locator.includes(file) ? new ConfigError(`cannot read ${file}: ${(err as Error).message}`) : err; });
+    importImage(file, store, new ImageKeys(prefix), cfg.chunkSize, cfg.uploads, bar.update));
   bar.done();
   process.stdout.write(`imported ${file} into ${locator}: ${human(r.manifest.size)}, ${r.chunksUploaded} of ${Math.ceil(r.manifest.size / r.manifest.chunkSize)} chunks stored (the rest are zeros)\n`);
 }
