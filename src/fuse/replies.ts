@@ -1,0 +1,333 @@
+// FUSE replies: the server's encoders (typed results → the bytes after fuse_out_header)
+// and the client's decoders (those bytes → typed results, checking every length).
+import {
+  ATTR_OUT_SIZE, DIRENTPLUS_SIZE, DIRENT_SIZE, ENTRY_OUT_SIZE, GETXATTR_OUT_SIZE, INIT_OUT_SIZE, LK_OUT_SIZE,
+  LSEEK_OUT_SIZE, OPEN_OUT_SIZE, STATFS_OUT_SIZE, WRITE_OUT_SIZE, decodeAttr, direntAlign, encodeAttr, getU64,
+  setU64, splitTimeout, viewOf, type WireAttr,
+} from './abi.js';
+
+/**
+ * A reply as the server produced it: 0 or a negative errno, and the payload that follows
+ * the out header as a list of byte arrays (written one after another by the transport,
+ * never concatenated: a READ's data goes straight from the Vfs's buffer to the peer).
+ */
+export interface FuseReply {
+  readonly unique: bigint;
+  readonly error: number;
+  readonly parts: readonly Uint8Array[];
+  /** Sum of the parts' lengths. */
+  readonly length: number;
+}
+
+export function errorReply(unique: bigint, errno: number): FuseReply {
+  return { unique, error: -Math.abs(errno), parts: [], length: 0 };
+}
+
+export function okReply(unique: bigint, parts: readonly Uint8Array[]): FuseReply {
+  let length = 0;
+  for (const p of parts) length += p.length;
+  return { unique, error: 0, parts, length };
+}
+
+// ---- encoders -----------------------------------------------------------------------------
+
+export interface EntryOut {
+  readonly nodeid: number;
+  readonly generation: number;
+  readonly entryValidMs: number;
+  readonly attrValidMs: number;
+  readonly attr: WireAttr;
+}
+
+export function encodeEntryOut(e: EntryOut, out: Uint8Array = new Uint8Array(ENTRY_OUT_SIZE), at = 0): Uint8Array {
+  const v = viewOf(out);
+  const ev = splitTimeout(e.entryValidMs);
+  const av = splitTimeout(e.attrValidMs);
+  setU64(v, at, e.nodeid);
+  setU64(v, at + 8, e.generation);
+  setU64(v, at + 16, ev.sec);
+  setU64(v, at + 24, av.sec);
+  v.setUint32(at + 32, ev.nsec, true);
+  v.setUint32(at + 36, av.nsec, true);
+  encodeAttr(v, at + 40, e.attr);
+  return out;
+}
+
+export function encodeAttrOut(attrValidMs: number, attr: WireAttr): Uint8Array {
+  const out = new Uint8Array(ATTR_OUT_SIZE);
+  const v = viewOf(out);
+  const av = splitTimeout(attrValidMs);
+  setU64(v, 0, av.sec);
+  v.setUint32(8, av.nsec, true);
+  encodeAttr(v, 16, attr);
+  return out;
+}
+
+export function encodeOpenOut(fh: number, openFlags: number): Uint8Array {
+  const out = new Uint8Array(OPEN_OUT_SIZE);
+  const v = viewOf(out);
+  setU64(v, 0, fh);
+  v.setUint32(8, openFlags >>> 0, true);
+  return out;
+}
+
+/** fuse_write_out, fuse_getxattr_out (both: u32 size + padding). */
+export function encodeSizeOut(size: number): Uint8Array {
+  const out = new Uint8Array(WRITE_OUT_SIZE);
+  viewOf(out).setUint32(0, size >>> 0, true);
+  return out;
+}
+
+export function encodeLseekOut(offset: number): Uint8Array {
+  const out = new Uint8Array(LSEEK_OUT_SIZE);
+  setU64(viewOf(out), 0, offset);
+  return out;
+}
+
+export interface KStatfs {
+  readonly blocks: number;
+  readonly bfree: number;
+  readonly bavail: number;
+  readonly files: number;
+  readonly ffree: number;
+  readonly bsize: number;
+  readonly namelen: number;
+  readonly frsize: number;
+}
+
+export function encodeStatfsOut(s: KStatfs): Uint8Array {
+  const out = new Uint8Array(STATFS_OUT_SIZE);
+  const v = viewOf(out);
+  setU64(v, 0, s.blocks);
+  setU64(v, 8, s.bfree);
+  setU64(v, 16, s.bavail);
+  setU64(v, 24, s.files);
+  setU64(v, 32, s.ffree);
+  v.setUint32(40, s.bsize >>> 0, true);
+  v.setUint32(44, s.namelen >>> 0, true);
+  v.setUint32(48, s.frsize >>> 0, true);
+  return out;
+}
+
+export interface InitOut {
+  readonly major: number;
+  readonly minor: number;
+  readonly maxReadahead: number;
+  /** Bits 0..31 of the flags. */
+  readonly flags: number;
+  readonly maxBackground: number;
+  readonly congestionThreshold: number;
+  readonly maxWrite: number;
+  readonly timeGran: number;
+  readonly maxPages: number;
+  readonly mapAlignment: number;
+  /** Bits 32..63 of the flags (only meaningful with FUSE_INIT_EXT). */
+  readonly flags2: number;
+}
+
+export function encodeInitOut(o: InitOut): Uint8Array {
+  const out = new Uint8Array(INIT_OUT_SIZE);
+  const v = viewOf(out);
+  v.setUint32(0, o.major, true);
+  v.setUint32(4, o.minor, true);
+  v.setUint32(8, o.maxReadahead >>> 0, true);
+  v.setUint32(12, o.flags >>> 0, true);
+  v.setUint16(16, o.maxBackground, true);
+  v.setUint16(18, o.congestionThreshold, true);
+  v.setUint32(20, o.maxWrite >>> 0, true);
+  v.setUint32(24, o.timeGran >>> 0, true);
+  v.setUint16(28, o.maxPages, true);
+  v.setUint16(30, o.mapAlignment, true);
+  v.setUint32(32, o.flags2 >>> 0, true);
+  return out;
+}
+
+/**
+ * Packs fuse_dirent / fuse_direntplus records into a buffer of at most `capacity` bytes,
+ * each padded to 8 bytes (FUSE_DIRENT_ALIGN). add*() returns false, writing nothing, when
+ * the record does not fit: the kernel asks again from the last offset it received.
+ */
+export class DirentWriter {
+  private readonly buf: Uint8Array;
+  private readonly v: DataView;
+  private pos = 0;
+
+  constructor(readonly capacity: number) {
+    this.buf = new Uint8Array(Math.max(0, capacity));
+    this.v = viewOf(this.buf);
+  }
+
+  get length(): number {
+    return this.pos;
+  }
+
+  /** The records written so far (a view, no copy). */
+  bytes(): Uint8Array {
+    return this.buf.subarray(0, this.pos);
+  }
+
+  fits(name: Uint8Array, plus: boolean): boolean {
+    return this.pos + direntAlign((plus ? DIRENTPLUS_SIZE : DIRENT_SIZE) + name.length) <= this.capacity;
+  }
+
+  add(ino: number, off: number, type: number, name: Uint8Array): boolean {
+    if (!this.fits(name, false)) return false;
+    this.dirent(this.pos, ino, off, type, name);
+    this.pos += direntAlign(DIRENT_SIZE + name.length);
+    return true;
+  }
+
+  addPlus(entry: EntryOut, off: number, type: number, name: Uint8Array): boolean {
+    if (!this.fits(name, true)) return false;
+    encodeEntryOut(entry, this.buf, this.pos);
+    this.dirent(this.pos + ENTRY_OUT_SIZE, entry.attr.ino, off, type, name);
+    this.pos += direntAlign(DIRENTPLUS_SIZE + name.length);
+    return true;
+  }
+
+  private dirent(at: number, ino: number, off: number, type: number, name: Uint8Array): void {
+    setU64(this.v, at, ino);
+    setU64(this.v, at + 8, off);
+    this.v.setUint32(at + 16, name.length, true);
+    this.v.setUint32(at + 20, type, true);
+    this.buf.set(name, at + DIRENT_SIZE);
+    // padding stays zero: the buffer is fresh
+  }
+}
+
+// ---- decoders (client) ------------------------------------------------------------------
+
+/** A reply payload was shorter (or otherwise other) than its structure: the peer is broken. */
+export class ReplyFormatError extends Error {}
+
+function need(b: Uint8Array, size: number, what: string): DataView {
+  if (b.length < size) throw new ReplyFormatError(`${what}: ${b.length} bytes, expected ${size}`);
+  return viewOf(b);
+}
+
+export interface DecodedEntry {
+  readonly nodeid: number;
+  readonly generation: number;
+  readonly entryValidMs: number;
+  readonly attrValidMs: number;
+  readonly attr: WireAttr;
+}
+
+function ms(sec: number, nsec: number): number {
+  return sec * 1000 + nsec / 1e6;
+}
+
+export function decodeEntryOut(b: Uint8Array, at = 0): DecodedEntry {
+  const v = need(b, at + ENTRY_OUT_SIZE, 'fuse_entry_out');
+  return {
+    nodeid: getU64(v, at),
+    generation: getU64(v, at + 8),
+    entryValidMs: ms(getU64(v, at + 16), v.getUint32(at + 32, true)),
+    attrValidMs: ms(getU64(v, at + 24), v.getUint32(at + 36, true)),
+    attr: decodeAttr(v, at + 40),
+  };
+}
+
+export function decodeAttrOut(b: Uint8Array): { attrValidMs: number; attr: WireAttr } {
+  const v = need(b, ATTR_OUT_SIZE, 'fuse_attr_out');
+  return { attrValidMs: ms(getU64(v, 0), v.getUint32(8, true)), attr: decodeAttr(v, 16) };
+}
+
+export function decodeOpenOut(b: Uint8Array, at = 0): { fh: number; openFlags: number } {
+  const v = need(b, at + OPEN_OUT_SIZE, 'fuse_open_out');
+  return { fh: getU64(v, at), openFlags: v.getUint32(at + 8, true) };
+}
+
+export function decodeSizeOut(b: Uint8Array): number {
+  return need(b, GETXATTR_OUT_SIZE, 'size reply').getUint32(0, true);
+}
+
+export function decodeLseekOut(b: Uint8Array): number {
+  return getU64(need(b, LSEEK_OUT_SIZE, 'fuse_lseek_out'), 0);
+}
+
+export function decodeLkOut(b: Uint8Array): { start: bigint; end: bigint; type: number; pid: number } {
+  const v = need(b, LK_OUT_SIZE, 'fuse_lk_out');
+  return { start: v.getBigUint64(0, true), end: v.getBigUint64(8, true), type: v.getUint32(16, true), pid: v.getUint32(20, true) };
+}
+
+export function decodeStatfsOut(b: Uint8Array): KStatfs {
+  const v = need(b, 48, 'fuse_statfs_out'); // FUSE_COMPAT_STATFS_SIZE: frsize may be missing
+  return {
+    blocks: getU64(v, 0), bfree: getU64(v, 8), bavail: getU64(v, 16), files: getU64(v, 24), ffree: getU64(v, 32),
+    bsize: v.getUint32(40, true), namelen: v.getUint32(44, true), frsize: b.length >= 52 ? v.getUint32(48, true) : 0,
+  };
+}
+
+/** fuse_init_out; servers for minor >= 23 send at least 24 bytes, newer fields read as 0 when absent. */
+export function decodeInitOut(b: Uint8Array): InitOut {
+  const v = need(b, 8, 'fuse_init_out');
+  const u16 = (o: number): number => (b.length >= o + 2 ? v.getUint16(o, true) : 0);
+  const u32 = (o: number): number => (b.length >= o + 4 ? v.getUint32(o, true) : 0);
+  return {
+    major: u32(0), minor: u32(4), maxReadahead: u32(8), flags: u32(12), maxBackground: u16(16),
+    congestionThreshold: u16(18), maxWrite: u32(20), timeGran: u32(24), maxPages: u16(28), mapAlignment: u16(30),
+    flags2: u32(32),
+  };
+}
+
+export interface Dirent {
+  readonly ino: number;
+  readonly off: number;
+  readonly type: number;
+  readonly name: string;
+}
+
+export interface DirentPlus extends Dirent {
+  readonly entry: DecodedEntry;
+}
+
+const utf8 = new TextDecoder();
+
+function readDirent(b: Uint8Array, v: DataView, at: number): { d: Dirent; next: number } {
+  if (at + DIRENT_SIZE > b.length) throw new ReplyFormatError('truncated fuse_dirent');
+  const namelen = v.getUint32(at + 16, true);
+  if (namelen === 0 || namelen > 1024 || at + DIRENT_SIZE + namelen > b.length) throw new ReplyFormatError(`bad dirent name length ${namelen}`);
+  const d: Dirent = {
+    ino: getU64(v, at), off: getU64(v, at + 8), type: v.getUint32(at + 20, true),
+    name: utf8.decode(b.subarray(at + DIRENT_SIZE, at + DIRENT_SIZE + namelen)),
+  };
+  return { d, next: at + direntAlign(DIRENT_SIZE + namelen) };
+}
+
+export function decodeDirents(b: Uint8Array): Dirent[] {
+  const v = viewOf(b);
+  const out: Dirent[] = [];
+  for (let at = 0; at < b.length;) {
+    const { d, next } = readDirent(b, v, at);
+    out.push(d);
+    at = next;
+  }
+  return out;
+}
+
+export function decodeDirentsPlus(b: Uint8Array): DirentPlus[] {
+  const v = viewOf(b);
+  const out: DirentPlus[] = [];
+  for (let at = 0; at < b.length;) {
+    const entry = decodeEntryOut(b, at);
+    const { d, next } = readDirent(b, v, at + ENTRY_OUT_SIZE);
+    out.push({ ...d, entry });
+    at = next;
+  }
+  return out;
+}
+
+/** LISTXATTR payload: NUL-terminated names. */
+export function decodeXattrList(b: Uint8Array): string[] {
+  const out: string[] = [];
+  let start = 0;
+  for (let i = 0; i < b.length; i++) {
+    if (b[i] === 0) {
+      out.push(utf8.decode(b.subarray(start, i)));
+      start = i + 1;
+    }
+  }
+  if (start !== b.length) throw new ReplyFormatError('xattr list without final NUL');
+  return out;
+}
