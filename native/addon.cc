@@ -31,6 +31,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitRing(env, exports);
   InitFileIo(env, exports);
   InitUring(env, exports);
+  InitFuseDev(env, exports);
   return exports;
 }
 

@@ -29,5 +29,6 @@ void InitMemory(Napi::Env env, Napi::Object exports);
 void InitRing(Napi::Env env, Napi::Object exports);
 void InitFileIo(Napi::Env env, Napi::Object exports);
 void InitUring(Napi::Env env, Napi::Object exports);
+void InitFuseDev(Napi::Env env, Napi::Object exports);
 
 }  // namespace vhs

@@ -158,6 +158,18 @@ export interface NativeAddon {
   fdatasync(fd: number): void;
   fallocate(fd: number, mode: number, offset: number, length: number): void;
 
+  // /dev/fuse (vhost-s3 mount)
+  /** Opens /dev/fuse (O_NONBLOCK, O_CLOEXEC). */
+  fuseOpen(): number;
+  /** mount(2); `data` is the FUSE option string ("fd=N,rootmode=40000,user_id=0,group_id=0,..."). */
+  mount(source: string, target: string, type: string, flags: number, data: string): void;
+  /** umount2(2), e.g. with MNT_DETACH. */
+  umount(target: string, flags: number): void;
+  /** read(2) of one request into buf; -1 when none is pending (EAGAIN); throws ENODEV once unmounted. */
+  readFd(fd: number, buf: Uint8Array): number;
+  /** writev(2) of one reply. */
+  writevFd(fd: number, bufs: readonly Uint8Array[]): number;
+
   /** Returns null when io_uring is unavailable here (old kernel, seccomp). */
   createUring(entries: number, onComplete: (tags: Float64Array, results: Int32Array, count: number) => void): Uring | null;
 }
