@@ -369,6 +369,30 @@ for (const kind of ['s3', 'file'] as const) {
       expectSame(await fresh.disk.readAll(), ref, 'whole disk through a fresh gateway');
     });
 
+    it('an image whose size is not a whole number of chunks: the short last chunk is written, read and stored', async () => {
+      const size = 2 * MiB + 3 * 512; // chunk 32 holds 3 sectors of disk
+      const img = await newImage(size);
+      const ref = new Uint8Array(size);
+      const { g, disk } = await gateway(img.locator, ['--writeback-delay', '0']);
+      expect(disk.size).to.equal(size);
+      for (const [i, [off, len]] of ([[size - 512, 512], [32 * CS - 1024, 2048], [size - 4 * KiB, 4 * KiB - 512]] as const).entries()) {
+        const data = randomBytes(200 + i, len);
+        expect(await disk.write(off, data), `write ${off}+${len}`).to.equal(BlkStatus.Ok);
+        ref.set(data, off);
+      }
+      expect((await disk.read(size - 512, 1024)).status, 'a read past the end').to.equal(BlkStatus.IoErr);
+      expect(await disk.write(size, randomBytes(1, 512)), 'a write past the end').to.equal(BlkStatus.IoErr);
+      expectSame((await disk.read(size - 64 * KiB, 64 * KiB)).data, ref.subarray(size - 64 * KiB), 'the end of the disk', size - 64 * KiB);
+      expect(await disk.flush()).to.equal(BlkStatus.Ok);
+      const last = (await storedChunks(be.store, img.keys)).get(32);
+      expect(last, 'the short last chunk is stored').to.not.equal(undefined);
+      expectSame(last!.subarray(0, 3 * 512), ref.subarray(32 * CS), 'stored last chunk');
+      expect(isZero(last!.subarray(3 * 512)), 'past the end of the disk the chunk is zeros').to.equal(true);
+      await endGateway(g, disk, 'kill');
+      const fresh = await gateway(img.locator, ['--readonly']);
+      expectSame(await fresh.disk.readAll(), ref, 'whole disk through a fresh gateway');
+    });
+
     it('discard and write-zeroes delete whole chunks and zero partial ones', async () => {
       const size = 16 * MiB;
       const img = await newImage(size);
