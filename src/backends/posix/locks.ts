@@ -1,0 +1,77 @@
+// Promise-based mutual exclusion for the file system layer (one event loop, so these only
+// order asynchronous sections; nothing here blocks a thread).
+
+export class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+  private holders = 0;
+
+  /** True while someone holds or waits for the lock. */
+  get busy(): boolean {
+    return this.holders > 0;
+  }
+
+  /** Waits for the lock; call the returned function exactly once to let the next one in. */
+  async acquire(): Promise<() => void> {
+    this.holders++;
+    let release!: () => void;
+    const next = new Promise<void>((res) => (release = res));
+    const prev = this.tail;
+    this.tail = prev.then(() => next);
+    await prev;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.holders--;
+      release();
+    };
+  }
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const release = await this.acquire();
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+}
+
+/** One mutex per key, dropped when nobody uses it. */
+export class KeyedMutex {
+  private readonly locks = new Map<string, { mutex: Mutex; users: number }>();
+
+  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    let e = this.locks.get(key);
+    if (!e) {
+      e = { mutex: new Mutex(), users: 0 };
+      this.locks.set(key, e);
+    }
+    e.users++;
+    try {
+      return await e.mutex.run(fn);
+    } finally {
+      if (--e.users === 0) this.locks.delete(key);
+    }
+  }
+}
+
+/** Runs `fn` on every item with at most `limit` at once; after a failure starts no more, and rejects with it once the running ones settled. */
+export async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: { err: unknown } | null = null;
+  const worker = async (): Promise<void> => {
+    for (;;) {
+      if (failure) return;
+      const i = next++;
+      if (i >= items.length) return;
+      try {
+        await fn(items[i]!, i);
+      } catch (err) {
+        failure ??= { err };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(items.length, Math.max(1, limit)) }, worker));
+  if (failure) throw (failure as { err: unknown }).err;
+}
