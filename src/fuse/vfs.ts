@@ -38,6 +38,7 @@ export interface DirEntry {
 
 /** What SETATTR changes; absent fields stay as they are. 'now' is the server's clock. */
 export interface AttrChanges {
+  /** Permission bits only (07777, setuid/setgid/sticky included): the file type never changes. */
   readonly mode?: number;
   readonly uid?: number;
   readonly gid?: number;
@@ -99,6 +100,7 @@ export interface Vfs {
   stat(path: string): Promise<FileAttr | null>;
   /** Every entry of a directory (no '.' or '..'); ENOTDIR/ENOENT as appropriate. */
   list(path: string): Promise<DirEntry[]>;
+  /** `mode` (here and in create) is permission bits only (07777), the kernel's umask already applied. */
   mkdir(path: string, mode: number, caller: Caller): Promise<FileAttr>;
   /** ENOTEMPTY when the directory has entries. */
   rmdir(path: string): Promise<void>;

@@ -1,0 +1,787 @@
+// The FUSE engine: turns decoded FUSE requests into calls on a path-based Vfs and encodes
+// the replies. Transport-independent: virtio-fs (virtiofs-device.ts) and /dev/fuse hand
+// it whole request messages and write back what it returns.
+//
+// Requests run concurrently: dispatch() starts each one and returns at once; a slow Vfs
+// call holds up only its own request. Every request gets exactly one completion call —
+// a reply, or null for the opcodes that take none (FORGET, BATCH_FORGET, INTERRUPT,
+// NOTIFY_REPLY).
+//
+// Semantics worth knowing:
+// - INIT: major must be 7 and minor >= 31, else EPROTO. Offered: ASYNC_READ,
+//   ATOMIC_O_TRUNC, BIG_WRITES, DO_READDIRPLUS, READDIRPLUS_AUTO, PARALLEL_DIROPS,
+//   MAX_PAGES (max_write 1 MiB, 256 pages); never EXPORT_SUPPORT. A second INIT (a
+//   rebooted guest on the same connection) starts a new session: open files are
+//   released, the inode table is emptied. Other requests before INIT get EIO.
+// - Permissions are the kernel's business: virtio-fs mounts use default_permissions,
+//   so the kernel checks modes itself and ACCESS, should it come, is answered 0.
+// - LINK → EPERM (no hard links in an object store); MKNOD of anything but a regular
+//   file → EPERM; GETLK/SETLK/SETLKW → ENOSYS (the kernel then keeps locks locally);
+//   FALLOCATE modes other than 0 → EOPNOTSUPP; LSEEK sees files as never sparse.
+// - Modes passed to the Vfs (mkdir, create, symlink, setattr) are permission bits only
+//   (07777): the Vfs owns the file type. umask has been applied by the kernel.
+// - nlink is 1 for everything (as btrfs reports directories): link counts are unknown.
+// - INTERRUPT is best effort: the interrupted request is answered EINTR at once if it
+//   is still running; whatever it did (an entry looked up, a file opened) is undone
+//   when the Vfs call returns.
+// - A reply longer than the transport's room is replaced: ERANGE for xattrs,
+//   ENAMETOOLONG for READLINK, EIO otherwise.
+import { ErrnoError, errnoOf } from '../util/errors.js';
+import { silentLogger, type Logger } from '../util/log.js';
+import {
+  DT_DIR, DT_LNK, DT_REG, E, FATTR_ATIME, FATTR_ATIME_NOW, FATTR_CTIME, FATTR_FH, FATTR_GID, FATTR_KILL_SUIDGID,
+  FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID, FUSE_ASYNC_READ, FUSE_ATOMIC_O_TRUNC,
+  FUSE_BIG_WRITES, FUSE_DO_READDIRPLUS, FUSE_FSYNC_FDATASYNC, FUSE_GETATTR_FH, FUSE_INIT_EXT, FUSE_KERNEL_MINOR_VERSION,
+  FUSE_KERNEL_VERSION, FUSE_MAX_PAGES, FUSE_MIN_MINOR_VERSION, FUSE_PARALLEL_DIROPS, FUSE_READDIRPLUS_AUTO,
+  FUSE_ROOT_ID, O_ACCMODE, O_APPEND, O_EXCL, O_RDONLY, O_TRUNC, O_WRONLY, Opcode, RENAME_NOREPLACE, S_IFDIR,
+  S_IFMT, S_IFREG, SEEK_CUR, SEEK_DATA, SEEK_END, SEEK_HOLE, SEEK_SET, XATTR_CREATE, XATTR_REPLACE,
+  isNoReply, opcodeName, type WireAttr,
+} from './abi.js';
+import { checkName, decodeRequest, type FuseRequest, type ReadLikeRequest } from './requests.js';
+import {
+  DirentWriter, encodeAttrOut, encodeEntryOut, encodeInitOut, encodeLseekOut, encodeOpenOut, encodeSizeOut,
+  encodeStatfsOut, errorReply, okReply, type EntryOut, type FuseReply,
+} from './replies.js';
+import { InodeTable, joinPath, parentPath, type Inode } from './inodes.js';
+import { HandleTable, type DirHandle, type DirSnapshotEntry, type FileHandle } from './handles.js';
+import type { Caller, FileAttr, FileKind, Vfs } from './vfs.js';
+
+export interface FuseServerOptions {
+  /** How long the kernel may cache a name → node binding (default 1000 ms). */
+  readonly entryTimeoutMs?: number;
+  /** How long the kernel may cache attributes (default 1000 ms). */
+  readonly attrTimeoutMs?: number;
+  /** When > 0, a failed LOOKUP is a cacheable negative entry (node id 0) for this long (default 0: ENOENT). */
+  readonly negativeTimeoutMs?: number;
+  /** max_write offered at INIT (default 1 MiB); also the largest READ served. */
+  readonly maxWrite?: number;
+  /** max_pages offered at INIT (default 256). */
+  readonly maxPages?: number;
+  /** max_background / congestion_threshold offered at INIT (default 64 / 48). */
+  readonly maxBackground?: number;
+  readonly congestionThreshold?: number;
+  /** st_blksize reported for every file (default 4096). */
+  readonly blockSize?: number;
+  readonly log?: Logger;
+}
+
+export interface FuseCounters {
+  requests: number;
+  errors: number;
+  /** Requests that could not be decoded. */
+  malformed: number;
+  interrupted: number;
+}
+
+/** Called exactly once per dispatched request: its reply, or null when it takes none. */
+export type ReplyCallback = (reply: FuseReply | null) => void;
+
+/** INIT flags we turn on when the kernel offers them. */
+const WANTED_FLAGS = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS
+  | FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES;
+
+const S_ISUID = 0o4000;
+const S_ISGID = 0o2000;
+const S_IXGRP = 0o010;
+const PERM_BITS = 0o7777;
+const MAX_SAFE = Number.MAX_SAFE_INTEGER;
+
+/** One request in flight. */
+class Pending {
+  settled = false;
+  /** Undo what the request did if its reply is not delivered (interrupted, did not fit). */
+  readonly undo: (() => void)[] = [];
+  constructor(readonly req: FuseRequest, readonly maxReply: number, readonly done: ReplyCallback) {}
+}
+
+function kindType(kind: FileKind): number {
+  return kind === 'dir' ? DT_DIR : kind === 'symlink' ? DT_LNK : DT_REG;
+}
+
+function fail(code: keyof typeof E, message?: string): never {
+  throw new ErrnoError(code, message);
+}
+
+/** A stable pseudo inode number for READDIR entries the kernel does not know yet (FNV-1a, above 2^32). */
+function pseudoIno(path: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < path.length; i++) {
+    h ^= path.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return 0x100000000 + h;
+}
+
+const utf8 = new TextEncoder();
+
+export class FuseServer {
+  readonly counters: FuseCounters = { requests: 0, errors: 0, malformed: 0, interrupted: 0 };
+  private readonly opts: Required<Omit<FuseServerOptions, 'log'>>;
+  private readonly log: Logger;
+  private readonly inodes = new InodeTable(0);
+  private readonly handles = new HandleTable();
+  private readonly pending = new Map<bigint, Pending>();
+  private initialized = false;
+  private protoMinor = 0;
+  private epoch = 0;
+  private inflight = 0;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(private readonly vfs: Vfs, opts: FuseServerOptions = {}) {
+    this.opts = {
+      entryTimeoutMs: opts.entryTimeoutMs ?? 1000,
+      attrTimeoutMs: opts.attrTimeoutMs ?? 1000,
+      negativeTimeoutMs: opts.negativeTimeoutMs ?? 0,
+      maxWrite: opts.maxWrite ?? 1 << 20,
+      maxPages: opts.maxPages ?? 256,
+      maxBackground: opts.maxBackground ?? 64,
+      congestionThreshold: opts.congestionThreshold ?? 48,
+      blockSize: opts.blockSize ?? 4096,
+    };
+    this.log = opts.log ?? silentLogger;
+  }
+
+  /** INIT has been answered (and no DESTROY since). */
+  get isInitialized(): boolean {
+    return this.initialized;
+  }
+  /** The protocol minor agreed at INIT. */
+  get minor(): number {
+    return this.protoMinor;
+  }
+  /** Largest READ / WRITE payload served. */
+  get maxIo(): number {
+    return this.opts.maxWrite;
+  }
+  /** Inodes the kernel holds (the root included) and open handles: for tests and metrics. */
+  get inodeCount(): number {
+    return this.inodes.size;
+  }
+  get handleCount(): number {
+    return this.handles.size;
+  }
+  /** The lookup count of a node id (undefined when unknown): for tests. */
+  lookupCount(nodeid: number): number | undefined {
+    return this.inodes.get(nodeid)?.lookups;
+  }
+  /** Requests started and not yet finished (including interrupted ones whose Vfs call still runs). */
+  get inflightCount(): number {
+    return this.inflight;
+  }
+
+  /** Resolves once no request is running. */
+  idle(): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /**
+   * Handles one request message (header first). `maxReply` is the room for the payload
+   * after the out header. `done` may be called before dispatch() returns.
+   */
+  dispatch(bytes: Uint8Array, maxReply: number, done: ReplyCallback): void {
+    this.counters.requests++;
+    const d = decodeRequest(bytes);
+    if (!d.ok) {
+      this.counters.malformed++;
+      this.log.debug('malformed FUSE request', { opcode: opcodeName(d.h.opcode), unique: d.h.unique, why: d.why });
+      if (isNoReply(d.h.opcode)) return done(null);
+      this.counters.errors++;
+      return done(errorReply(d.h.unique, d.errno));
+    }
+    const req = d.req;
+    switch (req.op) {
+      case Opcode.FORGET:
+        this.forget(req.h.nodeid, req.nlookup);
+        return done(null);
+      case Opcode.BATCH_FORGET:
+        for (const it of req.items) this.forget(it.nodeid, it.nlookup);
+        return done(null);
+      case Opcode.INTERRUPT:
+        this.interrupt(req.target);
+        return done(null);
+      case 'other':
+        if (isNoReply(req.h.opcode)) return done(null);
+        break;
+      default:
+        break;
+    }
+    if (!this.initialized && req.op !== Opcode.INIT) {
+      this.counters.errors++;
+      return done(errorReply(req.h.unique, E.EIO));
+    }
+    const p = new Pending(req, maxReply, done);
+    const unique = req.h.unique;
+    this.pending.set(unique, p);
+    this.inflight++;
+    let result: Promise<FuseReply>;
+    try {
+      result = this.run(req, p);
+    } catch (err) {
+      result = Promise.reject(err);
+    }
+    result.then(
+      (reply) => this.finish(p, reply),
+      (err: unknown) => this.finish(p, this.failure(req, err)),
+    ).finally(() => {
+      if (this.pending.get(unique) === p) this.pending.delete(unique);
+      if (--this.inflight === 0) {
+        const w = this.idleWaiters;
+        this.idleWaiters = [];
+        for (const f of w) f();
+      }
+    });
+  }
+
+  /** Promise form of dispatch(), for tests and simple transports. */
+  handle(bytes: Uint8Array, maxReply = this.opts.maxWrite + 4096): Promise<FuseReply | null> {
+    return new Promise((resolve) => this.dispatch(bytes, maxReply, resolve));
+  }
+
+  /**
+   * Ends the session (the peer disconnected or reset the device): waits for running
+   * requests, releases every open file (storing what they buffered), empties the inode
+   * table. The next request must be INIT.
+   */
+  async reset(): Promise<void> {
+    this.initialized = false;
+    await this.idle();
+    await this.endSession();
+  }
+
+  // ---- plumbing -----------------------------------------------------------------------------
+
+  private failure(req: FuseRequest, err: unknown): FuseReply {
+    const errno = errnoOf(err);
+    if (err instanceof ErrnoError) {
+      this.log.debug('FUSE request failed', { opcode: opcodeName(req.h.opcode), errno: err.code });
+    } else {
+      this.log.warn('FUSE request failed unexpectedly', { opcode: opcodeName(req.h.opcode), error: err });
+    }
+    return errorReply(req.h.unique, errno);
+  }
+
+  private finish(p: Pending, reply: FuseReply): void {
+    if (p.settled) {
+      // Interrupted: the kernel already has EINTR. Undo what the late result did.
+      for (const u of p.undo) u();
+      return;
+    }
+    p.settled = true;
+    if (reply.length > p.maxReply) {
+      for (const u of p.undo) u();
+      const op = p.req.h.opcode;
+      const errno = op === Opcode.GETXATTR || op === Opcode.LISTXATTR ? E.ERANGE : op === Opcode.READLINK ? E.ENAMETOOLONG : E.EIO;
+      this.log.debug('FUSE reply does not fit', { opcode: opcodeName(op), length: reply.length, room: p.maxReply });
+      reply = errorReply(reply.unique, errno);
+    }
+    if (reply.error !== 0) this.counters.errors++;
+    p.done(reply);
+  }
+
+  private interrupt(target: bigint): void {
+    const p = this.pending.get(target);
+    if (p === undefined || p.settled) return;
+    p.settled = true;
+    this.counters.interrupted++;
+    this.counters.errors++;
+    p.done(errorReply(target, E.EINTR));
+  }
+
+  private forget(nodeid: number, nlookup: number): void {
+    this.inodes.forget(nodeid, nlookup);
+  }
+
+  private async endSession(): Promise<void> {
+    const files = this.handles.drain();
+    this.inodes.clear(++this.epoch);
+    for (const h of files) {
+      try {
+        await h.file.release();
+      } catch (err) {
+        this.log.warn('releasing an open file at the end of a FUSE session failed', { error: err });
+      }
+    }
+  }
+
+  // ---- helpers -----------------------------------------------------------------------------
+
+  private inode(nodeid: number): Inode {
+    const ino = this.inodes.get(nodeid);
+    if (ino === undefined) fail('ESTALE', `unknown node id ${nodeid}`);
+    return ino;
+  }
+
+  /** The current path of a node id (ENOENT once unlinked). */
+  private pathOf(nodeid: number): string {
+    const p = this.inode(nodeid).path;
+    if (p === null) fail('ENOENT');
+    return p;
+  }
+
+  /** The path of `name` in directory `nodeid`. */
+  private childPath(nodeid: number, name: string): string {
+    const dir = this.inode(nodeid);
+    if (dir.path === null) fail('ENOENT');
+    if (dir.kind !== 'dir') fail('ENOTDIR');
+    return joinPath(dir.path, name);
+  }
+
+  private caller(req: FuseRequest): Caller {
+    return { uid: req.h.uid, gid: req.h.gid, pid: req.h.pid };
+  }
+
+  private wireAttr(nodeid: number, a: FileAttr): WireAttr {
+    const size = Number.isSafeInteger(a.size) && a.size > 0 ? a.size : 0;
+    return {
+      ino: nodeid, size, blocks: Math.ceil(size / 512), atimeNs: a.atime, mtimeNs: a.mtime, ctimeNs: a.ctime,
+      mode: a.mode, nlink: 1, uid: a.uid, gid: a.gid, rdev: 0, blksize: this.opts.blockSize, flags: 0,
+    };
+  }
+
+  private entry(ino: Inode, attr: FileAttr): EntryOut {
+    return {
+      nodeid: ino.nodeid, generation: ino.generation, entryValidMs: this.opts.entryTimeoutMs,
+      attrValidMs: this.opts.attrTimeoutMs, attr: this.wireAttr(ino.nodeid, attr),
+    };
+  }
+
+  /**
+   * Registers the object just found or made as `name` in directory `parent` (one lookup)
+   * and encodes its entry. Uses the parent's path as it is now: a concurrent rename of the
+   * parent moved the object too.
+   */
+  private enter(p: Pending, parent: number, name: string, attr: FileAttr): Uint8Array {
+    return this.enterInode(p, parent, name, attr).bytes;
+  }
+
+  private enterInode(p: Pending, parent: number, name: string, attr: FileAttr): { ino: Inode; bytes: Uint8Array } {
+    const path = this.childPath(parent, name);
+    const ino = this.inodes.lookup(path, attr.kind);
+    if (ino !== this.inodes.root) p.undo.push(() => this.inodes.forget(ino.nodeid, 1));
+    return { ino, bytes: encodeEntryOut(this.entry(ino, attr)) };
+  }
+
+  private fileHandle(fh: number): FileHandle {
+    const h = Number.isSafeInteger(fh) ? this.handles.file(fh) : undefined;
+    if (h === undefined) fail('EBADF');
+    return h;
+  }
+
+  private dirHandle(fh: number): DirHandle {
+    const h = Number.isSafeInteger(fh) ? this.handles.dir(fh) : undefined;
+    if (h === undefined) fail('EBADF');
+    return h;
+  }
+
+  private async snapshot(dir: Inode): Promise<DirSnapshotEntry[]> {
+    if (dir.path === null) fail('ENOENT');
+    const listed = await this.vfs.list(dir.path);
+    const out: DirSnapshotEntry[] = [
+      { name: '.', bytes: utf8.encode('.'), kind: 'dir', attr: null },
+      { name: '..', bytes: utf8.encode('..'), kind: 'dir', attr: null },
+    ];
+    for (const e of listed) {
+      const bytes = utf8.encode(e.name);
+      if (checkName(bytes) !== 0) continue; // the Vfs should not list it; never pass it on
+      out.push({ name: e.name, bytes, kind: e.attr.kind, attr: e.attr });
+    }
+    return out;
+  }
+
+  // ---- the operations ------------------------------------------------------------------------
+
+  private async run(req: FuseRequest, p: Pending): Promise<FuseReply> {
+    const u = req.h.unique;
+    const ok = (...parts: Uint8Array[]): FuseReply => okReply(u, parts);
+    switch (req.op) {
+      case Opcode.INIT:
+        return this.init(req);
+      case Opcode.LOOKUP: {
+        const path = this.childPath(req.h.nodeid, req.name);
+        const attr = await this.vfs.stat(path);
+        if (attr === null) {
+          if (this.opts.negativeTimeoutMs <= 0) fail('ENOENT');
+          const neg: EntryOut = {
+            nodeid: 0, generation: 0, entryValidMs: this.opts.negativeTimeoutMs, attrValidMs: 0,
+            attr: this.wireAttr(0, { kind: 'file', mode: 0, uid: 0, gid: 0, size: 0, atime: 0n, mtime: 0n, ctime: 0n }),
+          };
+          return ok(encodeEntryOut(neg));
+        }
+        return ok(this.enter(p, req.h.nodeid, req.name, attr));
+      }
+      case Opcode.GETATTR: {
+        const ino = this.inode(req.h.nodeid);
+        let attr: FileAttr | null;
+        const h = (req.flags & FUSE_GETATTR_FH) !== 0 && Number.isSafeInteger(req.fh) ? this.handles.file(req.fh) : undefined;
+        if (h !== undefined) attr = await h.file.attr();
+        else attr = await this.vfs.stat(this.pathOf(req.h.nodeid));
+        if (attr === null) fail('ENOENT');
+        return ok(encodeAttrOut(this.opts.attrTimeoutMs, this.wireAttr(ino.nodeid, attr)));
+      }
+      case Opcode.SETATTR:
+        return ok(await this.setattr(req));
+      case Opcode.READLINK: {
+        const target = await this.vfs.readlink(this.pathOf(req.h.nodeid));
+        return ok(utf8.encode(target));
+      }
+      case Opcode.SYMLINK: {
+        const attr = await this.vfs.symlink(this.childPath(req.h.nodeid, req.name), req.target, this.caller(req));
+        return ok(this.enter(p, req.h.nodeid, req.name, attr));
+      }
+      case Opcode.MKNOD: {
+        const type = req.mode & S_IFMT;
+        if (type !== 0 && type !== S_IFREG) fail('EPERM', 'only regular files can be made with mknod');
+        const made = await this.vfs.create(this.childPath(req.h.nodeid, req.name), req.mode & PERM_BITS, this.caller(req), true);
+        await made.file.release();
+        return ok(this.enter(p, req.h.nodeid, req.name, made.attr));
+      }
+      case Opcode.MKDIR: {
+        const attr = await this.vfs.mkdir(this.childPath(req.h.nodeid, req.name), req.mode & PERM_BITS, this.caller(req));
+        return ok(this.enter(p, req.h.nodeid, req.name, attr));
+      }
+      case Opcode.UNLINK: {
+        const path = this.childPath(req.h.nodeid, req.name);
+        await this.vfs.unlink(path);
+        this.inodes.unlink(path);
+        return ok();
+      }
+      case Opcode.RMDIR: {
+        const path = this.childPath(req.h.nodeid, req.name);
+        await this.vfs.rmdir(path);
+        this.inodes.unlink(path);
+        return ok();
+      }
+      case Opcode.RENAME:
+      case Opcode.RENAME2: {
+        if ((req.flags & ~RENAME_NOREPLACE) !== 0) fail('EINVAL', 'only RENAME_NOREPLACE is supported');
+        const noReplace = (req.flags & RENAME_NOREPLACE) !== 0;
+        const from = this.childPath(req.h.nodeid, req.name);
+        const to = this.childPath(req.newdir, req.newname);
+        if (from === to) {
+          if (noReplace) fail('EEXIST');
+          if ((await this.vfs.stat(from)) === null) fail('ENOENT');
+          return ok();
+        }
+        if (to.startsWith(`${from}/`)) fail('EINVAL', 'cannot move a directory into itself');
+        await this.vfs.rename(from, to, noReplace);
+        this.inodes.rename(from, to);
+        return ok();
+      }
+      case Opcode.LINK:
+        return fail('EPERM', 'hard links are not supported');
+      case Opcode.OPEN: {
+        const ino = this.inode(req.h.nodeid);
+        const path = this.pathOf(req.h.nodeid);
+        if (ino.kind === 'dir') fail('EISDIR');
+        const acc = req.flags & O_ACCMODE;
+        const readable = acc !== O_WRONLY;
+        const writable = acc !== O_RDONLY;
+        const truncate = (req.flags & O_TRUNC) !== 0 && writable;
+        const append = (req.flags & O_APPEND) !== 0;
+        const file = await this.vfs.open(path, { read: readable, write: writable, truncate, append });
+        const fh = this.handles.add({ kind: 'file', inode: ino, file, readable, writable, append, appendTail: Promise.resolve() });
+        p.undo.push(() => this.dropFile(fh));
+        return ok(encodeOpenOut(fh, 0));
+      }
+      case Opcode.CREATE: {
+        const path = this.childPath(req.h.nodeid, req.name);
+        const exclusive = (req.flags & O_EXCL) !== 0;
+        const made = await this.vfs.create(path, req.mode & PERM_BITS, this.caller(req), exclusive);
+        let entered: { ino: Inode; bytes: Uint8Array };
+        try {
+          entered = this.enterInode(p, req.h.nodeid, req.name, made.attr);
+        } catch (err) {
+          await made.file.release();
+          throw err;
+        }
+        const acc = req.flags & O_ACCMODE;
+        const fh = this.handles.add({
+          kind: 'file', inode: entered.ino, file: made.file, readable: acc !== O_WRONLY, writable: acc !== O_RDONLY,
+          append: (req.flags & O_APPEND) !== 0, appendTail: Promise.resolve(),
+        });
+        p.undo.push(() => this.dropFile(fh));
+        return ok(entered.bytes, encodeOpenOut(fh, 0));
+      }
+      case Opcode.READ: {
+        const h = this.fileHandle(req.fh);
+        if (!h.readable) fail('EBADF');
+        if (req.size > Math.max(this.opts.maxWrite, this.opts.maxPages * 4096)) fail('EINVAL', 'read larger than max_pages');
+        if (req.size > p.maxReply) fail('EIO', 'no room for the read data');
+        if (req.size === 0 || req.offset > MAX_SAFE) return ok();
+        const data = await h.file.read(req.offset, req.size);
+        return ok(data.length > req.size ? data.subarray(0, req.size) : data);
+      }
+      case Opcode.WRITE:
+        return this.write(req);
+      case Opcode.STATFS: {
+        const s = await this.vfs.statfs();
+        return ok(encodeStatfsOut({
+          blocks: s.blocks, bfree: s.blocksFree, bavail: s.blocksFree, files: s.files, ffree: s.filesFree,
+          bsize: s.blockSize, namelen: s.nameMax, frsize: s.blockSize,
+        }));
+      }
+      case Opcode.RELEASE: {
+        const h = Number.isSafeInteger(req.fh) ? this.handles.take(req.fh, 'file') : undefined;
+        if (h === undefined) fail('EBADF');
+        await h.appendTail;
+        await h.file.release();
+        return ok();
+      }
+      case Opcode.RELEASEDIR: {
+        const h = Number.isSafeInteger(req.fh) ? this.handles.take(req.fh, 'dir') : undefined;
+        if (h === undefined) fail('EBADF');
+        return ok();
+      }
+      case Opcode.FSYNC: {
+        const h = this.fileHandle(req.fh);
+        await h.file.fsync((req.fsyncFlags & FUSE_FSYNC_FDATASYNC) !== 0);
+        return ok();
+      }
+      case Opcode.FSYNCDIR:
+        // Directory operations reach the store before they are answered.
+        this.dirHandle(req.fh);
+        return ok();
+      case Opcode.FLUSH: {
+        const h = this.fileHandle(req.fh);
+        await h.appendTail;
+        await h.file.flush();
+        return ok();
+      }
+      case Opcode.SETXATTR: {
+        if ((req.flags & ~(XATTR_CREATE | XATTR_REPLACE)) !== 0) fail('EINVAL', 'unknown setxattr flags');
+        await this.vfs.setxattr(this.pathOf(req.h.nodeid), req.name, req.value, {
+          create: (req.flags & XATTR_CREATE) !== 0, replace: (req.flags & XATTR_REPLACE) !== 0,
+        });
+        return ok();
+      }
+      case Opcode.GETXATTR: {
+        const value = await this.vfs.getxattr(this.pathOf(req.h.nodeid), req.name);
+        if (req.size === 0) return ok(encodeSizeOut(value.length));
+        if (value.length > req.size) fail('ERANGE');
+        return ok(value);
+      }
+      case Opcode.LISTXATTR: {
+        const names = await this.vfs.listxattr(this.pathOf(req.h.nodeid));
+        const parts = names.map((n) => utf8.encode(n));
+        let total = 0;
+        for (const b of parts) total += b.length + 1;
+        if (req.size === 0) return ok(encodeSizeOut(total));
+        if (total > req.size) fail('ERANGE');
+        const out = new Uint8Array(total);
+        let pos = 0;
+        for (const b of parts) {
+          out.set(b, pos);
+          pos += b.length + 1;
+        }
+        return ok(out);
+      }
+      case Opcode.REMOVEXATTR:
+        await this.vfs.removexattr(this.pathOf(req.h.nodeid), req.name);
+        return ok();
+      case Opcode.OPENDIR: {
+        const ino = this.inode(req.h.nodeid);
+        if (ino.kind !== 'dir') fail('ENOTDIR');
+        const entries = await this.snapshot(ino);
+        const fh = this.handles.add({ kind: 'dir', inode: ino, entries, consumed: false });
+        p.undo.push(() => this.handles.take(fh, 'dir'));
+        return ok(encodeOpenOut(fh, 0));
+      }
+      case Opcode.READDIR:
+      case Opcode.READDIRPLUS:
+        return ok(await this.readdir(req, p));
+      case Opcode.GETLK:
+      case Opcode.SETLK:
+      case Opcode.SETLKW:
+        return fail('ENOSYS');
+      case Opcode.ACCESS:
+        this.pathOf(req.h.nodeid);
+        return ok();
+      case Opcode.DESTROY:
+        this.initialized = false;
+        await this.vfs.sync();
+        await this.endSession();
+        return ok();
+      case Opcode.FALLOCATE: {
+        if (req.mode !== 0) fail('EOPNOTSUPP', 'only fallocate mode 0 is supported');
+        const h = this.fileHandle(req.fh);
+        if (!h.writable) fail('EBADF');
+        if (req.length === 0) fail('EINVAL');
+        if (req.offset > MAX_SAFE || req.length > MAX_SAFE - req.offset) fail('EFBIG');
+        await h.file.allocate(req.offset, req.length);
+        return ok();
+      }
+      case Opcode.LSEEK:
+        return ok(encodeLseekOut(await this.lseek(req)));
+      case Opcode.SYNCFS:
+        await this.vfs.sync();
+        return ok();
+      case Opcode.FORGET:
+      case Opcode.BATCH_FORGET:
+      case Opcode.INTERRUPT:
+        return ok(); // handled in dispatch()
+      case 'other':
+        return fail('ENOSYS');
+    }
+  }
+
+  private async init(req: Extract<FuseRequest, { op: Opcode.INIT }>): Promise<FuseReply> {
+    if (req.major !== FUSE_KERNEL_VERSION) fail('EPROTO', `FUSE major ${req.major} is not supported`);
+    if (req.minor < FUSE_MIN_MINOR_VERSION) fail('EPROTO', `FUSE 7.${req.minor} is older than 7.${FUSE_MIN_MINOR_VERSION}`);
+    if (this.initialized) {
+      // A new driver on the same connection (guest reboot): start over.
+      this.initialized = false;
+      await this.endSession();
+    }
+    let flags = req.flags & WANTED_FLAGS;
+    if ((req.flags & FUSE_INIT_EXT) !== 0) flags |= FUSE_INIT_EXT;
+    this.protoMinor = Math.min(req.minor, FUSE_KERNEL_MINOR_VERSION);
+    this.initialized = true;
+    this.log.debug('FUSE session initialized', { minor: this.protoMinor, kernelFlags: req.flags, flags });
+    return okReply(req.h.unique, [encodeInitOut({
+      major: FUSE_KERNEL_VERSION, minor: this.protoMinor, maxReadahead: req.maxReadahead, flags: flags >>> 0,
+      maxBackground: this.opts.maxBackground, congestionThreshold: this.opts.congestionThreshold,
+      maxWrite: this.opts.maxWrite, timeGran: 1, maxPages: this.opts.maxPages, mapAlignment: 0, flags2: 0,
+    })]);
+  }
+
+  private async setattr(req: Extract<FuseRequest, { op: Opcode.SETATTR }>): Promise<Uint8Array> {
+    const ino = this.inode(req.h.nodeid);
+    const a = req.attr;
+    const v = a.valid;
+    const changes: {
+      mode?: number; uid?: number; gid?: number; size?: number;
+      atime?: bigint | 'now'; mtime?: bigint | 'now'; ctime?: bigint;
+    } = {};
+    if (v & FATTR_MODE) changes.mode = a.mode & PERM_BITS;
+    if (v & FATTR_UID) changes.uid = a.uid;
+    if (v & FATTR_GID) changes.gid = a.gid;
+    if (v & FATTR_SIZE) {
+      if (a.size > MAX_SAFE) fail('EFBIG');
+      if (ino.kind === 'dir') fail('EISDIR');
+      changes.size = a.size;
+    }
+    if (v & FATTR_ATIME) changes.atime = v & FATTR_ATIME_NOW ? 'now' : a.atimeNs;
+    if (v & FATTR_MTIME) changes.mtime = v & FATTR_MTIME_NOW ? 'now' : a.mtimeNs;
+    if (v & FATTR_CTIME) changes.ctime = a.ctimeNs;
+    const h = v & FATTR_FH && Number.isSafeInteger(a.fh) ? this.handles.file(a.fh) : undefined;
+    if (v & FATTR_FH && h === undefined) fail('EBADF');
+    if (h !== undefined) await h.appendTail;
+    const path = this.pathOf(req.h.nodeid);
+    if (v & FATTR_KILL_SUIDGID && changes.mode === undefined) {
+      const cur = await this.vfs.stat(path);
+      if (cur === null) fail('ENOENT');
+      let mode = cur.mode & PERM_BITS & ~S_ISUID;
+      if (cur.mode & S_IXGRP) mode &= ~S_ISGID;
+      if (mode !== (cur.mode & PERM_BITS)) changes.mode = mode;
+    }
+    let attr: FileAttr | null;
+    if (Object.keys(changes).length === 0) attr = h !== undefined ? await h.file.attr() : await this.vfs.stat(path);
+    else attr = await this.vfs.setattr(path, changes);
+    if (attr === null) fail('ENOENT');
+    return encodeAttrOut(this.opts.attrTimeoutMs, this.wireAttr(ino.nodeid, attr));
+  }
+
+  private async write(req: Extract<FuseRequest, { op: Opcode.WRITE }>): Promise<FuseReply> {
+    const h = this.fileHandle(req.fh);
+    if (!h.writable) fail('EBADF');
+    const data = req.data;
+    if (data.length > this.opts.maxWrite) fail('EINVAL', 'write larger than max_write');
+    if (!h.append) {
+      if (req.offset > MAX_SAFE - data.length) fail('EFBIG');
+      const n = await h.file.write(req.offset, data);
+      return okReply(req.h.unique, [encodeSizeOut(n)]);
+    }
+    // O_APPEND: at the end of file as the Vfs sees it, one write at a time per handle.
+    const run = h.appendTail.then(async () => {
+      const size = (await h.file.attr()).size;
+      if (size > MAX_SAFE - data.length) fail('EFBIG');
+      return h.file.write(size, data);
+    });
+    h.appendTail = run.catch(() => undefined);
+    return okReply(req.h.unique, [encodeSizeOut(await run)]);
+  }
+
+  private async lseek(req: Extract<FuseRequest, { op: Opcode.LSEEK }>): Promise<number> {
+    const h = this.fileHandle(req.fh);
+    const off = req.offset;
+    switch (req.whence) {
+      case SEEK_SET:
+      case SEEK_CUR: // the kernel keeps the file position and sends absolute offsets
+        if (off < 0 || off > MAX_SAFE) fail('EINVAL');
+        return off;
+      case SEEK_END: {
+        const end = (await h.file.attr()).size + off;
+        if (end < 0 || end > MAX_SAFE) fail('EINVAL');
+        return end;
+      }
+      case SEEK_DATA:
+      case SEEK_HOLE: {
+        const size = (await h.file.attr()).size;
+        if (off < 0 || off >= size) fail('ENXIO');
+        return req.whence === SEEK_DATA ? off : size;
+      }
+      default:
+        return fail('EINVAL');
+    }
+  }
+
+  private async readdir(req: ReadLikeRequest, p: Pending): Promise<Uint8Array> {
+    const h = this.dirHandle(req.fh);
+    const plus = req.op === Opcode.READDIRPLUS;
+    if (req.offset === 0 && h.consumed) {
+      h.entries = await this.snapshot(h.inode);
+      h.consumed = false;
+    }
+    const entries = h.entries;
+    if (req.offset >= entries.length) return new Uint8Array(0);
+    const w = new DirentWriter(Math.min(req.size, p.maxReply));
+    const dir = h.inode;
+    const dirPath = dir.path;
+    if (dirPath === null) fail('ENOENT');
+    for (let i = req.offset; i < entries.length; i++) {
+      const e = entries[i]!;
+      if (!w.fits(e.bytes, plus)) {
+        if (w.length === 0) fail('EINVAL', 'readdir buffer too small for one entry');
+        break;
+      }
+      const type = kindType(e.kind);
+      if (e.attr === null) {
+        // '.' and '..': never counted as lookups (the kernel skips them in READDIRPLUS).
+        const nodeid = e.name === '.' ? dir.nodeid : this.parentIno(dirPath);
+        if (!plus) w.add(nodeid, i + 1, type, e.bytes);
+        else {
+          w.addPlus({
+            nodeid: 0, generation: 0, entryValidMs: 0, attrValidMs: 0,
+            attr: this.wireAttr(nodeid, { kind: 'dir', mode: S_IFDIR, uid: 0, gid: 0, size: 0, atime: 0n, mtime: 0n, ctime: 0n }),
+          }, i + 1, type, e.bytes);
+        }
+        continue;
+      }
+      const path = joinPath(dirPath, e.name);
+      if (!plus) {
+        w.add(this.inodes.atPath(path)?.nodeid ?? pseudoIno(path), i + 1, type, e.bytes);
+        continue;
+      }
+      const ino = this.inodes.lookup(path, e.kind);
+      p.undo.push(() => this.inodes.forget(ino.nodeid, 1));
+      w.addPlus(this.entry(ino, e.attr), i + 1, type, e.bytes);
+    }
+    h.consumed = true;
+    return w.bytes();
+  }
+
+  private parentIno(dirPath: string): number {
+    if (dirPath === '') return FUSE_ROOT_ID;
+    const pp = parentPath(dirPath);
+    return pp === '' ? FUSE_ROOT_ID : this.inodes.atPath(pp)?.nodeid ?? pseudoIno(pp);
+  }
+
+  /** Removes a file handle and releases its file in the background (undo of OPEN/CREATE). */
+  private dropFile(fh: number): void {
+    const h = this.handles.take(fh, 'file');
+    if (h === undefined) return;
+    h.file.release().catch((err: unknown) => this.log.warn('releasing an abandoned file failed', { error: err }));
+  }
+}
+
