@@ -163,13 +163,13 @@ for (const kind of ['memory', 'file'] as const) {
         readOnly: true, force: false, cacheBytes: MiB, maxDirtyBytes: MiB, writethrough: false, uploadConcurrency: 1,
         fetchConcurrency: 1, readAheadChunks: 0, writebackDelayMs: 0, log: silentLogger,
       };
-      for (const [what, p] of [
-        ['readManifest', ObjectImage.readManifest(store, k)],
-        ['open', ObjectImage.open(store, k, opts)],
-        ['info', imageInfo(store, k)],
-        ['export', exportImage(store, k, dir.file('out.raw'), 2)],
+      for (const [what, run] of [
+        ['readManifest', () => ObjectImage.readManifest(store, k)],
+        ['open', () => ObjectImage.open(store, k, opts)],
+        ['info', () => imageInfo(store, k)],
+        ['export', () => exportImage(store, k, dir.file('out.raw'), 2)],
       ] as const) {
-        const err = await rejects(p);
+        const err = await rejects(run());
         expect(errnoOf(err), what).to.equal(EINVAL);
         expect(err.message, what).to.match(/image format version 2 is not supported \(this vhost-s3 reads version 1\)/);
         expect(err.message, what).to.include('images/future/manifest.json');
@@ -260,11 +260,11 @@ for (const kind of ['memory', 'file'] as const) {
       const leftovers = await keysUnder(store, k.chunksPrefix);
       expect(leftovers.length, 'the chunks stored before the failure are still there').to.be.greaterThan(0);
       // A new image under that name must not show them: create and import refuse until rm cleans up.
-      for (const [what, p] of [
-        ['create', createImage(store, k, 2 * MiB, CS)],
-        ['import', importImage(makeRawFile(dir.file('zeros.raw'), 2 * MiB), store, k, CS, 2)],
+      for (const [what, run] of [
+        ['create', () => createImage(store, k, 2 * MiB, CS)],
+        ['import', () => importImage(makeRawFile(dir.file('zeros.raw'), 2 * MiB), store, k, CS, 2)],
       ] as const) {
-        const err = await rejects(p);
+        const err = await rejects(run());
         expect(errnoOf(err), what).to.equal(EEXIST);
         expect(err.message, what).to.match(/left over.*image rm/);
       }

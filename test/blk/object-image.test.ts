@@ -490,14 +490,14 @@ for (const kind of ['s3', 'file'] as const) {
       expectSame((await fresh.disk.read(0, 8 * CS)).data, ref.subarray(0, 8 * CS), 'chunks 0..7 through a fresh gateway');
     });
 
-    it('an image much bigger than the cache is written and read back (1 MiB of cache, 32 MiB of disk)', async () => {
-      const size = 32 * MiB;
+    it('an image much bigger than the cache is written and read back (1 MiB of cache, 24 MiB of disk)', async () => {
+      const size = 24 * MiB;
       const img = await newImage(size);
       const ref = new Uint8Array(size);
       const { g, disk } = await gateway(img.locator, ['--cache-size', '1M', '--dirty-size', '1M', '--readahead', '2']);
-      // Sequential 1 MiB writes over 24 MiB (24 times the cache), 4 in flight.
+      // Sequential 1 MiB writes over 16 MiB (16 times the cache), 4 in flight.
       const jobs: Promise<void>[] = [];
-      for (let off = 0; off < 24 * MiB; off += MiB) {
+      for (let off = 0; off < 16 * MiB; off += MiB) {
         const data = randomBytes(off / MiB + 1, MiB);
         ref.set(data, off);
         jobs.push(disk.write(off, data).then((s) => void expect(s, `write ${off}`).to.equal(BlkStatus.Ok)));
@@ -506,14 +506,14 @@ for (const kind of ['s3', 'file'] as const) {
       await Promise.all(jobs);
       // Small random writes that each dirty (and fetch) a whole evicted chunk.
       const next = rng(5);
-      for (let k = 0; k < 48; k++) {
+      for (let k = 0; k < 32; k++) {
         const off = 512 * next(size / 512 - 8);
         const data = randomBytes(1000 + k, 4 * KiB);
         ref.set(data, off);
         expect(await disk.write(off, data)).to.equal(BlkStatus.Ok);
       }
       // Random reads of evicted chunks, then everything in order.
-      for (let k = 0; k < 32; k++) {
+      for (let k = 0; k < 24; k++) {
         const off = 512 * next(size / 512 - 128);
         const r = await disk.read(off, 64 * KiB);
         expectSame(r.data, ref.subarray(off, off + 64 * KiB), `random read ${off}`, off);
