@@ -446,11 +446,11 @@ export class FuseClient {
     return decodeOpenOut(await this.call(Opcode.OPENDIR, nodeid, [encode.open(0)]));
   }
 
-  async readdir(nodeid: number, fh: number, offset: number, size = 4096): Promise<Dirent[]> {
+  async readdir(nodeid: number, fh: number, offset: number | bigint, size = 4096): Promise<Dirent[]> {
     return decodeDirents(await this.call(Opcode.READDIR, nodeid, [encode.read(fh, offset, size)], size));
   }
 
-  async readdirplus(nodeid: number, fh: number, offset: number, size = 4096): Promise<DirentPlus[]> {
+  async readdirplus(nodeid: number, fh: number, offset: number | bigint, size = 4096): Promise<DirentPlus[]> {
     return decodeDirentsPlus(await this.call(Opcode.READDIRPLUS, nodeid, [encode.read(fh, offset, size)], size));
   }
 
@@ -459,7 +459,7 @@ export class FuseClient {
     const { fh } = await this.opendir(nodeid);
     try {
       const all: (Dirent | DirentPlus)[] = [];
-      let off = 0;
+      let off = 0n;
       for (;;) {
         const page = plus ? await this.readdirplus(nodeid, fh, off, pageSize) : await this.readdir(nodeid, fh, off, pageSize);
         if (page.length === 0) return all;

@@ -273,7 +273,8 @@ export function decodeInitOut(b: Uint8Array): InitOut {
 
 export interface Dirent {
   readonly ino: number;
-  readonly off: number;
+  /** Exact (servers such as virtiofsd hand out telldir cookies beyond 2^53). */
+  readonly off: bigint;
   readonly type: number;
   readonly name: string;
 }
@@ -289,7 +290,7 @@ function readDirent(b: Uint8Array, v: DataView, at: number): { d: Dirent; next: 
   const namelen = v.getUint32(at + 16, true);
   if (namelen === 0 || namelen > 1024 || at + DIRENT_SIZE + namelen > b.length) throw new ReplyFormatError(`bad dirent name length ${namelen}`);
   const d: Dirent = {
-    ino: getU64(v, at), off: getU64(v, at + 8), type: v.getUint32(at + 20, true),
+    ino: getU64(v, at), off: v.getBigUint64(at + 8, true), type: v.getUint32(at + 20, true),
     name: utf8.decode(b.subarray(at + DIRENT_SIZE, at + DIRENT_SIZE + namelen)),
   };
   return { d, next: at + direntAlign(DIRENT_SIZE + namelen) };

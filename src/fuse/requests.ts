@@ -523,7 +523,7 @@ export const encode = {
     });
   },
   /** fuse_read_in (READ, READDIR, READDIRPLUS). */
-  read(fh: number, offset: number, size: number, flags = 0): Uint8Array {
+  read(fh: number, offset: number | bigint, size: number, flags = 0): Uint8Array {
     return struct(READ_IN_SIZE, (v) => {
       setU64(v, 0, fh);
       setU64(v, 8, offset);

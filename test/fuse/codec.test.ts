@@ -262,7 +262,7 @@ describe('FUSE codec', () => {
       expect(w.add(3, 3, 8, te.encode('y'))).to.equal(true);
       expect(w.length).to.equal(96);
       const d = decodeDirents(w.bytes());
-      expect(d.map((x) => [x.ino, x.off, x.type, x.name])).to.deep.equal([[1, 1, 4, '.'], [2, 2, 8, 'abcdefgh'], [3, 3, 8, 'y']]);
+      expect(d.map((x) => [x.ino, x.off, x.type, x.name])).to.deep.equal([[1, 1n, 4, '.'], [2, 2n, 8, 'abcdefgh'], [3, 3n, 8, 'y']]);
       expect(direntAlign(DIRENT_SIZE + 1)).to.equal(32);
 
       const p = new DirentWriter(2 * 200);
@@ -272,7 +272,7 @@ describe('FUSE codec', () => {
       expect(p.addPlus(e, 2, 8, te.encode('second'))).to.equal(true);
       expect(p.addPlus(e, 3, 8, te.encode('third'))).to.equal(false);
       const dp = decodeDirentsPlus(p.bytes());
-      expect(dp.map((x) => [x.name, x.off, x.ino, x.entry.nodeid])).to.deep.equal([['file', 1, 9, 9], ['second', 2, 9, 9]]);
+      expect(dp.map((x) => [x.name, x.off, x.ino, x.entry.nodeid])).to.deep.equal([['file', 1n, 9, 9], ['second', 2n, 9, 9]]);
       expect(ENTRY_OUT_SIZE).to.equal(128);
     });
 

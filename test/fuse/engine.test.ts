@@ -373,15 +373,15 @@ describe('FUSE engine over vhost-user-fs', function () {
       const d = await cl.lookup(1, 'big');
       const { fh } = await cl.opendir(d.nodeid);
       const seen: string[] = [];
-      let off = 0;
+      let off = 0n;
       let pages = 0;
-      let lastOff = 0;
+      let lastOff = 0n;
       for (;;) {
         const page = await cl.readdir(d.nodeid, fh, off, 1024);
         if (page.length === 0) break;
         pages++;
         for (const e of page) {
-          expect(e.off).to.be.greaterThan(lastOff);
+          expect(e.off > lastOff).to.equal(true);
           lastOff = e.off;
           seen.push(e.name);
         }
