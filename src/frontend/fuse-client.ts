@@ -166,6 +166,11 @@ export class FuseClient {
     return this.client.broken;
   }
 
+  /** Allocates a buffer in shared memory (guest RAM), for hand-written chains. */
+  allocBuffer(length: number): SharedBuffer {
+    return this.client.memory.alloc(length, 64);
+  }
+
   /** The unique the next request will carry unless told otherwise. */
   nextUnique(): bigint {
     const u = this.uniqueNext;
