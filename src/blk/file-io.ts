@@ -105,6 +105,8 @@ class UringFileIo implements FileIo {
   private readonly pending: (Completion | undefined)[] = [];
   private readonly free: number[] = [];
   private prepared = 0;
+  /** Inside unplug() or complete(): submissions wait for the running loop. */
+  private busy = false;
   /** Submissions waiting for a free ring slot, in arrival order. */
   private readonly backlog: (() => void)[] = [];
   private readonly ring: Uring;
@@ -133,10 +135,21 @@ class UringFileIo implements FileIo {
   fallocate(fd: number, mode: number, offset: number, length: number, done: Completion): void {
     this.prep(done, (tag) => this.ring.prepFallocate(fd, mode, offset, length, tag));
   }
+  /**
+   * Submits, and takes the completions that are ready at once (page-cache hits) in the
+   * same call, so the device can answer them in the same event-loop turn as the kick.
+   * Requests prepared by completion callbacks meanwhile are submitted by the loop here.
+   */
   unplug(): void {
-    if (this.prepared > 0) {
-      this.prepared = 0;
-      this.ring.submit();
+    if (this.prepared === 0 || this.busy) return;
+    this.busy = true;
+    try {
+      while (this.prepared > 0) {
+        this.prepared = 0;
+        this.ring.submit(true);
+      }
+    } finally {
+      this.busy = false;
     }
   }
   close(): void {
@@ -165,16 +178,26 @@ class UringFileIo implements FileIo {
   }
 
   private complete(tags: Float64Array, results: Int32Array, count: number): void {
-    for (let i = 0; i < count; i++) {
-      const tag = tags[i]!;
-      const done = this.pending[tag];
-      if (!done) continue;
-      this.pending[tag] = undefined;
-      this.free.push(tag);
-      done(results[i]!);
+    // While completions are delivered, nothing is submitted (a full SQ sends requests to
+    // the backlog instead): the loop in unplug(), or the call at the end, submits them.
+    const nested = this.busy;
+    this.busy = true;
+    try {
+      for (let i = 0; i < count; i++) {
+        const tag = tags[i]!;
+        const done = this.pending[tag];
+        if (!done) continue;
+        this.pending[tag] = undefined;
+        this.free.push(tag);
+        done(results[i]!);
+      }
+      if (this.backlog.length > 0) {
+        const waiting = this.backlog.splice(0);
+        for (const retry of waiting) retry();
+      }
+    } finally {
+      this.busy = nested;
     }
-    const waiting = this.backlog.splice(0);
-    for (const retry of waiting) retry();
     this.unplug();
   }
 }

@@ -77,8 +77,16 @@ export interface Uring {
   prepWritev(fd: number, iov: Float64Array, iovCount: number, position: number, tag: number, async?: boolean): void;
   prepFdatasync(fd: number, tag: number): void;
   prepFallocate(fd: number, mode: number, offset: number, length: number, tag: number): void;
-  /** Submits everything prepared; returns the number submitted. */
-  submit(): number;
+  /**
+   * Submits everything prepared; returns the number submitted. With `reap` true,
+   * completions that are ready when the kernel returns (page-cache hits are served
+   * inline) are delivered to onComplete synchronously, before submit returns, and cost
+   * no event-loop wake-up; later ones arrive through the event loop as usual. A
+   * submit(true) made from inside onComplete only submits: the delivery loop already
+   * running picks up its completions. An exception thrown by onComplete propagates out
+   * of submit (undelivered completions then arrive through the event loop).
+   */
+  submit(reap?: boolean): number;
   /**
    * Number of requests that can still be prepared: the free submission-queue entries,
    * capped by the free request slots (4 × entries may be prepared or in flight at

@@ -140,6 +140,76 @@ describe('native: io_uring', function () {
     }
   });
 
+  it('submit(true) delivers inline completions before returning; later ones still wake the loop', async () => {
+    const path = join(dir, 'reap');
+    writeFileSync(path, Buffer.alloc(64 * 1024, 9)); // in the page cache: reads complete inline
+    const fd = openSync(path, 'r+');
+    const { ring, batches, done, wait } = collectingRing(16);
+    try {
+      const iov = new Float64Array(2);
+      for (let i = 0; i < 8; i++) {
+        iov.set([mem.address + i * 4096, 4096]);
+        ring!.prepReadv(fd, iov, 1, i * 4096, 200 + i);
+      }
+      expect(ring!.submit(true)).to.equal(8);
+      expect(done.size).to.equal(8);
+      expect([...done.values()].every((r) => r === 4096)).to.equal(true);
+      expect(batches.length).to.equal(1);
+      expect(ring!.sqSpace).to.equal(16);
+      // fdatasync never completes inline: its completion comes through the eventfd
+      ring!.prepFdatasync(fd, 300);
+      expect(ring!.submit(true)).to.equal(1);
+      await wait(9);
+      expect(done.get(300)).to.equal(0);
+      // nothing left over: no spurious empty batch was delivered
+      await new Promise((r) => setTimeout(r, 20));
+      expect(batches.every((b) => b.tags.length > 0)).to.equal(true);
+    } finally {
+      ring!.close();
+      closeSync(fd);
+    }
+  });
+
+  it('a submit(true) from inside onComplete only submits; the running delivery picks its completions up', async () => {
+    const path = join(dir, 'nested');
+    writeFileSync(path, Buffer.alloc(64 * 1024, 5));
+    const fd = openSync(path, 'r');
+    const seen: number[] = [];
+    const iov = new Float64Array(2);
+    let ring: Uring | null = null;
+    let depth = 0;
+    let maxDepth = 0;
+    ring = native.createUring(8, (tags, results, count) => {
+      depth++;
+      maxDepth = Math.max(maxDepth, depth);
+      const mine = Array.from(tags.subarray(0, count));
+      for (let i = 0; i < count; i++) expect(results[i]).to.equal(4096);
+      for (const t of mine) {
+        seen.push(t);
+        if (t < 10) {
+          iov.set([mem.address + t * 4096, 4096]);
+          ring!.prepReadv(fd, iov, 1, 0, t + 1);
+          ring!.submit(true);
+        }
+      }
+      // the arrays were not overwritten by a nested delivery
+      expect(Array.from(tags.subarray(0, count))).to.deep.equal(mine);
+      depth--;
+    });
+    try {
+      iov.set([mem.address, 4096]);
+      ring!.prepReadv(fd, iov, 1, 0, 1);
+      ring!.submit(true);
+      // inline completions chain through the same delivery loop, never nested
+      for (let i = 0; i < 50 && seen.length < 10; i++) await new Promise((r) => setTimeout(r, 5));
+      expect(seen).to.deep.equal([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+      expect(maxDepth).to.equal(1);
+    } finally {
+      ring!.close();
+      closeSync(fd);
+    }
+  });
+
   it('delivers many completions in few callbacks', async () => {
     const path = join(dir, 'many');
     writeFileSync(path, Buffer.alloc(64 * 1024, 7));
