@@ -1,0 +1,118 @@
+// The /dev/fuse transport: mounts the FUSE engine on a host directory (vhost-s3 mount).
+// The kernel hands out one request per read(2) and takes one reply per writev(2); the
+// same FuseServer serves virtio-fs, so both paths run the same engine.
+//
+// Mounting uses mount(2) directly and therefore needs root (CAP_SYS_ADMIN). The mount is
+// made with default_permissions (the kernel checks modes, as on virtio-fs) and
+// allow_other (other users see the files, subject to those modes).
+import { native, POLL_READABLE, type Poller } from '../native/index.js';
+import type { Logger } from '../util/log.js';
+import { ErrnoError } from '../util/errors.js';
+import type { FuseServer } from './server.js';
+import type { FuseReply } from './replies.js';
+
+const MS_RDONLY = 1;
+const MS_NOSUID = 2;
+const MS_NODEV = 4;
+const MNT_DETACH = 2;
+const OUT_HEADER_SIZE = 16;
+/** Requests are at most max_write (1 MiB) plus headers; the kernel wants room for a whole one. */
+const READ_BUFFER_SIZE = (1 << 20) + 64 * 1024;
+
+export interface DevFuseOptions {
+  readonly mountpoint: string;
+  readonly readOnly: boolean;
+  /** Shown as the mount's source in /proc/mounts (e.g. the bucket). */
+  readonly fsName: string;
+  readonly log: Logger;
+}
+
+export class DevFuseMount {
+  private readonly buf = new Uint8Array(READ_BUFFER_SIZE);
+  private readonly poller: Poller;
+  private closed = false;
+  /** Resolves when the kernel ends the session (unmounted, by us or by someone else). */
+  readonly ended: Promise<void>;
+  private resolveEnded!: () => void;
+
+  private constructor(
+    private readonly fd: number,
+    private readonly server: FuseServer,
+    private readonly opts: DevFuseOptions,
+  ) {
+    this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
+    this.poller = native.createPoller(fd, () => this.drain());
+    this.poller.start(POLL_READABLE);
+  }
+
+  static mount(server: FuseServer, opts: DevFuseOptions): DevFuseMount {
+    if (process.getuid?.() !== 0) throw new ErrnoError('EPERM', 'mounting with /dev/fuse needs root (CAP_SYS_ADMIN)');
+    const fd = native.fuseOpen();
+    try {
+      const uid = process.getuid?.() ?? 0;
+      const gid = process.getgid?.() ?? 0;
+      native.mount(opts.fsName, opts.mountpoint, 'fuse.vhost-s3', MS_NOSUID | MS_NODEV | (opts.readOnly ? MS_RDONLY : 0),
+        `fd=${fd},rootmode=40000,user_id=${uid},group_id=${gid},default_permissions,allow_other,max_read=${1 << 20}`);
+    } catch (err) {
+      native.close(fd);
+      throw err;
+    }
+    opts.log.info('mounted', { mountpoint: opts.mountpoint, source: opts.fsName });
+    return new DevFuseMount(fd, server, opts);
+  }
+
+  /** Reads every pending request and hands each to the engine. */
+  private drain(): void {
+    while (!this.closed) {
+      let n: number;
+      try {
+        n = native.readFd(this.fd, this.buf);
+      } catch (err) {
+        // ENODEV: unmounted; anything else: the session is unusable either way.
+        if ((err as { code?: string }).code !== 'ENODEV') this.opts.log.error('reading /dev/fuse failed', { error: err });
+        this.end();
+        return;
+      }
+      if (n < 0) return;
+      // The engine may keep the request (a WRITE's data) after this call: give it its own copy.
+      this.server.dispatch(this.buf.slice(0, n), READ_BUFFER_SIZE, (reply) => this.send(reply));
+    }
+  }
+
+  private send(reply: FuseReply | null): void {
+    if (reply === null || this.closed) return;
+    const hdr = new Uint8Array(OUT_HEADER_SIZE);
+    const v = new DataView(hdr.buffer);
+    v.setUint32(0, OUT_HEADER_SIZE + reply.length, true);
+    v.setInt32(4, reply.error, true);
+    v.setBigUint64(8, reply.unique, true);
+    try {
+      native.writevFd(this.fd, [hdr, ...reply.parts]);
+    } catch (err) {
+      // ENOENT: the request was interrupted and the kernel no longer waits for it.
+      if ((err as { code?: string }).code !== 'ENOENT') this.opts.log.warn('writing a FUSE reply failed', { error: err });
+    }
+  }
+
+  private end(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.poller.close();
+    native.close(this.fd);
+    this.resolveEnded();
+  }
+
+  /** Unmounts (lazily: open files elsewhere keep working until closed), waits for running requests. */
+  async unmount(): Promise<void> {
+    if (!this.closed) {
+      try {
+        native.umount(this.opts.mountpoint, MNT_DETACH);
+      } catch (err) {
+        this.opts.log.warn('unmount failed', { mountpoint: this.opts.mountpoint, error: err });
+      }
+      this.end();
+    }
+    await this.server.reset();
+    this.opts.log.info('unmounted', { mountpoint: this.opts.mountpoint });
+  }
+}
