@@ -45,10 +45,14 @@ export class BlkExport {
   /** Stops accepting, lets in-flight requests complete, then makes the image durable and closes it. */
   async close(): Promise<void> {
     await this.server.close();
-    await new Promise<void>((resolve, reject) => {
-      this.image.flush((r) => (r < 0 ? reject(new Error(`flush failed: errno ${-r}`)) : resolve()));
-      this.image.unplug();
-    });
-    await this.image.close();
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.image.flush((r) => (r < 0 ? reject(new Error(`flush failed: errno ${-r}`)) : resolve()));
+        this.image.unplug();
+      });
+    } finally {
+      // Released even when data could not be made durable (the error still reaches the caller).
+      await this.image.close();
+    }
   }
 }
