@@ -123,6 +123,22 @@ describe('posix write buffer', () => {
       );
     });
 
+    it('concurrent writes that cross the threshold share one spill and lose nothing', async () => {
+      const fds = (): number => readdirSync('/proc/self/fd').length;
+      const before = fds();
+      const budget = new MemoryBudget(1 << 20);
+      const buf = new WriteBuffer({ budget, spillThreshold: 16 * 1024, tempDir: tmp.path }, 0);
+      const parts = Array.from({ length: 32 }, (_, i) => patternBytes(i + 1, 1024));
+      await Promise.all(parts.map((p, i) => buf.write(i * 1024, p)));
+      expect(buf.spilled).to.equal(true);
+      const out = new Uint8Array(32 * 1024);
+      await buf.readLocal(0, out);
+      for (let i = 0; i < 32; i++) expect(Buffer.from(out.subarray(i * 1024, (i + 1) * 1024)).equals(Buffer.from(parts[i]!)), `part ${i}`).to.equal(true);
+      await buf.close();
+      expect(budget.used).to.equal(0);
+      expect(fds(), 'temporary files left open').to.equal(before);
+    });
+
     it('spills past the per-file threshold or the shared budget, leaving no file behind', async () => {
       const budget = new MemoryBudget(100 * 1024);
       const a = new WriteBuffer({ budget, spillThreshold: 64 * 1024, tempDir: tmp.path }, 0);

@@ -220,7 +220,8 @@ export class BucketVfs implements Vfs {
   private readonly defaults: AttrDefaults;
   private readonly attrCache: TtlCache<Entry>;
   private readonly negCache: TtlCache<object>;
-  private readonly listCache: TtlCache<{ readonly entries: readonly DirEntry[] }>;
+  /** name → entry of a directory; kept up to date in place by our own changes. */
+  private readonly listCache: TtlCache<{ readonly entries: Map<string, DirEntry> }>;
   private readonly pages: PageCache;
   private readonly budget: MemoryBudget;
   private readonly nodes = new Map<string, FileNode>();
@@ -310,9 +311,8 @@ export class BucketVfs implements Vfs {
     return this.guarded('list', async () => {
       checkPath(path);
       await this.requireDir(path);
-      let cached = this.listCache.get(path);
-      if (!cached) cached = { entries: await this.loadListing(path) };
-      return this.overlay(path, cached.entries);
+      const entries = this.listCache.get(path)?.entries ?? (await this.loadListing(path));
+      return this.overlay(path, [...entries.values()].sort((a, b) => compareKeys(a.name, b.name)));
     });
   }
 
@@ -339,6 +339,7 @@ export class BucketVfs implements Vfs {
       if (!(await this.isEmptyDir(path))) throw errno('ENOTEMPTY');
       await this.store.delete(this.keys.dirKey(path));
       this.changedTree(path);
+      this.changed(path, null);
       await this.keepParent(path);
     });
   }
@@ -361,14 +362,16 @@ export class BucketVfs implements Vfs {
       checkPath(from);
       checkPath(to);
       if (from === '' || to === '') throw errno('EBUSY');
-      if (isBelow(to, from)) throw errno('EINVAL', 'cannot move a directory below itself');
       const src = await this.attrOf(from);
       if (!src) throw errno('ENOENT');
       await this.requireDir(parentOf(to));
       if (from === to) return;
       const dst = await this.attrOf(to);
+      // Linux's order: EEXIST for NOREPLACE, then ancestry, then kinds and emptiness.
+      if (dst && noReplace) throw errno('EEXIST');
+      if (isBelow(to, from)) throw errno('EINVAL', 'cannot move a directory below itself');
+      if (isBelow(from, to)) throw errno('ENOTEMPTY');
       if (dst) {
-        if (noReplace) throw errno('EEXIST');
         if (src.kind === 'dir') {
           if (dst.kind !== 'dir') throw errno('ENOTDIR');
           if (!(await this.isEmptyDir(to))) throw errno('ENOTEMPTY');
@@ -597,6 +600,8 @@ export class BucketVfs implements Vfs {
     const hit = this.attrCache.get(path);
     if (hit) return hit;
     if (this.negCache.get(path)) return null;
+    // A fresh listing of the parent knows every name in it.
+    if (path !== '' && this.listCache.get(parentOf(path))?.entries.has(baseName(path)) === false) return null;
     const running = this.lookups.get(path);
     if (running) return running;
     const epoch = this.epoch;
@@ -661,7 +666,8 @@ export class BucketVfs implements Vfs {
 
   /**
    * We changed `path`: `entry` is what is there now (null: nothing; undefined: unknown, ask
-   * again). Drops the parent's listing and stops lookups in flight from caching.
+   * again). Updates the parent's cached listing in place (drops it when unknown) and stops
+   * lookups in flight from caching what they found before the change.
    */
   private changed(path: string, entry: Entry | null | undefined): void {
     this.epoch++;
@@ -670,25 +676,30 @@ export class BucketVfs implements Vfs {
       this.attrCache.delete(path);
       this.negCache.delete(path);
     } else this.remember(path, entry);
-    if (path === '' && this.keys.prefix === '' && entry) this.rootEntry = entry;
-    this.listCache.delete(path);
-    if (path !== '') this.listCache.delete(parentOf(path));
+    if (entry === null) this.listCache.delete(path);
+    if (path === '') return;
+    const parent = parentOf(path);
+    const listing = this.listCache.peek(parent)?.value.entries;
+    if (!listing) return;
+    const name = baseName(path);
+    if (entry === undefined) this.listCache.delete(parent);
+    else if (entry === null) listing.delete(name);
+    else listing.set(name, { name, attr: entry.attr });
   }
 
-  /** We changed `path` and everything below it. */
+  /** We changed everything below `path` (its own entry: see `changed`). */
   private changedTree(path: string): void {
     this.epoch++;
     this.lookups.clear();
     this.attrCache.deleteTree(path);
     this.negCache.deleteTree(path);
     this.listCache.deleteTree(path);
-    if (path !== '') this.listCache.delete(parentOf(path));
   }
 
   // =======================================================================================
   // Listings
 
-  private async loadListing(path: string): Promise<DirEntry[]> {
+  private async loadListing(path: string): Promise<Map<string, DirEntry>> {
     const epoch = this.epoch;
     const dk = this.keys.dirKey(path);
     const files = new Map<string, { key: string; etag: string; size: number; lastModified: Date }>();
@@ -716,11 +727,11 @@ export class BucketVfs implements Vfs {
         }),
       ),
     );
-    const entries: DirEntry[] = [];
+    const entries = new Map<string, DirEntry>();
     for (const name of names) {
       const e = found.get(name);
       if (!e) continue;
-      entries.push({ name, attr: e.attr });
+      entries.set(name, { name, attr: e.attr });
       if (this.epoch === epoch) this.remember(joinPath(path, name), e);
     }
     if (this.epoch === epoch) this.listCache.set(path, { entries });
@@ -913,8 +924,10 @@ export class BucketVfs implements Vfs {
       const objects: { key: string; size: number }[] = [];
       for await (const e of listAll(this.store, { prefix: srcDk })) if (e.type === 'object') objects.push({ key: e.key, size: e.size });
       if (replacing && !objects.some((o) => o.key === srcDk)) await this.store.delete(dstDk);
+      const etags = new Map<string, string>();
       await forEachLimit(objects, this.o.metaConcurrency, async (o) => {
-        await this.copyObject(o.key, dstDk + o.key.slice(srcDk.length), o.size);
+        const dst = dstDk + o.key.slice(srcDk.length);
+        etags.set(dst, (await this.copyObject(o.key, dst, o.size)).etag);
       });
       await this.store.deleteMany(objects.map((o) => o.key));
       for (const n of below) {
@@ -922,13 +935,16 @@ export class BucketVfs implements Vfs {
         this.nodes.delete(n.path);
         n.path = rebase(n.path, from, to);
         this.nodes.set(n.path, n);
-        if (n.base) n.base = { ...n.base, key: this.keys.fileKey(n.path) };
+        const key = this.keys.fileKey(n.path);
+        if (n.base) n.base = { ...n.base, key, etag: etags.get(key) ?? n.base.etag };
       }
       for (const o of objects) this.pages.forget(o.key);
     } finally {
       for (const r of releases) r();
       this.changedTree(from);
+      this.changed(from, null);
       this.changedTree(to);
+      this.changed(to, undefined);
     }
     await this.keepParent(from);
   }

@@ -164,6 +164,8 @@ export class WriteBuffer {
   readonly extents = new ExtentSet();
   private mem: Uint8Array | null = new Uint8Array(0);
   private fh: FileHandle | null = null;
+  /** A spill in progress: writers wait for it (they would write to memory already copied). */
+  private spilling: Promise<void> | null = null;
   private closed = false;
 
   /** A buffer over a stored object of `baseSize` bytes (0 for a new or truncated file). */
@@ -209,6 +211,7 @@ export class WriteBuffer {
 
   /** Truncates or extends (with zeros). */
   async truncate(size: number): Promise<void> {
+    while (this.spilling) await this.spilling;
     if (size < this.size) {
       this.extents.truncate(size);
       this.baseLimit = Math.min(this.baseLimit, size);
@@ -250,9 +253,14 @@ export class WriteBuffer {
     return out;
   }
 
-  /** Moves the bytes to a temporary file and gives the memory back. */
+  /** Moves the bytes to a temporary file and gives the memory back (concurrent callers share one spill). */
   async spill(): Promise<void> {
     if (this.fh || this.closed) return;
+    this.spilling ??= this.moveToFile().finally(() => (this.spilling = null));
+    await this.spilling;
+  }
+
+  private async moveToFile(): Promise<void> {
     const path = join(this.o.tempDir, `vhost-s3-wb-${process.pid}-${randomBytes(8).toString('hex')}`);
     const fh = await open(path, 'w+', 0o600);
     try {
@@ -263,6 +271,10 @@ export class WriteBuffer {
       await fh.close().catch(() => undefined);
       throw err;
     }
+    if (this.closed) {
+      await fh.close().catch(() => undefined);
+      return;
+    }
     this.fh = fh;
     this.o.budget.release(this.memoryBytes);
     this.mem = null;
@@ -272,6 +284,7 @@ export class WriteBuffer {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    while (this.spilling) await this.spilling.catch(() => undefined);
     this.o.budget.release(this.memoryBytes);
     this.mem = null;
     const fh = this.fh;
@@ -280,6 +293,7 @@ export class WriteBuffer {
   }
 
   private async put(offset: number, data: Uint8Array): Promise<void> {
+    while (this.spilling) await this.spilling;
     if (this.closed) throw new Error('write buffer closed');
     const end = offset + data.length;
     if (!this.fh) {
