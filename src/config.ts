@@ -89,6 +89,23 @@ const blkDevice = {
   ioEngine: { doc: 'file I/O engine: uring (io_uring, falls back to sync when unavailable) or sync', format: ['uring', 'sync'] as const, default: 'uring', env: 'VHOST_S3_IO_ENGINE', arg: 'io-engine' },
 } satisfies Schema;
 
+/** The S3 file system (virtio-fs and /dev/fuse): mapping defaults, TTLs and caches. */
+const fileSystem = {
+  bucket: { doc: 'what to serve: s3://bucket[/prefix] or file:/path (a local store)', format: String, default: '', env: 'VHOST_S3_BUCKET', arg: 'bucket' },
+  readonly: { doc: 'refuse every change (EROFS)', format: Boolean, default: false, env: 'VHOST_S3_READONLY', arg: 'readonly' },
+  uid: { doc: 'owner of objects without uid metadata (default: this process)', format: Number, default: -1, env: 'VHOST_S3_UID', arg: 'uid' },
+  gid: { doc: 'group of objects without gid metadata (default: this process)', format: Number, default: -1, env: 'VHOST_S3_GID', arg: 'gid' },
+  fileMode: { doc: 'permissions of files without mode metadata (octal)', format: String, default: '0644', env: 'VHOST_S3_FILE_MODE', arg: 'file-mode' },
+  dirMode: { doc: 'permissions of directories without mode metadata (octal)', format: String, default: '0755', env: 'VHOST_S3_DIR_MODE', arg: 'dir-mode' },
+  attrTimeout: { doc: 'seconds the guest kernel and the gateway may cache attributes', format: Number, default: 1, env: 'VHOST_S3_ATTR_TIMEOUT', arg: 'attr-timeout' },
+  entryTimeout: { doc: 'seconds the guest kernel may cache names', format: Number, default: 1, env: 'VHOST_S3_ENTRY_TIMEOUT', arg: 'entry-timeout' },
+  negativeTimeout: { doc: 'seconds a missing name is cached', format: Number, default: 1, env: 'VHOST_S3_NEGATIVE_TIMEOUT', arg: 'negative-timeout' },
+  listTimeout: { doc: 'seconds a directory listing is cached', format: Number, default: 2, env: 'VHOST_S3_LIST_TIMEOUT', arg: 'list-timeout' },
+  cacheSize: { doc: 'bytes of file data cached in memory (page cache)', format: 'size', default: 256 * 2 ** 20, env: 'VHOST_S3_CACHE_SIZE', arg: 'cache-size' },
+  writeBuffer: { doc: 'bytes of write buffers kept in memory for all open files (beyond: temporary files)', format: 'size', default: 128 * 2 ** 20, env: 'VHOST_S3_WRITE_BUFFER', arg: 'write-buffer' },
+  tempDir: { doc: 'directory for write buffers that do not fit in memory (default: the system temp dir)', format: String, default: '', env: 'VHOST_S3_TEMP_DIR', arg: 'temp-dir' },
+} satisfies Schema;
+
 export const schemas = {
   blk: { ...common, ...blkDevice, ...imageCache, ...storage },
   serve: {
@@ -98,6 +115,12 @@ export const schemas = {
     queues: blkDevice.queues,
     ...imageCache,
   },
+  fs: { ...common, ...fileSystem, ...storage,
+    socket: { doc: 'vhost-user socket path to listen on', format: String, default: '', env: 'VHOST_S3_SOCKET', arg: 'socket' },
+    tag: { doc: 'mount tag the guest uses (QEMU sets it on the device: tag=...; printed in the QEMU arguments)', format: String, default: 'vhost-s3', env: 'VHOST_S3_TAG', arg: 'tag' },
+    queues: { doc: 'request queues (QEMU num-request-queues must not exceed it)', format: 'positive-int', default: 1, env: 'VHOST_S3_QUEUES', arg: 'queues' },
+  },
+  mount: { ...common, ...fileSystem, ...storage },
   'image create': { ...common, ...storage,
     size: { doc: 'disk size (e.g. 20G)', format: 'size', default: 0, env: 'VHOST_S3_IMAGE_SIZE', arg: 'size' },
     chunkSize: { doc: 'chunk size: a power of two from 64K to 64M', format: 'size', default: 4 * 2 ** 20, env: 'VHOST_S3_CHUNK_SIZE', arg: 'chunk-size' },

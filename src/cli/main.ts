@@ -6,6 +6,7 @@ import { describeSchema, schemas, type CommandName } from '../config.js';
 import { runBlk } from './blk.js';
 import { runServe } from './serve.js';
 import { runBenchBlk } from './bench-blk.js';
+import { runFs, runMount } from './fs.js';
 import { runImageCreate, runImageExport, runImageImport, runImageInfo, runImageLs, runImageRm } from './image.js';
 
 interface Command {
@@ -17,6 +18,8 @@ interface Command {
 const commands: Partial<Record<CommandName, Command>> = {
   serve: { summary: 'run the gateway on the embedded default store (what `npm start` runs)', usage: 'vhost-s3 serve [options]', run: runServe },
   blk: { summary: 'serve a disk image over a vhost-user-blk socket', usage: 'vhost-s3 blk --socket PATH --image file:/path/disk.raw [options]', run: runBlk },
+  fs: { summary: 'serve a bucket as a virtio-fs device over a vhost-user socket', usage: 'vhost-s3 fs --socket PATH --bucket s3://bucket[/prefix] [--tag data] [options]', run: runFs },
+  mount: { summary: 'mount a bucket on the host through /dev/fuse (root)', usage: 'vhost-s3 mount --bucket s3://bucket[/prefix] MOUNTPOINT [options]', run: runMount },
   'image create': { summary: 'create an empty object-backed disk image', usage: 'vhost-s3 image create IMAGE --size 20G [--chunk-size 4M]', run: runImageCreate },
   'image import': { summary: 'copy a raw disk file into a new image (zero chunks are not stored)', usage: 'vhost-s3 image import FILE IMAGE [--chunk-size 4M]', run: runImageImport },
   'image export': { summary: 'copy an image into a sparse raw file', usage: 'vhost-s3 image export IMAGE FILE', run: runImageExport },

@@ -1,0 +1,94 @@
+// vhost-s3 fs: serve a bucket (or a local store) as a virtio-fs device over a vhost-user
+// socket; vhost-s3 mount: the same engine mounted on the host through /dev/fuse.
+import { loadCommand, loadConfig, type ConfigOf } from '../config.js';
+import { ConfigError } from '../util/errors.js';
+import { createLogger, type Logger } from '../util/log.js';
+import { openStore } from '../backends/store-config.js';
+import { BucketVfs } from '../backends/posix/bucket-vfs.js';
+import { FsExport } from '../fuse/export.js';
+import { FuseServer, type FuseServerOptions } from '../fuse/server.js';
+import { DevFuseMount } from '../fuse/dev-fuse.js';
+import { ReadOnlyVfs } from '../fuse/read-only-vfs.js';
+import type { Vfs } from '../fuse/vfs.js';
+import { stopOnSignals } from './lifecycle.js';
+
+type FsConfig = ConfigOf<'mount'>;
+
+function octal(text: string, what: string): number {
+  if (!/^0?[0-7]{1,4}$/.test(text)) throw new ConfigError(`${what} must be octal permissions such as 0644, got "${text}"`);
+  return parseInt(text, 8);
+}
+
+/** Opens the store and the file system over it, as a command's configuration says. */
+export async function openBucketVfs(cfg: FsConfig, log: Logger): Promise<{ vfs: Vfs; close: () => Promise<void> }> {
+  if (cfg.bucket === '') throw new ConfigError('no bucket given (--bucket s3://bucket[/prefix] or file:/path)');
+  const fileMode = octal(cfg.fileMode, '--file-mode');
+  const dirMode = octal(cfg.dirMode, '--dir-mode');
+  const { store, prefix } = await openStore(cfg.bucket.endsWith('/') || cfg.bucket.startsWith('s3://') ? cfg.bucket : `${cfg.bucket}/`, cfg, log, false);
+  const bucket = new BucketVfs({
+    store, prefix, logger: log, defaultFileMode: fileMode, defaultDirMode: dirMode,
+    ...(cfg.uid >= 0 ? { uid: cfg.uid } : {}), ...(cfg.gid >= 0 ? { gid: cfg.gid } : {}),
+    attrTtlMs: cfg.attrTimeout * 1000, negativeTtlMs: cfg.negativeTimeout * 1000, listTtlMs: cfg.listTimeout * 1000,
+    pageCacheBytes: cfg.cacheSize, memoryBudget: cfg.writeBuffer, ...(cfg.tempDir !== '' ? { tempDir: cfg.tempDir } : {}),
+  });
+  const vfs = cfg.readonly ? new ReadOnlyVfs(bucket) : bucket;
+  return { vfs, close: () => bucket.close().finally(() => store.close()) };
+}
+
+export function fuseOptions(cfg: FsConfig): Omit<FuseServerOptions, 'log'> {
+  return { entryTimeoutMs: cfg.entryTimeout * 1000, attrTimeoutMs: cfg.attrTimeout * 1000, negativeTimeoutMs: cfg.negativeTimeout * 1000 };
+}
+
+export async function runFs(argv: string[]): Promise<void> {
+  const cfg = loadConfig('fs', argv);
+  if (cfg.socket === '') throw new ConfigError('no socket given (--socket /run/vm1-fs.sock)');
+  const log = createLogger(cfg.logLevel);
+  const { vfs, close } = await openBucketVfs(cfg, log);
+  let exp: FsExport;
+  try {
+    exp = await FsExport.start({ socket: cfg.socket, vfs, requestQueues: cfg.queues, fuse: fuseOptions(cfg), locator: cfg.bucket, log });
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  process.stdout.write(
+    `vhost-s3 is serving ${cfg.bucket} as virtio-fs on ${cfg.socket}\n` +
+    `QEMU: -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem -m 1G \\\n` +
+    `      -chardev socket,id=f0,path=${cfg.socket} -device vhost-user-fs-pci,chardev=f0,tag=${cfg.tag}${cfg.queues > 1 ? `,num-request-queues=${cfg.queues}` : ''}\n` +
+    `guest: mount -t virtiofs ${cfg.tag} /mnt\n`,
+  );
+  await stopOnSignals(log, async () => {
+    try {
+      await exp.close();
+    } finally {
+      await close();
+    }
+  });
+}
+
+export async function runMount(argv: string[]): Promise<void> {
+  const { config: cfg, args } = loadCommand('mount', argv, ['MOUNTPOINT']);
+  const log = createLogger(cfg.logLevel);
+  const { vfs, close } = await openBucketVfs(cfg, log);
+  let mount: DevFuseMount;
+  try {
+    const server = new FuseServer(vfs, { ...fuseOptions(cfg), log });
+    mount = DevFuseMount.mount(server, { mountpoint: args[0]!, readOnly: cfg.readonly, fsName: cfg.bucket, log });
+  } catch (err) {
+    await close();
+    const code = (err as { code?: string }).code;
+    if (code === 'ENOENT' || code === 'EPERM' || code === 'ENOTDIR' || code === 'EACCES') {
+      throw new ConfigError(`cannot mount on ${args[0]}: ${(err as Error).message}`);
+    }
+    throw err;
+  }
+  const unmount = async (): Promise<void> => {
+    try {
+      await mount.unmount();
+    } finally {
+      await close();
+    }
+  };
+  // Stop on a signal, or when someone else unmounts it (umount, fusermount -u).
+  await Promise.race([stopOnSignals(log, unmount), mount.ended.then(unmount)]);
+}

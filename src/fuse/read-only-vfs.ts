@@ -1,0 +1,67 @@
+// A Vfs that refuses every change with EROFS (--readonly): the guest may mount the share
+// read-write, so the refusal must come from the server, not from mount options.
+import { ErrnoError } from '../util/errors.js';
+import type { AttrChanges, Caller, DirEntry, FileAttr, OpenFile, OpenFlags, StatFs, Vfs } from './vfs.js';
+
+const refuse = (): never => {
+  throw new ErrnoError('EROFS');
+};
+
+export class ReadOnlyVfs implements Vfs {
+  constructor(private readonly inner: Vfs) {}
+  stat(path: string): Promise<FileAttr | null> {
+    return this.inner.stat(path);
+  }
+  list(path: string): Promise<DirEntry[]> {
+    return this.inner.list(path);
+  }
+  readlink(path: string): Promise<string> {
+    return this.inner.readlink(path);
+  }
+  getxattr(path: string, name: string): Promise<Uint8Array> {
+    return this.inner.getxattr(path, name);
+  }
+  listxattr(path: string): Promise<string[]> {
+    return this.inner.listxattr(path);
+  }
+  statfs(): Promise<StatFs> {
+    return this.inner.statfs();
+  }
+  sync(): Promise<void> {
+    return this.inner.sync();
+  }
+  invalidate(path: string): void {
+    this.inner.invalidate?.(path);
+  }
+  async open(path: string, flags: OpenFlags): Promise<OpenFile> {
+    if (flags.write || flags.truncate || flags.append) refuse();
+    return this.inner.open(path, flags);
+  }
+  async mkdir(_p: string, _m: number, _c: Caller): Promise<FileAttr> {
+    return refuse();
+  }
+  async rmdir(): Promise<void> {
+    refuse();
+  }
+  async unlink(): Promise<void> {
+    refuse();
+  }
+  async rename(): Promise<void> {
+    refuse();
+  }
+  async symlink(): Promise<FileAttr> {
+    return refuse();
+  }
+  async setattr(_p: string, _c: AttrChanges): Promise<FileAttr> {
+    return refuse();
+  }
+  async create(): Promise<{ attr: FileAttr; file: OpenFile }> {
+    return refuse();
+  }
+  async setxattr(): Promise<void> {
+    refuse();
+  }
+  async removexattr(): Promise<void> {
+    refuse();
+  }
+}
