@@ -207,6 +207,23 @@ export function bucketVfsSuite(target: VfsTarget): void {
         await expectErrno(vfs.open('missing', RO), 'ENOENT');
         await expectErrno(vfs.open('d', RO), 'EISDIR');
       });
+
+      it('refuses paths whose keys the store cannot hold with ENAMETOOLONG, before writing anything', async () => {
+        const { vfs, store } = mk();
+        let dir = '';
+        for (let i = 0; i < 4; i++) {
+          dir = dir === '' ? 'x'.repeat(200) : `${dir}/${'x'.repeat(200)}`;
+          await vfs.mkdir(dir, 0o755, CALLER);
+        }
+        store.reset();
+        const tooLong = `${dir}/${'y'.repeat(250)}`;
+        expect(Buffer.byteLength(vfs.keys.fileKey(tooLong))).to.be.above(1024);
+        await expectErrno(vfs.create(tooLong, 0o644, CALLER, true), 'ENAMETOOLONG');
+        await expectErrno(vfs.mkdir(tooLong, 0o755, CALLER), 'ENAMETOOLONG');
+        await expectErrno(vfs.symlink(tooLong, 'target', CALLER), 'ENAMETOOLONG');
+        expect(store.count('put')).to.equal(0);
+        expect(await vfs.stat(tooLong)).to.equal(null);
+      });
     });
 
     describe('directories', () => {

@@ -322,6 +322,7 @@ export class BucketVfs implements Vfs {
       if (path === '') throw errno('EEXIST');
       await this.requireDir(parentOf(path));
       if (await this.attrOf(path)) throw errno('EEXIST');
+      this.checkKeyFits(this.keys.dirKey(path));
       const t = nowNs();
       const attrs: StoredAttrs = { mode: S_IFDIR | (mode & PERM_MASK), uid: caller.uid, gid: caller.gid, mtime: t, ctime: t, atime: t };
       const entry = await this.putMarker(path, attrs, new Map(), {});
@@ -377,8 +378,9 @@ export class BucketVfs implements Vfs {
           if (!(await this.isEmptyDir(to))) throw errno('ENOTEMPTY');
         } else if (dst.kind === 'dir') throw errno('EISDIR');
       }
-      if (src.kind === 'dir') await this.renameDir(from, to, dst !== null);
-      else await this.renameFile(from, to, dst !== null);
+      this.checkKeyFits(src.kind === 'dir' ? this.keys.dirKey(to) : this.keys.fileKey(to));
+      if (src.kind === 'dir') await this.renameDir(from, to, dst !== undefined);
+      else await this.renameFile(from, to, dst !== undefined);
     });
   }
 
@@ -391,6 +393,7 @@ export class BucketVfs implements Vfs {
       if (path === '') throw errno('EEXIST');
       await this.requireDir(parentOf(path));
       if (await this.attrOf(path)) throw errno('EEXIST');
+      this.checkKeyFits(this.keys.fileKey(path));
       const t = nowNs();
       const attrs: StoredAttrs = { mode: S_IFLNK | 0o777, uid: caller.uid, gid: caller.gid, mtime: t, ctime: t, atime: t };
       const key = this.keys.fileKey(path);
@@ -417,7 +420,7 @@ export class BucketVfs implements Vfs {
       if (e.attr.kind !== 'symlink' || !e.object) throw errno('EINVAL');
       if (e.target !== undefined) return e.target;
       const epoch = this.epoch;
-      const got = await this.store.get(e.object.key);
+      const got = await this.store.get(e.object.key, { range: { offset: 0, length: PATH_MAX } });
       const target = new TextDecoder().decode(got.body);
       if (this.epoch === epoch && got.etag === e.object.etag) this.attrCache.set(path, { ...e, target });
       return target;
@@ -471,6 +474,7 @@ export class BucketVfs implements Vfs {
       if (path === '') throw errno(exclusive ? 'EEXIST' : 'EISDIR');
       await this.requireDir(parentOf(path));
       const existing = await this.attrOf(path);
+      if (!existing) this.checkKeyFits(this.keys.fileKey(path));
       if (!existing && !this.liveNode(path)) {
         const t = nowNs();
         const node = new FileNode(path, { mode: S_IFREG | (mode & PERM_MASK), uid: caller.uid, gid: caller.gid, atime: t, mtime: t, ctime: t }, new Map(), {}, null);
@@ -478,7 +482,11 @@ export class BucketVfs implements Vfs {
         node.dirty = true;
         node.refs = 1;
         this.nodes.set(path, node);
-        this.changed(path, undefined);
+        // Not in the store until its first flush; the node stands in for it meanwhile.
+        this.epoch++;
+        this.lookups.clear();
+        this.attrCache.delete(path);
+        this.negCache.delete(path);
         return { attr: this.nodeAttr(node), file: new Handle(this, node, { read: true, write: true, truncate: false, append: false }) };
       }
       if (exclusive) throw errno('EEXIST');
@@ -551,6 +559,7 @@ export class BucketVfs implements Vfs {
 
   invalidate(path: string): void {
     this.changedTree(path);
+    if (path !== '') this.listCache.delete(parentOf(path));
   }
 
   /** Stores every dirty file and frees buffers; the store stays open (it is the caller's). Rejects (EIO) if something could not be stored — it is dropped regardless. */
@@ -847,7 +856,7 @@ export class BucketVfs implements Vfs {
           checkMetadataSize(attrs, xattrs, node.other);
           if (!node.dirty && node.base) {
             const metadata = writeMetadata(attrs, xattrs, node.other);
-            const r = await this.store.copy(node.base.key, node.base.key, { metadata });
+            const r = await this.copyObject(node.base.key, node.base.key, node.base.size, metadata);
             node.base = { ...node.base, etag: r.etag, lastModified: NaN };
           } else node.dirty = true;
           node.attrs = attrs;
@@ -870,11 +879,16 @@ export class BucketVfs implements Vfs {
       }
       if (!e.object) return (await this.putMarker(path, attrs, xattrs, e.other)).attr;
       const metadata = writeMetadata(attrs, xattrs, e.other);
-      const r = await this.store.copy(e.object.key, e.object.key, { metadata });
+      const r = await this.copyObject(e.object.key, e.object.key, e.object.size, metadata);
       const entry: Entry = { ...e, attr: { ...a, ...attrs }, xattrs, object: { ...e.object, etag: r.etag, lastModified: NaN } };
       this.changed(path, entry);
       return entry.attr;
     });
+  }
+
+  /** ENAMETOOLONG for a key the store cannot hold (S3: 1024 bytes), before anything is written. */
+  private checkKeyFits(key: string): void {
+    if (!keyFits(key)) throw errno('ENAMETOOLONG', `path too long for the store's ${MAX_KEY_BYTES}-byte keys`);
   }
 
   private entryOfNode(n: FileNode): Entry {
@@ -896,14 +910,16 @@ export class BucketVfs implements Vfs {
       const size = node ? node.size : (e?.object?.size ?? 0);
       const r = await this.copyObject(srcKey, dstKey, size);
       await this.store.delete(srcKey);
+      let moved: Entry | undefined;
       if (node && this.nodes.get(from) === node) {
         this.nodes.delete(from);
         node.path = to;
         this.nodes.set(to, node);
         if (node.base) node.base = { ...node.base, key: dstKey, etag: r.etag };
-      }
+        moved = this.entryOfNode(node);
+      } else if (e?.object) moved = { ...e, object: { ...e.object, key: dstKey, etag: r.etag, lastModified: NaN } };
       this.changed(from, null);
-      this.changed(to, undefined);
+      this.changed(to, moved);
       this.pages.forget(srcKey);
     } finally {
       release?.();
@@ -923,6 +939,7 @@ export class BucketVfs implements Vfs {
       const dstDk = this.keys.dirKey(to);
       const objects: { key: string; size: number }[] = [];
       for await (const e of listAll(this.store, { prefix: srcDk })) if (e.type === 'object') objects.push({ key: e.key, size: e.size });
+      for (const o of objects) this.checkKeyFits(dstDk + o.key.slice(srcDk.length));
       if (replacing && !objects.some((o) => o.key === srcDk)) await this.store.delete(dstDk);
       const etags = new Map<string, string>();
       await forEachLimit(objects, this.o.metaConcurrency, async (o) => {
@@ -949,9 +966,12 @@ export class BucketVfs implements Vfs {
     await this.keepParent(from);
   }
 
-  /** Server-side copy; objects over the store's copy limit are streamed through us. */
-  private async copyObject(src: string, dst: string, size: number): Promise<PutResult> {
-    if (size <= this.store.capabilities.maxPartSize) return this.store.copy(src, dst);
+  /**
+   * Server-side copy (with `metadata`: replacing it, also onto itself). Objects over the
+   * store's copy limit (5 GiB on S3) are streamed through us as a multipart upload.
+   */
+  private async copyObject(src: string, dst: string, size: number, metadata?: Metadata): Promise<PutResult> {
+    if (size <= this.store.capabilities.maxPartSize) return this.store.copy(src, dst, metadata ? { metadata } : {});
     const head = await this.store.head(src);
     if (!head) throw new StoreError('ENOENT', `copy: no such key: ${src}`, { op: 'copy', key: src });
     const source = {
@@ -962,7 +982,7 @@ export class BucketVfs implements Vfs {
         return r.bytesRead;
       },
     };
-    return putLarge(this.store, dst, source, { metadata: head.metadata, contentType: head.contentType, partSize: this.o.partSize, concurrency: this.o.uploadConcurrency });
+    return putLarge(this.store, dst, source, { metadata: metadata ?? head.metadata, contentType: head.contentType, partSize: this.o.partSize, concurrency: this.o.uploadConcurrency });
   }
 
   // =======================================================================================

@@ -1,0 +1,112 @@
+// BucketVfs under concurrent requests, as the FUSE engine sends them (many in flight):
+// writes through several handles racing flushes and reads, creates racing listings,
+// lookups sharing one round of requests, the request counts the caches save.
+import { expect } from 'chai';
+import { BucketVfs } from '../../src/backends/posix/bucket-vfs.js';
+import { MemoryStore } from '../../src/backends/memory-store.js';
+import { patternBytes, TmpDir } from '../support/tmp.js';
+import { CALLER, CountingStore, RO, RW, equalBytes, names, readFile, writeFile } from './helpers.js';
+
+const KiB = 1024;
+
+describe('BucketVfs under concurrency', function () {
+  this.timeout(60_000);
+  let tmp: TmpDir;
+  before(() => {
+    tmp = new TmpDir('vhost-s3-posix-conc-');
+  });
+  after(() => tmp.remove());
+
+  function mk(opts: Partial<ConstructorParameters<typeof BucketVfs>[0]> = {}): { vfs: BucketVfs; store: CountingStore; inner: MemoryStore } {
+    const inner = new MemoryStore({ minPartSize: 8 * KiB });
+    const store = new CountingStore(inner);
+    return { vfs: new BucketVfs({ store, tempDir: tmp.path, ...opts }), store, inner };
+  }
+
+  it('writes through several handles racing flushes and reads; a flush after the last acknowledged write stores them all', async () => {
+    const { vfs, inner } = mk({ spillThreshold: 32 * KiB, memoryBudget: 64 * KiB, multipartThreshold: 48 * KiB, partSize: 8 * KiB, blockSize: 8 * KiB });
+    const base = patternBytes(1, 200 * KiB);
+    await writeFile(vfs, 'f', base);
+    const handles = await Promise.all([vfs.open('f', RW), vfs.open('f', RW), vfs.open('f', RO)]);
+    const chunk = 3 * KiB + 17;
+    const ops: Promise<unknown>[] = [];
+    for (let i = 0; i * chunk < 260 * KiB; i++) {
+      const off = i * chunk;
+      const data = patternBytes(100 + i, chunk);
+      ops.push(handles[i % 2]!.write(off, data));
+      if (i % 7 === 3) ops.push(handles[(i + 1) % 2]!.flush());
+      if (i % 5 === 1) ops.push(handles[2]!.read(Math.max(0, off - 10 * KiB), 16 * KiB));
+    }
+    // Build the expected content independently of the racing above.
+    const expected = new Uint8Array(Math.max(base.length, Math.ceil((260 * KiB) / chunk) * chunk));
+    expected.set(base);
+    for (let i = 0; i * chunk < 260 * KiB; i++) expected.set(patternBytes(100 + i, chunk), i * chunk);
+    await Promise.all(ops);
+    // After all writes were acknowledged, one flush stores all of them.
+    await handles[0]!.flush();
+    expect(equalBytes((await inner.get('f')).body, expected)).to.equal(true);
+    for (const h of handles) await h.release();
+    expect(equalBytes(await readFile(vfs, 'f'), expected)).to.equal(true);
+    expect(vfs.stats.openFiles).to.equal(0);
+    await vfs.close();
+  });
+
+  it('creates racing listings and stats in one directory', async () => {
+    const { vfs } = mk();
+    await vfs.mkdir('d', 0o755, CALLER);
+    const created: string[] = [];
+    const work: Promise<unknown>[] = [];
+    for (let i = 0; i < 60; i++) {
+      const name = `f${i}`;
+      created.push(name);
+      work.push(writeFile(vfs, `d/${name}`, `content ${i}`));
+      if (i % 10 === 0) work.push(vfs.list('d'));
+      if (i % 4 === 0) work.push(vfs.stat(`d/f${i + 1}`));
+    }
+    await Promise.all(work);
+    expect(await names(vfs, 'd')).to.deep.equal(created.sort());
+    for (const n of created) expect((await vfs.stat(`d/${n}`))!.size).to.equal(`content ${n.slice(1)}`.length);
+    await vfs.close();
+  });
+
+  it('shares one lookup among concurrent stats of a path, and answers misses from a fresh listing', async () => {
+    const { vfs, store, inner } = mk();
+    await inner.put('dir/a', new Uint8Array(3));
+    store.reset();
+    const all = await Promise.all(Array.from({ length: 20 }, () => vfs.stat('dir/a')));
+    for (const a of all) expect(a!.size).to.equal(3);
+    expect(store.count('head')).to.equal(2);
+    await vfs.list('dir');
+    store.reset();
+    // Names a fresh listing does not have cost nothing (the kernel looks up before every create).
+    for (let i = 0; i < 10; i++) expect(await vfs.stat(`dir/missing${i}`)).to.equal(null);
+    const { file } = await vfs.create('dir/new', 0o644, CALLER, true);
+    await file.release();
+    expect([...store.counts.entries()].filter(([op]) => op === 'head' || op === 'list')).to.deep.equal([]);
+    expect(await names(vfs, 'dir')).to.deep.equal(['a', 'new']);
+    expect(store.count('list')).to.equal(0);
+    await vfs.close();
+  });
+
+  it('parallel readers of one big file share block fetches', async () => {
+    const { vfs, store } = mk({ blockSize: 16 * KiB, readAheadBytes: 64 * KiB });
+    const body = patternBytes(9, 512 * KiB);
+    await writeFile(vfs, 'big', body);
+    const fresh = new BucketVfs({ store, tempDir: tmp.path, blockSize: 16 * KiB, readAheadBytes: 64 * KiB });
+    store.reset();
+    const readers = await Promise.all(Array.from({ length: 4 }, () => fresh.open('big', RO)));
+    const results = await Promise.all(
+      readers.map(async (h) => {
+        const out = new Uint8Array(body.length);
+        for (let off = 0; off < body.length; off += 8 * KiB) out.set(await h.read(off, 8 * KiB), off);
+        return out;
+      }),
+    );
+    for (const r of results) expect(equalBytes(r, body)).to.equal(true);
+    // 32 blocks, each fetched once however many readers wanted it.
+    expect(store.count('getInto')).to.equal(32);
+    for (const h of readers) await h.release();
+    await fresh.close();
+    await vfs.close();
+  });
+});
