@@ -51,6 +51,16 @@ describe('BucketVfs under concurrency', function () {
     await vfs.close();
   });
 
+  it('many files closing at once share a bounded upload memory (and all get stored)', async () => {
+    const { vfs, inner } = mk({ spillThreshold: 16 * KiB, memoryBudget: 64 * KiB, multipartThreshold: 48 * KiB, partSize: 8 * KiB, uploadConcurrency: 2, uploadMemory: 40 * KiB });
+    const bodies = Array.from({ length: 12 }, (_, i) => patternBytes(i + 1, i % 2 === 0 ? 100 * KiB : 30 * KiB + i));
+    const files = await Promise.all(bodies.map((_, i) => vfs.create(`f${i}`, 0o644, CALLER, true)));
+    await Promise.all(files.map(({ file }, i) => file.write(0, bodies[i]!)));
+    await Promise.all(files.map(({ file }) => file.release()));
+    for (let i = 0; i < bodies.length; i++) expect(equalBytes((await inner.get(`f${i}`)).body, bodies[i]!), `f${i}`).to.equal(true);
+    await vfs.close();
+  });
+
   it('creates racing listings and stats in one directory', async () => {
     const { vfs } = mk();
     await vfs.mkdir('d', 0o755, CALLER);

@@ -47,6 +47,7 @@ import {
   StoreError,
   compareKeys,
   listAll,
+  choosePartSize,
   putLarge,
   type Metadata,
   type ObjectHead,
@@ -54,7 +55,7 @@ import {
   type PutResult,
 } from '../object-store.js';
 import { TtlCache } from './listing-cache.js';
-import { KeyedMutex, Mutex, forEachLimit } from './locks.js';
+import { ByteSemaphore, KeyedMutex, Mutex, forEachLimit } from './locks.js';
 import {
   PERM_MASK,
   S_IFDIR,
@@ -120,6 +121,8 @@ export interface BucketVfsOptions {
   readonly uploadConcurrency?: number;
   /** HEADs during a listing, copies during a directory rename. Default 16. */
   readonly metaConcurrency?: number;
+  /** Bytes that uploads in flight may hold in part buffers and copies, all files together (one larger upload runs alone). Default 256 MiB. */
+  readonly uploadMemory?: number;
   readonly logger?: Logger;
 }
 
@@ -229,6 +232,7 @@ export class BucketVfs implements Vfs {
   private readonly lookups = new Map<string, Promise<Entry | null>>();
   private readonly metaLocks = new KeyedMutex();
   private readonly metaQueue: PQueue;
+  private readonly uploadBytes: ByteSemaphore;
   private readonly mountTime: TimeNs = nowNs();
   private readonly maxFileSize: number;
   /** Bumped by every change we make: lookups that started before do not fill the caches. */
@@ -263,6 +267,7 @@ export class BucketVfs implements Vfs {
       partSize: opts.partSize ?? 16 * MiB,
       uploadConcurrency: opts.uploadConcurrency ?? 4,
       metaConcurrency: opts.metaConcurrency ?? 16,
+      uploadMemory: opts.uploadMemory ?? 256 * MiB,
     };
     this.defaults = { fileMode: this.o.defaultFileMode, dirMode: this.o.defaultDirMode, uid: this.o.uid, gid: this.o.gid };
     this.attrCache = new TtlCache(this.o.attrTtlMs, this.o.attrCacheEntries);
@@ -271,6 +276,7 @@ export class BucketVfs implements Vfs {
     this.pages = new PageCache({ store: this.store, blockSize: this.o.blockSize, maxBytes: this.o.pageCacheBytes, fetchConcurrency: this.o.fetchConcurrency });
     this.budget = new MemoryBudget(this.o.memoryBudget);
     this.metaQueue = new PQueue({ concurrency: Math.max(1, this.o.metaConcurrency) });
+    this.uploadBytes = new ByteSemaphore(this.o.uploadMemory);
     const caps = this.store.capabilities;
     this.maxFileSize = Math.min(MAX_OBJECT, caps.maxParts * caps.maxPartSize);
     this.rootEntry = this.implicitDir();
@@ -1051,17 +1057,25 @@ export class BucketVfs implements Vfs {
       const key = this.keys.fileKey(n.path);
       const metadata = writeMetadata(n.attrs, n.xattrs, n.other);
       const size = buf.size;
+      const single = size <= this.o.multipartThreshold;
+      // Memory the upload allocates: a copy of a spilled file for one PUT, or part buffers.
+      const cost = single ? (buf.inMemory ? 0 : size) : Math.min(size, choosePartSize(size, this.store.capabilities, this.o.partSize) * this.o.uploadConcurrency);
+      const release = cost > 0 ? await this.uploadBytes.acquire(cost) : null;
       let r: PutResult;
-      if (size <= this.o.multipartThreshold) r = await this.store.put(key, await buf.contents(), { metadata });
-      else {
-        const source = {
-          size,
-          read: async (offset: number, target: Uint8Array): Promise<number> => {
-            await buf.readLocal(offset, target);
-            return target.length;
-          },
-        };
-        r = await putLarge(this.store, key, source, { metadata, partSize: this.o.partSize, concurrency: this.o.uploadConcurrency });
+      try {
+        if (single) r = await this.store.put(key, await buf.contents(), { metadata });
+        else {
+          const source = {
+            size,
+            read: async (offset: number, target: Uint8Array): Promise<number> => {
+              await buf.readLocal(offset, target);
+              return target.length;
+            },
+          };
+          r = await putLarge(this.store, key, source, { metadata, partSize: this.o.partSize, concurrency: this.o.uploadConcurrency });
+        }
+      } finally {
+        release?.();
       }
       this.uploads++;
       n.base = { key, etag: r.etag, size, lastModified: NaN };

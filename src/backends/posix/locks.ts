@@ -75,3 +75,42 @@ export async function forEachLimit<T>(items: readonly T[], limit: number, fn: (i
   await Promise.all(Array.from({ length: Math.min(items.length, Math.max(1, limit)) }, worker));
   if (failure) throw (failure as { err: unknown }).err;
 }
+
+/**
+ * A budget of bytes shared by concurrent users: `acquire(n)` waits until `n` more fit (a
+ * request larger than the whole budget runs alone). Waiters are served in order.
+ */
+export class ByteSemaphore {
+  private used = 0;
+  private readonly waiters: { n: number; wake: () => void }[] = [];
+  constructor(readonly limit: number) {}
+
+  get inUse(): number {
+    return this.used;
+  }
+
+  async acquire(n: number): Promise<() => void> {
+    if (this.waiters.length === 0 && this.fits(n)) this.used += n;
+    // drain() counts `n` in before waking us.
+    else await new Promise<void>((wake) => this.waiters.push({ n, wake }));
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.used -= n;
+      this.drain();
+    };
+  }
+
+  private fits(n: number): boolean {
+    return this.used === 0 || this.used + n <= this.limit;
+  }
+
+  private drain(): void {
+    while (this.waiters.length > 0 && this.fits(this.waiters[0]!.n)) {
+      const w = this.waiters.shift()!;
+      this.used += w.n;
+      w.wake();
+    }
+  }
+}

@@ -241,6 +241,11 @@ export class WriteBuffer {
     target.fill(0, avail);
   }
 
+  /** True when `contents()` returns the memory buffer itself (no new allocation). */
+  get inMemory(): boolean {
+    return this.mem !== null && this.mem.length >= this.size;
+  }
+
   /**
    * The whole file as one array for a single PUT (call when `complete`): the memory buffer
    * itself when it holds the file (not a copy: the caller keeps writers out meanwhile),
