@@ -286,8 +286,15 @@ export function bucketVfsSuite(target: VfsTarget): void {
       it('renames files, over files, and honours RENAME_NOREPLACE', async () => {
         const { vfs, prefix } = mk();
         await writeFile(vfs, 'a', 'AAA');
+        await vfs.setattr('a', { mtime: 1_000_000_000n, ctime: 2_000_000_000n });
         await vfs.setxattr('a', 'user.k', text('v'), { create: true, replace: false });
+        const before = (await vfs.stat('a'))!;
         await vfs.rename('a', 'b', false);
+        // rename(2) changes ctime, not mtime; a fresh view reads the same from the store.
+        const after = (await mk({}, prefix).vfs.stat('b'))!;
+        expect(after.mtime).to.equal(1_000_000_000n);
+        expect(after.ctime > before.ctime).to.equal(true);
+        expect(after.mode).to.equal(before.mode);
         expect(await vfs.stat('a')).to.equal(null);
         expect(str(await readFile(vfs, 'b'))).to.equal('AAA');
         expect(str(await vfs.getxattr('b', 'user.k'))).to.equal('v');
@@ -325,6 +332,7 @@ export function bucketVfsSuite(target: VfsTarget): void {
         await file.release();
         expect(await vfs.stat('src')).to.equal(null);
         expect((await vfs.stat('dst'))!.mode).to.equal(S_IFDIR | 0o711);
+        expect((await mk({}, prefix).vfs.stat('dst'))!.mode).to.equal(S_IFDIR | 0o711);
         expect(await names(vfs, 'dst')).to.deep.equal(['f1', 'implicit', 'sub']);
         expect(await names(vfs, 'dst/sub')).to.deep.equal(['f2', 'open']);
         expect(str(await readFile(vfs, 'dst/sub/f2'))).to.equal('two');

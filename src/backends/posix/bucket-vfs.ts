@@ -359,6 +359,7 @@ export class BucketVfs implements Vfs {
       if (attr.kind === 'dir') throw errno('EISDIR');
       await this.detach(path);
       await this.store.delete(this.keys.fileKey(path));
+      this.pages.forget(this.keys.fileKey(path));
       this.changed(path, null);
       await this.keepParent(path);
     });
@@ -914,16 +915,21 @@ export class BucketVfs implements Vfs {
       const dstKey = this.keys.fileKey(to);
       const e = node ? null : await this.lookup(from);
       const size = node ? node.size : (e?.object?.size ?? 0);
-      const r = await this.copyObject(srcKey, dstKey, size);
+      // rename(2) changes the file's ctime: the copy carries the new one (same request).
+      const ctime = nowNs();
+      const a = node ? node.attrs : e ? { ...e.attr } : null;
+      const metadata = a ? writeMetadata({ ...a, ctime }, node ? node.xattrs : e!.xattrs, node ? node.other : e!.other) : undefined;
+      const r = await this.copyObject(srcKey, dstKey, size, metadata);
       await this.store.delete(srcKey);
       let moved: Entry | undefined;
       if (node && this.nodes.get(from) === node) {
         this.nodes.delete(from);
         node.path = to;
         this.nodes.set(to, node);
+        node.attrs.ctime = ctime;
         if (node.base) node.base = { ...node.base, key: dstKey, etag: r.etag };
         moved = this.entryOfNode(node);
-      } else if (e?.object) moved = { ...e, object: { ...e.object, key: dstKey, etag: r.etag, lastModified: NaN } };
+      } else if (e?.object) moved = { ...e, attr: { ...e.attr, ctime }, object: { ...e.object, key: dstKey, etag: r.etag, lastModified: NaN } };
       this.changed(from, null);
       this.changed(to, moved);
       this.pages.forget(srcKey);
@@ -947,10 +953,13 @@ export class BucketVfs implements Vfs {
       for await (const e of listAll(this.store, { prefix: srcDk })) if (e.type === 'object') objects.push({ key: e.key, size: e.size });
       for (const o of objects) this.checkKeyFits(dstDk + o.key.slice(srcDk.length));
       if (replacing && !objects.some((o) => o.key === srcDk)) await this.store.delete(dstDk);
+      // The directory's marker gets the new ctime (rename(2) changes it) in the same copy.
+      const marker = await this.lookup(from);
+      const markerMeta = marker?.object?.key === srcDk ? writeMetadata({ ...marker.attr, ctime: nowNs() }, marker.xattrs, marker.other) : undefined;
       const etags = new Map<string, string>();
       await forEachLimit(objects, this.o.metaConcurrency, async (o) => {
         const dst = dstDk + o.key.slice(srcDk.length);
-        etags.set(dst, (await this.copyObject(o.key, dst, o.size)).etag);
+        etags.set(dst, (await this.copyObject(o.key, dst, o.size, o.key === srcDk ? markerMeta : undefined)).etag);
       });
       await this.store.deleteMany(objects.map((o) => o.key));
       for (const n of below) {
@@ -977,6 +986,15 @@ export class BucketVfs implements Vfs {
    * store's copy limit (5 GiB on S3) are streamed through us as a multipart upload.
    */
   private async copyObject(src: string, dst: string, size: number, metadata?: Metadata): Promise<PutResult> {
+    try {
+      return await this.copyObjectOnce(src, dst, size, metadata);
+    } finally {
+      // Our page cache must not trust the ETag of what we wrote (s3rver keeps a stale one).
+      if (src !== dst) this.pages.forget(dst);
+    }
+  }
+
+  private async copyObjectOnce(src: string, dst: string, size: number, metadata?: Metadata): Promise<PutResult> {
     if (size <= this.store.capabilities.maxPartSize) return this.store.copy(src, dst, metadata ? { metadata } : {});
     const head = await this.store.head(src);
     if (!head) throw new StoreError('ENOENT', `copy: no such key: ${src}`, { op: 'copy', key: src });
@@ -1076,6 +1094,7 @@ export class BucketVfs implements Vfs {
         }
       } finally {
         release?.();
+        this.pages.forget(key);
       }
       this.uploads++;
       n.base = { key, etag: r.etag, size, lastModified: NaN };

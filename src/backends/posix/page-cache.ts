@@ -1,11 +1,13 @@
 // An LRU cache of fixed-size blocks of stored objects, bounded in bytes, filled by ranged
 // GETs (store.getInto straight into the block) with parallel fetches and read-ahead.
 //
-// Blocks are keyed by (object key, ETag, block index): a new version of an object has a
-// new ETag, so stale blocks are never served, only left to age out. A fetch whose reply
-// carries another ETag than expected, or that comes back short, means the object changed
-// since the caller learnt its version: it fails with ESTALE (the caller looks the object
-// up again) and caches nothing.
+// Blocks are keyed by (object key, ETag, size, block index): a new version of an object
+// has a new ETag, so stale blocks of versions written by others are never served, only
+// left to age out. A fetch whose reply carries another ETag than expected, or that comes
+// back short, means the object changed since the caller learnt its version: it fails with
+// ESTALE (the caller looks the object up again) and caches nothing. Our own writes do not
+// rely on ETags (s3rver, for one, keeps the old ETag when CopyObject with REPLACE
+// overwrites a key): the writer calls `forget(key)`, which drops every block of the key.
 //
 // Demand fetches go before read-ahead in one bounded queue; a block is fetched at most
 // once at a time (concurrent readers share the fetch).
@@ -54,6 +56,8 @@ export class PageCache {
   readonly stats: PageCacheStats = { hits: 0, misses: 0, fetches: 0, prefetches: 0, stale: 0 };
   private readonly store: ObjectStore;
   private readonly blocks: LRUCache<string, Uint8Array>;
+  /** object key → its cached block keys (kept in step with the LRU by its dispose hook). */
+  private readonly byObject = new Map<string, Set<string>>();
   private readonly inflight = new Map<string, Promise<Uint8Array>>();
   private readonly queue: PQueue;
 
@@ -64,6 +68,13 @@ export class PageCache {
     this.blocks = new LRUCache<string, Uint8Array>({
       maxSize: Math.max(1, opts.maxBytes),
       sizeCalculation: (b) => Math.max(1, b.byteLength),
+      dispose: (_block, k) => {
+        const object = k.slice(0, k.indexOf('\0'));
+        const set = this.byObject.get(object);
+        if (!set) return;
+        set.delete(k);
+        if (set.size === 0) this.byObject.delete(object);
+      },
     });
     this.queue = new PQueue({ concurrency: Math.max(1, opts.fetchConcurrency) });
   }
@@ -112,15 +123,23 @@ export class PageCache {
     }
   }
 
-  /** Forgets every block of `key` (all versions). */
+  /** Forgets every block of `key` (all versions), and makes fetches in flight for it cache nothing. */
   forget(key: string): void {
-    const p = key + '\0';
-    for (const k of [...this.blocks.keys()]) if (k.startsWith(p)) this.blocks.delete(k);
+    const f = this.fetching.get(key);
+    if (f) f.gen++;
+    const set = this.byObject.get(key);
+    if (!set) return;
+    for (const k of [...set]) this.blocks.delete(k);
+    this.byObject.delete(key);
   }
 
   clear(): void {
     this.blocks.clear();
+    this.byObject.clear();
   }
+
+  /** Objects with fetches in flight: how many, and a generation forget() bumps (a fetch that started before must not cache what it got). */
+  private readonly fetching = new Map<string, { count: number; gen: number }>();
 
   private cacheKey(v: ObjectVersion, index: number): string {
     return `${v.key}\0${v.etag}\0${v.size}\0${index}`;
@@ -140,14 +159,27 @@ export class PageCache {
       .add(async () => {
         const start = index * this.blockSize;
         const buf = new Uint8Array(Math.min(this.blockSize, v.size - start));
-        this.stats.fetches++;
-        const r = await this.store.getInto(v.key, start, buf);
-        if (r.etag !== v.etag || r.bytesRead !== buf.length) {
-          this.stats.stale++;
-          throw new StaleVersionError(v.key);
+        let f = this.fetching.get(v.key);
+        if (!f) this.fetching.set(v.key, (f = { count: 0, gen: 0 }));
+        f.count++;
+        const gen = f.gen;
+        try {
+          this.stats.fetches++;
+          const r = await this.store.getInto(v.key, start, buf);
+          if (r.etag !== v.etag || r.bytesRead !== buf.length) {
+            this.stats.stale++;
+            throw new StaleVersionError(v.key);
+          }
+          if (f.gen === gen) {
+            this.blocks.set(k, buf);
+            let set = this.byObject.get(v.key);
+            if (!set) this.byObject.set(v.key, (set = new Set()));
+            set.add(k);
+          }
+          return buf;
+        } finally {
+          if (--f.count === 0) this.fetching.delete(v.key);
         }
-        this.blocks.set(k, buf);
-        return buf;
       }, { priority })
       .finally(() => this.inflight.delete(k));
     this.inflight.set(k, p);

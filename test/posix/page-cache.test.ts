@@ -1,0 +1,76 @@
+// The page cache on its own: blocks by ETag, ESTALE for a changed object, forget() of our
+// own writes (also racing a fetch in flight), the byte bound, shared fetches.
+import { expect } from 'chai';
+import { MemoryStore } from '../../src/backends/memory-store.js';
+import { PageCache, StaleVersionError } from '../../src/backends/posix/page-cache.js';
+import { patternBytes } from '../support/tmp.js';
+import { CountingStore, equalBytes } from './helpers.js';
+
+const KiB = 1024;
+
+describe('posix page cache', () => {
+  async function setup(bytes = 64 * KiB): Promise<{ store: CountingStore; cache: PageCache; etag: string; body: Uint8Array }> {
+    const store = new CountingStore(new MemoryStore());
+    const body = patternBytes(1, 40 * KiB + 5);
+    const { etag } = await store.put('obj', body);
+    return { store, cache: new PageCache({ store, blockSize: 4 * KiB, maxBytes: bytes, fetchConcurrency: 4 }), etag, body };
+  }
+
+  it('reads any range through blocks, fetching each block once', async () => {
+    const { store, cache, etag, body } = await setup();
+    const v = { key: 'obj', etag, size: body.length };
+    for (const [off, len] of [[0, 1], [4095, 2], [100, 20_000], [40 * KiB, 100], [0, body.length], [body.length, 10]] as const) {
+      const out = new Uint8Array(len);
+      const n = await cache.read(v, off, out);
+      expect(n).to.equal(Math.max(0, Math.min(len, body.length - off)));
+      expect(equalBytes(out.subarray(0, n), body.subarray(off, off + n))).to.equal(true);
+    }
+    expect(store.count('getInto')).to.equal(11);
+    expect(cache.cachedBytes).to.equal(body.length);
+  });
+
+  it('stays within its byte bound', async () => {
+    const { cache, etag, body } = await setup(10 * KiB);
+    await cache.read({ key: 'obj', etag, size: body.length }, 0, new Uint8Array(body.length));
+    expect(cache.cachedBytes).to.be.at.most(10 * KiB);
+  });
+
+  it('fails with ESTALE when the object is not the version asked for, caching nothing', async () => {
+    const { store, cache, etag, body } = await setup();
+    await store.put('obj', patternBytes(2, body.length));
+    let err: unknown;
+    try {
+      await cache.read({ key: 'obj', etag, size: body.length }, 0, new Uint8Array(10));
+    } catch (e) {
+      err = e;
+    }
+    expect(err).to.be.instanceOf(StaleVersionError);
+    expect(cache.cachedBytes).to.equal(0);
+  });
+
+  it('forget() drops every block of a key, and a fetch in flight when it was called caches nothing', async () => {
+    const { store, cache, etag, body } = await setup();
+    const v = { key: 'obj', etag, size: body.length };
+    await cache.read(v, 0, new Uint8Array(8 * KiB));
+    expect(cache.peek(v, 0)).to.not.equal(null);
+    cache.forget('obj');
+    expect(cache.peek(v, 0)).to.equal(null);
+    expect(cache.cachedBytes).to.equal(0);
+    const pending = cache.read(v, 12 * KiB, new Uint8Array(100));
+    cache.forget('obj');
+    await pending;
+    expect(cache.peek(v, 3)).to.equal(null);
+    store.reset();
+    await cache.read(v, 12 * KiB, new Uint8Array(100));
+    expect(store.count('getInto')).to.equal(1);
+    expect(cache.peek(v, 3)).to.not.equal(null);
+  });
+
+  it('concurrent readers and read-ahead share fetches', async () => {
+    const { store, cache, etag, body } = await setup();
+    const v = { key: 'obj', etag, size: body.length };
+    cache.prefetch(v, 0, body.length);
+    await Promise.all(Array.from({ length: 5 }, () => cache.read(v, 0, new Uint8Array(body.length))));
+    expect(store.count('getInto')).to.equal(11);
+  });
+});
