@@ -26,6 +26,9 @@
 //   when the Vfs call returns.
 // - A reply longer than the transport's room is replaced: ERANGE for xattrs,
 //   ENAMETOOLONG for READLINK, EIO otherwise.
+// - A file unlinked (or replaced by rename) while open stays usable through the handles
+//   already open; opening it again by node id (/proc/self/fd/N) fails with ENOENT, as
+//   the path-based Vfs has nothing to open it by.
 import { ErrnoError, errnoOf } from '../util/errors.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import {
@@ -276,7 +279,16 @@ export class FuseServer {
       reply = errorReply(reply.unique, errno);
     }
     if (reply.error !== 0) this.counters.errors++;
-    p.done(reply);
+    this.deliver(p, reply);
+  }
+
+  /** Hands a reply to the transport; a transport that throws must not become an unhandled rejection. */
+  private deliver(p: Pending, reply: FuseReply): void {
+    try {
+      p.done(reply);
+    } catch (err) {
+      this.log.error('the transport failed to take a FUSE reply', { opcode: opcodeName(p.req.h.opcode), error: err });
+    }
   }
 
   private interrupt(target: bigint): void {
@@ -285,7 +297,7 @@ export class FuseServer {
     p.settled = true;
     this.counters.interrupted++;
     this.counters.errors++;
-    p.done(errorReply(target, E.EINTR));
+    this.deliver(p, errorReply(target, E.EINTR));
   }
 
   private forget(nodeid: number, nlookup: number): void {
@@ -490,7 +502,13 @@ export class FuseServer {
         const made = await this.vfs.create(path, req.mode & PERM_BITS, this.caller(req), exclusive);
         let entered: { ino: Inode; bytes: Uint8Array };
         try {
-          entered = this.enterInode(p, req.h.nodeid, req.name, made.attr);
+          // CREATE of a file that exists (the kernel had a stale negative entry) with
+          // O_TRUNC: create() opened it as it was, so truncate it here.
+          let attr = made.attr;
+          if (!exclusive && (req.flags & O_TRUNC) !== 0 && (req.flags & O_ACCMODE) !== O_RDONLY && attr.size > 0) {
+            attr = await this.vfs.setattr(path, { size: 0 });
+          }
+          entered = this.enterInode(p, req.h.nodeid, req.name, attr);
         } catch (err) {
           await made.file.release();
           throw err;

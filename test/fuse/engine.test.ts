@@ -177,6 +177,15 @@ describe('FUSE engine over vhost-user-fs', function () {
       expect(await errno(cl.read(e.nodeid, ap.fh, 0, 4))).to.equal('EBADF');
       const tr = await cl.open(e.nodeid, O_WRONLY | O_TRUNC);
       expect(vfs.get('f')!.length).to.equal(0);
+      // CREATE (not exclusive) of a file that exists: opened as it is, truncated with O_TRUNC
+      vfs.put('g', 'existing');
+      const keep = await cl.create(1, 'g', O_CREAT | O_RDWR);
+      expect(keep.entry.attr.size).to.equal(8);
+      const trunc = await cl.create(1, 'g', O_CREAT | O_WRONLY | O_TRUNC);
+      expect(trunc.entry.attr.size).to.equal(0);
+      expect(vfs.get('g')!.length).to.equal(0);
+      await cl.release(keep.entry.nodeid, keep.fh);
+      await cl.release(trunc.entry.nodeid, trunc.fh);
       for (const h of [ro, ap, tr]) await cl.release(e.nodeid, h.fh);
     });
 
