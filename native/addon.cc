@@ -22,6 +22,7 @@ Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   using namespace vhs;
   env.SetInstanceData(new AddonData());
+  GetAddonData(env)->callbackKey = Napi::Persistent(Napi::Symbol::New(env, "vhost-s3 callback"));
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   InitSocket(env, exports);
   InitFd(env, exports);

@@ -12,14 +12,18 @@ struct AddonData {
   Napi::FunctionReference mappingClass;
   Napi::FunctionReference pollerClass;
   Napi::FunctionReference uringClass;
+  // Key of the callback property below: a symbol made once, because a string key is
+  // converted and looked up in V8's string table on every access (once per kick and
+  // per completion batch on the data path).
+  Napi::Reference<Napi::Symbol> callbackKey;
 };
+
+inline AddonData* GetAddonData(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
 
 // JS callbacks of pollers and rings are kept as a hidden property of their wrapper
 // object, not as persistent references: a callback closing over its own poller would
 // otherwise root the poller forever and it could never be collected.
-constexpr const char* kCallbackKey = "__vhostS3Callback";
-
-inline AddonData* GetAddonData(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
+inline Napi::Symbol CallbackKey(Napi::Env env) { return GetAddonData(env)->callbackKey.Value(); }
 
 void InitSocket(Napi::Env env, Napi::Object exports);
 void InitFd(Napi::Env env, Napi::Object exports);

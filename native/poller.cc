@@ -78,7 +78,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
     handle_->owner = this;
     MarkPolled(fd_);
     info.This().As<Napi::Object>().DefineProperty(
-        Napi::PropertyDescriptor::Value(kCallbackKey, info[1], napi_writable));
+        Napi::PropertyDescriptor::Value(CallbackKey(env), info[1], napi_writable));
     async_ = std::make_unique<Napi::AsyncContext>(env, "vhost-s3:Poller");
   }
 
@@ -119,7 +119,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     CloseHandle();
-    Value().Set(kCallbackKey, info.Env().Undefined());  // let the closure go
+    Value().Set(CallbackKey(info.Env()), info.Env().Undefined());  // let the closure go
     return info.Env().Undefined();
   }
 
@@ -148,7 +148,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
     // Holding the receiver in this scope keeps the wrapper alive even if the callback
     // closes the poller and drops the last reference.
     Napi::Object receiver = self->Value();
-    Napi::Value fn = receiver.Get(kCallbackKey);
+    Napi::Value fn = receiver.Get(CallbackKey(env));
     if (!fn.IsFunction()) return;
     napi_value args[2] = {Napi::Number::New(env, status), Napi::Number::New(env, events)};
     // MakeCallback rather than Call: it runs process.nextTick and promise jobs queued by

@@ -105,7 +105,7 @@ class Uring : public Napi::ObjectWrap<Uring> {
     tags_ = Napi::Persistent(Napi::Float64Array::New(env, slots));
     results_ = Napi::Persistent(Napi::Int32Array::New(env, slots));
     info.This().As<Napi::Object>().DefineProperty(
-        Napi::PropertyDescriptor::Value(kCallbackKey, info[1], napi_writable));
+        Napi::PropertyDescriptor::Value(CallbackKey(env), info[1], napi_writable));
     async_ = std::make_unique<Napi::AsyncContext>(env, "vhost-s3:Uring");
   }
 
@@ -265,7 +265,7 @@ class Uring : public Napi::ObjectWrap<Uring> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Shutdown();
-    Value().Set(kCallbackKey, info.Env().Undefined());  // let the closure go
+    Value().Set(CallbackKey(info.Env()), info.Env().Undefined());  // let the closure go
     return info.Env().Undefined();
   }
 
@@ -364,7 +364,7 @@ class Uring : public Napi::ObjectWrap<Uring> {
       io_uring_cq_advance(ring, count);
       inflight_ -= count;
       if (count == 0) break;
-      Napi::Value fn = receiver.Get(kCallbackKey);
+      Napi::Value fn = receiver.Get(CallbackKey(env));
       if (!fn.IsFunction()) continue;  // closing: results are dropped
       napi_value args[3] = {tags, results, Napi::Number::New(env, count)};
       if (fromLoop) {

@@ -111,7 +111,7 @@ class UringFileIo implements FileIo {
   private readonly backlog: (() => void)[] = [];
   private readonly ring: Uring;
 
-  constructor(entries: number) {
+  constructor(private readonly entries: number) {
     const ring = native.createUring(entries, (tags, results, count) => this.complete(tags, results, count));
     if (!ring) throw new Error('io_uring unavailable');
     this.ring = ring;
@@ -161,7 +161,9 @@ class UringFileIo implements FileIo {
       this.backlog.push(() => this.prep(done, prepare));
       return;
     }
-    if (this.ring.sqSpace === 0) this.unplug();
+    // Every unplug() submits the whole SQ, so `prepared` is its fill level (no call into
+    // the addon per request); slots all in flight still come back as EAGAIN below.
+    if (this.prepared >= this.entries) this.unplug();
     const tag = this.free.length > 0 ? this.free.pop()! : this.pending.length;
     this.pending[tag] = done;
     try {

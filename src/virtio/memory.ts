@@ -67,6 +67,15 @@ class Region {
     this.windows = spec.mapping.windows.slice();
     this.windowSize = windowSize;
   }
+
+  /**
+   * Whether the mapping is still mapped: unmap() detaches every window, and a mapped
+   * region's first window is never empty. Read on every translation, so it is a plain
+   * ArrayBuffer length check rather than a call into the addon (`mapping.mapped`).
+   */
+  get live(): boolean {
+    return this.windows[0]!.byteLength !== 0;
+  }
 }
 
 function isAddr(n: number): boolean {
@@ -193,7 +202,7 @@ export class GuestMemory {
   translateOne(gpa: number, len: number): Segment | null {
     if (!isAddr(gpa) || !Number.isSafeInteger(len) || len <= 0 || gpa > MAX_SAFE - len) return null;
     const r = this.find(gpa, false);
-    if (r === null || !r.mapping.mapped) return null;
+    if (r === null || !r.live) return null;
     const o = gpa - r.guestAddr;
     if (len > r.size - o) return null;
     const w = r.windowSize;
@@ -262,7 +271,7 @@ export class GuestMemory {
     let left = len;
     while (left > 0) {
       const r = this.find(a, user);
-      if (r === null || !r.mapping.mapped) {
+      if (r === null || !r.live) {
         out.length = start;
         return false;
       }
