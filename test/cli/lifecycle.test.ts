@@ -7,6 +7,9 @@ import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { BlkClient } from '../../src/frontend/blk-client.js';
+import { FuseClient } from '../../src/frontend/fuse-client.js';
+import { O_CREAT, O_RDONLY, O_WRONLY, S_IFDIR, S_IFREG } from '../../src/fuse/abi.js';
+import { createObjectStore } from '../../src/backends/locator.js';
 import { BlkStatus } from '../../src/blk/protocol.js';
 import { CliProcess, isSocket, runCli, startBlkServer } from '../support/cli.js';
 import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
@@ -253,6 +256,80 @@ describe('cli: vhost-s3 serve (npm start)', function () {
     client = null;
     expect((await server.stop('SIGINT')).code, server.describe()).to.equal(0);
     expectJsonLogs(server);
+  });
+
+  it('also serves store/share as a virtio-fs share on fs.sock (tag share): what a client writes is in the store and there after a restart', async () => {
+    const data = dir.file('data');
+    const fsSock = join(data, 'fs.sock');
+    const diskSock = join(data, 'disk0.sock');
+    server = await startServe(['--data-dir', data, '--disk-size', '16M']);
+    expect(server.stdout).to.include(`on ${fsSock}`);
+    expect(server.stdout).to.include(`-chardev socket,id=f0,path=${fsSock} -device vhost-user-fs-pci,chardev=f0,tag=share`);
+    expect(server.stdout).to.include(`-chardev socket,id=d0,path=${diskSock} -device vhost-user-blk-pci,chardev=d0`);
+    expect(server.stdout).to.include('mount -t virtiofs share /mnt');
+    expect(isSocket(fsSock)).to.equal(true);
+    const text = new TextEncoder().encode('written through the share\n');
+    let fc = await FuseClient.connect(fsSock);
+    try {
+      await fc.init();
+      const root = await fc.getattr(1);
+      expect(root.attr.mode).to.equal(S_IFDIR | 0o755);
+      const d = await fc.mkdir(1, 'docs', 0o750);
+      const { entry, fh } = await fc.create(d.nodeid, 'readme.txt', O_CREAT | O_WRONLY, S_IFREG | 0o640);
+      await fc.write(entry.nodeid, fh, 0, text);
+      await fc.release(entry.nodeid, fh);
+    } finally {
+      await fc.close();
+    }
+    // The disk is served at the same time.
+    client = await BlkClient.connect(diskSock);
+    expect(client.capacity).to.equal(16 * MiB);
+    await client.close();
+    client = null;
+    const st = await server.stop('SIGTERM');
+    expect(st.code, server.describe()).to.equal(0);
+    expect(existsSync(fsSock), 'fs socket removed').to.equal(false);
+    expect(existsSync(diskSock), 'disk socket removed').to.equal(false);
+    expectJsonLogs(server);
+    const { store } = await createObjectStore(`file:${join(data, 'store')}`);
+    try {
+      const obj = await store.get('share/docs/readme.txt');
+      expect(Buffer.from(obj.body).equals(Buffer.from(text))).to.equal(true);
+      expect(obj.metadata.mode).to.equal(String(S_IFREG | 0o640));
+      expect((await store.head('share/docs/'))?.metadata.mode).to.equal(String(S_IFDIR | 0o750));
+    } finally {
+      await store.close();
+    }
+
+    server = await startServe(['--data-dir', data]);
+    fc = await FuseClient.connect(fsSock);
+    try {
+      await fc.init();
+      const d = await fc.lookup(1, 'docs');
+      const f = await fc.lookup(d.nodeid, 'readme.txt');
+      const o = await fc.open(f.nodeid, O_RDONLY);
+      expect(Buffer.from(await fc.read(f.nodeid, o.fh, 0, 4096)).equals(Buffer.from(text))).to.equal(true);
+      await fc.release(f.nodeid, o.fh);
+    } finally {
+      await fc.close();
+    }
+    expect((await server.stop('SIGINT')).code, server.describe()).to.equal(0);
+    expect(existsSync(fsSock)).to.equal(false);
+  });
+
+  it('a SIGTERM sent as soon as the disk socket exists exits 0 and removes both sockets (3 tries)', async () => {
+    const failures: string[] = [];
+    const data = dir.file('early');
+    for (let i = 0; i < 3; i++) {
+      const p = new CliProcess(['serve', '--data-dir', data, '--disk-size', '16M', '--log-level', 'warn']);
+      server = p;
+      const sock = join(data, 'disk0.sock');
+      while (!isSocket(sock) && p.running) await new Promise((r) => setImmediate(r));
+      const st = await p.stop('SIGTERM');
+      const left = ['disk0.sock', 'fs.sock'].filter((f) => existsSync(join(data, f)));
+      if (st.code !== 0 || left.length > 0) failures.push(`try ${i}: exit ${st.code ?? st.signal}, left behind: ${left.join(' ') || 'nothing'}`);
+    }
+    expect(failures).to.deep.equal([]);
   });
 
   it('without --data-dir uses ./data of the working directory; VHOST_S3_DISK_SIZE sets the size', async () => {

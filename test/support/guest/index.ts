@@ -6,3 +6,4 @@ export * from './image.js';
 export * from './qemu.js';
 export * from './blk-checks.js';
 export * from './qsd.js';
+export * from './fs-checks.js';
