@@ -44,6 +44,35 @@ convict.addFormat({
   coerce: (value: unknown) => Number(value),
 });
 
+/** virtio-fs: queue 0 is hiprio, so at most MAX_QUEUES - 1 request queues. */
+export const MAX_FS_REQUEST_QUEUES = MAX_QUEUES - 1;
+
+convict.addFormat({
+  name: 'fs-queue-count',
+  validate(value: unknown) {
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > MAX_FS_REQUEST_QUEUES) throw new Error(`must be an integer from 1 to ${MAX_FS_REQUEST_QUEUES}`);
+  },
+  coerce: (value: unknown) => Number(value),
+});
+
+/** Durations, counts, percentages: finite and not negative (a NaN TTL would cache forever). */
+convict.addFormat({
+  name: 'non-negative',
+  validate(value: unknown) {
+    if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) throw new Error('must be a number, 0 or more');
+  },
+  coerce: (value: unknown) => (typeof value === 'number' ? value : String(value).trim() === '' ? NaN : Number(value)),
+});
+
+/** A uid or gid (32 bits, (uid_t)-1 excluded), or -1 for "this process's". */
+convict.addFormat({
+  name: 'id-or-default',
+  validate(value: unknown) {
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < -1 || value > 0xfffffffe) throw new Error('must be a numeric id from 0 to 4294967294');
+  },
+  coerce: (value: unknown) => (typeof value === 'number' ? value : String(value).trim() === '' ? NaN : Number(value)),
+});
+
 export interface OptionSpec {
   readonly doc: string;
   readonly format: unknown;
@@ -74,9 +103,9 @@ const imageCache = {
   cacheSize: { doc: 'object images: bytes of clean chunks cached in memory', format: 'size', default: 256 * 2 ** 20, env: 'VHOST_S3_CACHE_SIZE', arg: 'cache-size' },
   dirtySize: { doc: 'object images: bytes of written, not yet stored chunks before writes wait', format: 'size', default: 128 * 2 ** 20, env: 'VHOST_S3_DIRTY_SIZE', arg: 'dirty-size' },
   writethrough: { doc: 'object images: store every write before completing it (default: write-back, stored by FLUSH)', format: Boolean, default: false, env: 'VHOST_S3_WRITETHROUGH', arg: 'writethrough' },
-  writebackDelay: { doc: 'object images: milliseconds after its last write a dirty chunk is stored without a FLUSH', format: Number, default: 2000, env: 'VHOST_S3_WRITEBACK_DELAY', arg: 'writeback-delay' },
+  writebackDelay: { doc: 'object images: milliseconds after its last write a dirty chunk is stored without a FLUSH', format: 'non-negative', default: 2000, env: 'VHOST_S3_WRITEBACK_DELAY', arg: 'writeback-delay' },
   uploads: { doc: 'object images: chunk uploads in flight at most', format: 'positive-int', default: 8, env: 'VHOST_S3_UPLOADS', arg: 'uploads' },
-  readahead: { doc: 'object images: chunks fetched ahead of a sequential reader', format: Number, default: 4, env: 'VHOST_S3_READAHEAD', arg: 'readahead' },
+  readahead: { doc: 'object images: chunks fetched ahead of a sequential reader', format: 'non-negative', default: 4, env: 'VHOST_S3_READAHEAD', arg: 'readahead' },
   force: { doc: 'object images: take over the lease of a writer whose heartbeat is stale (it crashed)', format: Boolean, default: false, env: 'VHOST_S3_FORCE', arg: 'force' },
 } satisfies Schema;
 
@@ -93,14 +122,14 @@ const blkDevice = {
 const fileSystem = {
   bucket: { doc: 'what to serve: s3://bucket[/prefix] or file:/path (a local store)', format: String, default: '', env: 'VHOST_S3_BUCKET', arg: 'bucket' },
   readonly: { doc: 'refuse every change (EROFS)', format: Boolean, default: false, env: 'VHOST_S3_READONLY', arg: 'readonly' },
-  uid: { doc: 'owner of objects without uid metadata (default: this process)', format: Number, default: -1, env: 'VHOST_S3_UID', arg: 'uid' },
-  gid: { doc: 'group of objects without gid metadata (default: this process)', format: Number, default: -1, env: 'VHOST_S3_GID', arg: 'gid' },
+  uid: { doc: 'owner of objects without uid metadata (default: this process)', format: 'id-or-default', default: -1, env: 'VHOST_S3_UID', arg: 'uid' },
+  gid: { doc: 'group of objects without gid metadata (default: this process)', format: 'id-or-default', default: -1, env: 'VHOST_S3_GID', arg: 'gid' },
   fileMode: { doc: 'permissions of files without mode metadata (octal)', format: String, default: '0644', env: 'VHOST_S3_FILE_MODE', arg: 'file-mode' },
   dirMode: { doc: 'permissions of directories without mode metadata (octal)', format: String, default: '0755', env: 'VHOST_S3_DIR_MODE', arg: 'dir-mode' },
-  attrTimeout: { doc: 'seconds the guest kernel and the gateway may cache attributes', format: Number, default: 1, env: 'VHOST_S3_ATTR_TIMEOUT', arg: 'attr-timeout' },
-  entryTimeout: { doc: 'seconds the guest kernel may cache names', format: Number, default: 1, env: 'VHOST_S3_ENTRY_TIMEOUT', arg: 'entry-timeout' },
-  negativeTimeout: { doc: 'seconds a missing name is cached', format: Number, default: 1, env: 'VHOST_S3_NEGATIVE_TIMEOUT', arg: 'negative-timeout' },
-  listTimeout: { doc: 'seconds a directory listing is cached', format: Number, default: 2, env: 'VHOST_S3_LIST_TIMEOUT', arg: 'list-timeout' },
+  attrTimeout: { doc: 'seconds the guest kernel and the gateway may cache attributes', format: 'non-negative', default: 1, env: 'VHOST_S3_ATTR_TIMEOUT', arg: 'attr-timeout' },
+  entryTimeout: { doc: 'seconds the guest kernel may cache names', format: 'non-negative', default: 1, env: 'VHOST_S3_ENTRY_TIMEOUT', arg: 'entry-timeout' },
+  negativeTimeout: { doc: 'seconds a missing name is cached', format: 'non-negative', default: 1, env: 'VHOST_S3_NEGATIVE_TIMEOUT', arg: 'negative-timeout' },
+  listTimeout: { doc: 'seconds a directory listing is cached', format: 'non-negative', default: 2, env: 'VHOST_S3_LIST_TIMEOUT', arg: 'list-timeout' },
   cacheSize: { doc: 'bytes of file data cached in memory (page cache)', format: 'size', default: 256 * 2 ** 20, env: 'VHOST_S3_CACHE_SIZE', arg: 'cache-size' },
   writeBuffer: { doc: 'bytes of write buffers kept in memory for all open files (beyond: temporary files)', format: 'size', default: 128 * 2 ** 20, env: 'VHOST_S3_WRITE_BUFFER', arg: 'write-buffer' },
   tempDir: { doc: 'directory for write buffers that do not fit in memory (default: the system temp dir)', format: String, default: '', env: 'VHOST_S3_TEMP_DIR', arg: 'temp-dir' },
@@ -118,7 +147,7 @@ export const schemas = {
   fs: { ...common, ...fileSystem, ...storage,
     socket: { doc: 'vhost-user socket path to listen on', format: String, default: '', env: 'VHOST_S3_SOCKET', arg: 'socket' },
     tag: { doc: 'mount tag the guest uses (QEMU sets it on the device: tag=...; printed in the QEMU arguments)', format: String, default: 'vhost-s3', env: 'VHOST_S3_TAG', arg: 'tag' },
-    queues: { doc: 'request queues (QEMU num-request-queues must not exceed it)', format: 'positive-int', default: 1, env: 'VHOST_S3_QUEUES', arg: 'queues' },
+    queues: { doc: 'request queues (QEMU num-request-queues must not exceed it)', format: 'fs-queue-count', default: 1, env: 'VHOST_S3_QUEUES', arg: 'queues' },
   },
   mount: { ...common, ...fileSystem, ...storage },
   'image create': { ...common, ...storage,
@@ -142,7 +171,7 @@ export const schemas = {
     bigFileSize: { doc: 'size of the large file of seqwrite/seqread/randread', format: 'size', default: 256 * 2 ** 20, env: 'VHOST_S3_BENCH_BIG_FILE_SIZE', arg: 'big-file-size' },
     bs: { doc: 'request size of the large-file workloads', format: 'size', default: 2 ** 20, env: 'VHOST_S3_BENCH_BS', arg: 'bs' },
     iodepth: { doc: 'operations in flight', format: 'positive-int', default: 8, env: 'VHOST_S3_BENCH_IODEPTH', arg: 'iodepth' },
-    runtime: { doc: 'seconds for stat, readdir, seqread and randread', format: Number, default: 10, env: 'VHOST_S3_BENCH_RUNTIME', arg: 'runtime' },
+    runtime: { doc: 'seconds for stat, readdir, seqread and randread', format: 'non-negative', default: 10, env: 'VHOST_S3_BENCH_RUNTIME', arg: 'runtime' },
     dir: { doc: 'directory under the share root the workloads use', format: String, default: 'vhost-s3-bench', env: 'VHOST_S3_BENCH_DIR', arg: 'dir' },
     queues: { doc: 'request queues to use', format: 'positive-int', default: 1, env: 'VHOST_S3_BENCH_QUEUES', arg: 'queues' },
     json: { doc: 'print one JSON object with the results', format: Boolean, default: false, env: 'VHOST_S3_BENCH_JSON', arg: 'json' },
@@ -154,9 +183,9 @@ export const schemas = {
     bs: { doc: 'block size of each request', format: 'size', default: 4096, env: 'VHOST_S3_BENCH_BS', arg: 'bs' },
     iodepth: { doc: 'requests in flight per queue', format: 'positive-int', default: 1, env: 'VHOST_S3_BENCH_IODEPTH', arg: 'iodepth' },
     queues: { doc: 'request queues to use', format: 'positive-int', default: 1, env: 'VHOST_S3_BENCH_QUEUES', arg: 'queues' },
-    runtime: { doc: 'seconds to run (0: until --size bytes are done)', format: Number, default: 10, env: 'VHOST_S3_BENCH_RUNTIME', arg: 'runtime' },
+    runtime: { doc: 'seconds to run (0: until --size bytes are done)', format: 'non-negative', default: 10, env: 'VHOST_S3_BENCH_RUNTIME', arg: 'runtime' },
     size: { doc: 'total bytes to transfer (0: until --runtime ends)', format: 'size', default: 0, env: 'VHOST_S3_BENCH_SIZE', arg: 'size' },
-    rwmixread: { doc: 'percentage of reads for randrw', format: Number, default: 50, env: 'VHOST_S3_BENCH_RWMIXREAD', arg: 'rwmixread' },
+    rwmixread: { doc: 'percentage of reads for randrw', format: 'non-negative', default: 50, env: 'VHOST_S3_BENCH_RWMIXREAD', arg: 'rwmixread' },
     verify: { doc: 'write a checkable pattern and verify every read against it', format: Boolean, default: false, env: 'VHOST_S3_BENCH_VERIFY', arg: 'verify' },
     json: { doc: 'print one JSON object with the results', format: Boolean, default: false, env: 'VHOST_S3_BENCH_JSON', arg: 'json' },
   },
@@ -225,10 +254,11 @@ function parseFlags(schema: Schema, argv: string[]): { flags: Map<string, string
     }
     const eq = tok.indexOf('=');
     let name = eq < 0 ? tok.slice(2) : tok.slice(2, eq);
+    const given = name;
     const negated = name.startsWith('no-') && !byArg.has(name);
     if (negated) name = name.slice(3);
     const entry = byArg.get(name);
-    if (!entry) throw new ConfigError(`unknown option --${name} (see --help)`);
+    if (!entry) throw new ConfigError(`unknown option --${given} (see --help)`);
     if (entry.spec.format === Boolean) {
       const raw = eq < 0 ? 'true' : tok.slice(eq + 1);
       if (raw !== 'true' && raw !== 'false') throw new ConfigError(`option --${name} takes true or false`);

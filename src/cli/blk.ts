@@ -5,7 +5,7 @@ import { createLogger, type Logger } from '../util/log.js';
 import { BlkExport } from '../blk/export.js';
 import { openImage } from '../blk/open-image.js';
 import type { BlockImage } from '../blk/image.js';
-import { stopOnSignals } from './lifecycle.js';
+import { serveUntilSignal } from './lifecycle.js';
 
 type ImageConfig = Pick<ConfigOf<'blk'>, 'cacheSize' | 'dirtySize' | 'writethrough' | 'writebackDelay' | 'uploads' | 'readahead' | 'force'
   | 'endpoint' | 'region' | 'pathStyle' | 'checksums' | 's3Concurrency'> & { readonly ioEngine?: ConfigOf<'blk'>['ioEngine'] };
@@ -29,6 +29,9 @@ export async function runBlk(argv: string[]): Promise<void> {
   if (serialBytes > 20) throw new ConfigError(`--serial is ${serialBytes} bytes long; a virtio-blk serial has at most 20`);
   const log = createLogger(cfg.logLevel);
   const image = await openConfiguredImage(cfg.image, cfg.readonly, cfg, log);
-  const exp = await BlkExport.start({ socket: cfg.socket, image, locator: cfg.image, queues: cfg.queues, serial: cfg.serial, log });
-  await stopOnSignals(log, () => exp.close());
+  await serveUntilSignal(
+    log,
+    () => BlkExport.start({ socket: cfg.socket, image, locator: cfg.image, queues: cfg.queues, serial: cfg.serial, log }),
+    (exp) => exp.close(),
+  );
 }

@@ -1,5 +1,6 @@
 // vhost-s3 fs: serve a bucket (or a local store) as a virtio-fs device over a vhost-user
 // socket; vhost-s3 mount: the same engine mounted on the host through /dev/fuse.
+import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { loadCommand, loadConfig, type ConfigOf } from '../config.js';
 import { ConfigError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
@@ -10,7 +11,7 @@ import { FuseServer, type FuseServerOptions } from '../fuse/server.js';
 import { DevFuseMount } from '../fuse/dev-fuse.js';
 import { ReadOnlyVfs } from '../fuse/read-only-vfs.js';
 import type { Vfs } from '../fuse/vfs.js';
-import { stopOnSignals } from './lifecycle.js';
+import { holdSignals, serveUntilSignal, stopOnSignals } from './lifecycle.js';
 
 type FsConfig = ConfigOf<'mount'>;
 
@@ -19,9 +20,20 @@ function octal(text: string, what: string): number {
   return parseInt(text, 8);
 }
 
+function checkWritableDir(dir: string, what: string): void {
+  try {
+    if (!statSync(dir).isDirectory()) throw new ConfigError(`${what} ${dir} is not a directory`);
+    accessSync(dir, fsConstants.W_OK);
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    throw new ConfigError(`${what} ${dir}: ${(err as NodeJS.ErrnoException).code ?? 'not usable'}`);
+  }
+}
+
 /** Opens the store and the file system over it, as a command's configuration says. */
 export async function openBucketVfs(cfg: FsConfig, log: Logger): Promise<{ vfs: Vfs; close: () => Promise<void> }> {
   if (cfg.bucket === '') throw new ConfigError('no bucket given (--bucket s3://bucket[/prefix] or file:/path)');
+  if (cfg.tempDir !== '') checkWritableDir(cfg.tempDir, '--temp-dir');
   const fileMode = octal(cfg.fileMode, '--file-mode');
   const dirMode = octal(cfg.dirMode, '--dir-mode');
   const { store, prefix } = await openStore(cfg.bucket.endsWith('/') || cfg.bucket.startsWith('s3://') ? cfg.bucket : `${cfg.bucket}/`, cfg, log, false);
@@ -44,37 +56,38 @@ export async function runFs(argv: string[]): Promise<void> {
   if (cfg.socket === '') throw new ConfigError('no socket given (--socket /run/vm1-fs.sock)');
   const log = createLogger(cfg.logLevel);
   const { vfs, close } = await openBucketVfs(cfg, log);
-  let exp: FsExport;
-  try {
-    exp = await FsExport.start({ socket: cfg.socket, vfs, requestQueues: cfg.queues, fuse: fuseOptions(cfg), locator: cfg.bucket, log });
-  } catch (err) {
-    await close();
-    throw err;
-  }
-  process.stdout.write(
-    `vhost-s3 is serving ${cfg.bucket} as virtio-fs on ${cfg.socket}\n` +
-    `QEMU: -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem -m 1G \\\n` +
-    `      -chardev socket,id=f0,path=${cfg.socket} -device vhost-user-fs-pci,chardev=f0,tag=${cfg.tag}${cfg.queues > 1 ? `,num-request-queues=${cfg.queues}` : ''}\n` +
-    `guest: mount -t virtiofs ${cfg.tag} /mnt\n`,
+  await serveUntilSignal(
+    log,
+    async () => {
+      try {
+        const exp = await FsExport.start({ socket: cfg.socket, vfs, requestQueues: cfg.queues, fuse: fuseOptions(cfg), locator: cfg.bucket, log });
+        process.stdout.write(
+          `vhost-s3 is serving ${cfg.bucket} as virtio-fs on ${cfg.socket}\n` +
+          `QEMU: -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem -m 1G \\\n` +
+          `      -chardev socket,id=f0,path=${cfg.socket} -device vhost-user-fs-pci,chardev=f0,tag=${cfg.tag}${cfg.queues > 1 ? `,num-request-queues=${cfg.queues}` : ''}\n` +
+          `guest: mount -t virtiofs ${cfg.tag} /mnt\n`,
+        );
+        return exp;
+      } catch (err) {
+        await close();
+        throw err;
+      }
+    },
+    (exp) => exp.close().finally(close),
   );
-  await stopOnSignals(log, async () => {
-    try {
-      await exp.close();
-    } finally {
-      await close();
-    }
-  });
 }
 
 export async function runMount(argv: string[]): Promise<void> {
   const { config: cfg, args } = loadCommand('mount', argv, ['MOUNTPOINT']);
   const log = createLogger(cfg.logLevel);
   const { vfs, close } = await openBucketVfs(cfg, log);
+  const held = holdSignals();
   let mount: DevFuseMount;
   try {
     const server = new FuseServer(vfs, { ...fuseOptions(cfg), log });
     mount = DevFuseMount.mount(server, { mountpoint: args[0]!, readOnly: cfg.readonly, fsName: cfg.bucket, log });
   } catch (err) {
+    held.release(false);
     await close();
     const code = (err as { code?: string }).code;
     if (code === 'ENOENT' || code === 'EPERM' || code === 'ENOTDIR' || code === 'EACCES') {
@@ -89,6 +102,8 @@ export async function runMount(argv: string[]): Promise<void> {
       await close();
     }
   };
-  // Stop on a signal, or when someone else unmounts it (umount, fusermount -u).
-  await Promise.race([stopOnSignals(log, unmount), mount.ended.then(unmount)]);
+  // Stop on a signal (one caught while mounting included), or when someone else unmounts it.
+  const stopped = stopOnSignals(log, unmount);
+  held.release(true);
+  await Promise.race([stopped, mount.ended.then(unmount)]);
 }

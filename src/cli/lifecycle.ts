@@ -22,3 +22,40 @@ export function stopOnSignals(log: Logger, stop: () => Promise<void>): Promise<v
     process.on('SIGTERM', onSignal);
   });
 }
+
+/**
+ * Catches SIGINT/SIGTERM while sockets or mounts are being created, so that a signal sent
+ * as soon as one exists cannot kill the process before it removed them. release(true)
+ * sends a caught signal again (to the stopOnSignals handlers installed meanwhile),
+ * release(false) drops it (the start failed and the command exits anyway).
+ */
+export function holdSignals(): { release(redeliver: boolean): void } {
+  let caught: NodeJS.Signals | null = null;
+  const hold = (signal: NodeJS.Signals): void => {
+    caught ??= signal;
+  };
+  process.on('SIGINT', hold);
+  process.on('SIGTERM', hold);
+  return {
+    release(redeliver: boolean): void {
+      process.off('SIGINT', hold);
+      process.off('SIGTERM', hold);
+      if (redeliver && caught !== null) process.kill(process.pid, caught);
+    },
+  };
+}
+
+/** Starts a server with signals held, then stops it on SIGINT/SIGTERM (one caught during the start included). */
+export async function serveUntilSignal<T>(log: Logger, start: () => Promise<T>, stop: (started: T) => Promise<void>): Promise<void> {
+  const held = holdSignals();
+  let started: T;
+  try {
+    started = await start();
+  } catch (err) {
+    held.release(false);
+    throw err;
+  }
+  const stopped = stopOnSignals(log, () => stop(started));
+  held.release(true);
+  await stopped;
+}

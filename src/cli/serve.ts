@@ -17,7 +17,7 @@ import { FsExport } from '../fuse/export.js';
 import type { Logger } from '../util/log.js';
 import { openConfiguredImage } from './blk.js';
 import { fuseOptions, openBucketVfs } from './fs.js';
-import { stopOnSignals } from './lifecycle.js';
+import { holdSignals, stopOnSignals } from './lifecycle.js';
 
 /** Key prefixes in the embedded store. */
 const IMAGE_PREFIX = 'images/disk0/';
@@ -99,26 +99,6 @@ export async function runServe(argv: string[]): Promise<void> {
   });
   held.release(true);
   await stopped;
-}
-
-/**
- * Catches SIGINT/SIGTERM while the sockets are being created; release(true) sends a
- * caught signal again (to the handlers installed meanwhile), release(false) drops it.
- */
-function holdSignals(): { release(redeliver: boolean): void } {
-  let caught: NodeJS.Signals | null = null;
-  const hold = (signal: NodeJS.Signals): void => {
-    caught ??= signal;
-  };
-  process.on('SIGINT', hold);
-  process.on('SIGTERM', hold);
-  return {
-    release(redeliver: boolean): void {
-      process.off('SIGINT', hold);
-      process.off('SIGTERM', hold);
-      if (redeliver && caught !== null) process.kill(process.pid, caught);
-    },
-  };
 }
 
 /**
