@@ -1,13 +1,14 @@
 // Layer 4: POSIX corner cases and the life cycle of `vhost-s3 mount` (a child process over
-// s3rver): open files across unlink and rename, setgid directories, what SIGTERM and an
-// external umount do, bad mount points, and changes made to the bucket by someone else
-// showing through once the cache timeouts have run out.
+// s3rver): open files across unlink and rename, concurrent writers, tiny caches that
+// spill, setgid directories, a file hiding a directory of the same name, what SIGTERM and
+// an external umount do, and changes made to the bucket by someone else showing through
+// once the cache timeouts have run out. (Configuration errors of `mount` are in
+// test/cli/fs.test.ts.)
 import { expect } from 'chai';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { runCli } from '../support/cli.js';
 import { keysUnder, mountPrereqProblem, sh, startBackend, startMount, waitUntil, type Backend, type Mount } from '../support/mount.js';
 import { TmpDir } from '../support/tmp.js';
 
@@ -24,6 +25,9 @@ describe('vhost-s3 mount: open files, setgid directories, life cycle, other writ
   before(async function () {
     if (mountPrereqProblem()) this.skip();
     be = await startBackend('s3', 'sem');
+    // Another tool's objects: a file `shadow` that hides the keys below `shadow/`.
+    await be.store.put(`${be.prefix}seed/shadow`, enc('the file'));
+    await be.store.put(`${be.prefix}seed/shadow/hidden`, enc('hidden'));
     m = await startMount({ bucket: be.locator, env: be.env });
   });
   after(async function () {
@@ -213,6 +217,21 @@ describe('vhost-s3 mount: open files, setgid directories, life cycle, other writ
     expect([(f.mode & 0o7777).toString(8), f.gid]).to.deep.equal(['644', 1234]);
   });
 
+  // BUG (minor): when an object and keys below the same name exist, the object wins (the
+  // file hides the directory, as in s3fs: DESIGN.md, bucket-vfs.ts). Deleting the file
+  // should bring the directory to view; instead, for --negative-timeout (1 s) the name is
+  // ENOENT to lookups while a fresh listing of the parent already shows it as a directory
+  // (`ls -la` prints it, `ls -la shadow` says No such file or directory).
+  // src/backends/posix/bucket-vfs.ts BucketVfs.unlink: this.changed(path, null) caches a
+  // negative entry although keys below `path/` may remain (the same holds for a file
+  // renamed away). Repro: put objects `x` and `x/y` in the bucket, mount, `rm x; ls -la x`.
+  it.skip('deleting a file that hides a directory of the same name shows the directory (BUG: ENOENT for the negative timeout)', async () => {
+    expect(await readFile(m!.p('seed/shadow'), 'utf8')).to.equal('the file');
+    await unlink(m!.p('seed/shadow'));
+    expect((await stat(m!.p('seed/shadow'))).isDirectory()).to.equal(true);
+    expect(await readFile(m!.p('seed/shadow/hidden'), 'utf8')).to.equal('hidden');
+  });
+
   it('sees objects another writer puts, changes and deletes, once the timeouts ran out (--*-timeout 0.3, --list-timeout 0.5)', async function () {
     const quick = await startMount({
       bucket: be!.locator, env: be!.env,
@@ -265,6 +284,47 @@ describe('vhost-s3 mount: open files, setgid directories, life cycle, other writ
     expect(await readFile(at('unclosed'), 'utf8')).to.equal('written, never closed');
   });
 
+  // BUG (minor): on SIGTERM the mount is torn down twice. src/cli/fs.ts runMount races
+  // stopOnSignals(log, unmount) against mount.ended.then(unmount); the first unmount ends
+  // the session, which resolves `ended` and starts the second: DevFuseMount.unmount()
+  // (server.reset(), the "unmounted" log line) and close() (BucketVfs.close(), then
+  // store.close()) run twice, concurrently, and the process exits when the first of the
+  // two finishes. No data loss was seen (40 MB dirty at SIGTERM was stored), but the
+  // second close races the first one's uploads. Repro: start a mount, SIGTERM it: stderr
+  // has two {"msg":"unmounted"} lines.
+  it.skip('SIGTERM unmounts and closes the store once (BUG: twice)', async () => {
+    const second = await startMount({ bucket: be!.locator, env: be!.env });
+    const st = await second.stop();
+    expect(st.code).to.equal(0);
+    const unmounted = second.proc.logLines().filter((l) => l.msg === 'unmounted');
+    expect(unmounted, second.describe()).to.have.length(1);
+  });
+
+  // Regression test: a SIGTERM right after the mount appeared used to kill `vhost-s3 mount`
+  // by the signal (handlers were installed after mount(2)), leaving a dead mount behind;
+  // seen in 2-4 of 40 start+SIGTERM cycles before 06fa93e (signals held while mounting).
+  it('a SIGTERM right after the mount appears still unmounts cleanly and exits 0 (10 tries)', async function () {
+    this.timeout(90_000);
+    const { CliProcess } = await import('../support/cli.js');
+    const { mountAt } = await import('../support/mount.js');
+    const tmp = new TmpDir('vhost-s3-sigrace-');
+    const outcomes: string[] = [];
+    try {
+      for (let i = 0; i < 10; i++) {
+        const mp = join(tmp.path, `m${i}`);
+        await mkdir(mp);
+        const proc = new CliProcess(['mount', '--bucket', be!.locator, mp], { env: be!.env });
+        await proc.waitFor('the mount', () => mountAt(mp) !== null, 20_000);
+        const st = await proc.stop('SIGTERM', 10_000);
+        outcomes.push(`${st.code}/${st.signal}`);
+        if (mountAt(mp) !== null) await sh(`umount -l "${mp}"`);
+      }
+    } finally {
+      tmp.remove();
+    }
+    expect(outcomes.filter((o) => o !== '0/null')).to.deep.equal([]);
+  });
+
   it('an external umount ends the process with status 0', async () => {
     const second = await startMount({ bucket: be!.locator, env: be!.env });
     try {
@@ -279,25 +339,6 @@ describe('vhost-s3 mount: open files, setgid directories, life cycle, other writ
       await second.stop();
     }
     expect(dec((await be!.store.get(key('x'))).body)).to.equal('x');
-  });
-
-  it('refuses a missing mount point and a missing bucket with one line and status 2', async () => {
-    const tmp = new TmpDir('vhost-s3-badmount-');
-    try {
-      const missing = join(tmp.path, 'nope');
-      const r1 = await runCli(['mount', '--bucket', be!.locator, missing], { env: be!.env, timeoutMs: 20_000 });
-      expect(r1.code, r1.stderr).to.equal(2);
-      expect(r1.stderr.trim().split('\n')).to.have.length(1);
-      expect(r1.stderr).to.match(/cannot mount on .*nope/);
-      const r2 = await runCli(['mount', '--bucket', 's3://no-such-bucket', tmp.path], { env: be!.env, timeoutMs: 20_000 });
-      expect(r2.code, r2.stderr).to.equal(2);
-      expect(r2.stderr.trim().split('\n')).to.have.length(1);
-      expect(r2.stderr).to.match(/no-such-bucket/);
-      const r3 = await runCli(['mount', '--bucket', be!.locator], { env: be!.env, timeoutMs: 20_000 });
-      expect(r3.code, r3.stderr).to.equal(2);
-    } finally {
-      tmp.remove();
-    }
   });
 
   it('chmod by path and writes through a handle opened before keep both (the handle does not restore the old mode)', async () => {

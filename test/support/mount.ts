@@ -16,6 +16,7 @@
 // are detached synchronously.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -334,6 +335,10 @@ export async function startMount(o: MountOptions): Promise<Mount> {
   const m = new Mount(path, proc, ownsDir);
   try {
     await proc.waitFor('the mount', () => m.mounted, o.timeoutMs ?? 20_000);
+    // The mount shows in mountinfo before the server's event loop runs: one answered
+    // request means it is up and serving.
+    const answered = await Promise.race([stat(path).then(() => true, () => true), sleep(o.timeoutMs ?? 20_000).then(() => false)]);
+    if (!answered) throw new Error(`the mount on ${path} did not answer a stat within ${o.timeoutMs ?? 20_000} ms\n${proc.describe()}`);
   } catch (err) {
     await m.kill();
     throw err;
