@@ -14,12 +14,14 @@ import { cpus, release, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runBlkSuite, TARGETS, WORKLOADS } from './blk.js';
+import { runImageBench } from './image.js';
+import { runFsBench } from './fs.js';
 import { cleanupNow } from './lib/procs.js';
 
 // dist/bench/run.js → repository root
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
-const SUITES = ['blk'] as const;
+const SUITES = ['blk', 'image', 'fs'] as const;
 type Suite = (typeof SUITES)[number];
 
 interface Args {
@@ -187,6 +189,13 @@ async function main(): Promise<void> {
       process.stdout.write('other: median cores used by other processes meanwhile (noise; above ~0.3 the numbers are suspect)\n');
       for (const t of r.targets_check) process.stdout.write(`${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'MISS'}  ${t.target}  (${t.detail})\n`);
       process.stdout.write(`results: ${file}\n`);
+    } else {
+      // image and fs print their own tables and write bench/results/<suite>.json.
+      const run = suite === 'image' ? runImageBench : runFsBench;
+      await run({
+        runtime: args.runtime, rounds: args.rounds, dir: args.dir, out: args.out, repoRoot, vhostNodeArgs: args.vhostNodeArgs,
+        vhostArgs: args.vhostArgs, quietCores: args.quietCores, quietWait: args.quietWait, log, tty: process.stderr.isTTY === true, machine, git,
+      });
     }
   }
 }
