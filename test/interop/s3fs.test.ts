@@ -140,7 +140,7 @@ class S3fsMount {
 }
 
 describe('interop: s3fs-fuse and vhost-s3 mount on the same bucket (s3rver)', function () {
-  this.timeout(120_000);
+  this.timeout(180_000);
   let be: Backend | undefined;
   let local: TmpDir | undefined;
   let passwd = '';
@@ -178,7 +178,7 @@ describe('interop: s3fs-fuse and vhost-s3 mount on the same bucket (s3rver)', fu
     }
     const fs3 = await S3fsMount.start(be!, passwd);
     try {
-      const got = await shOk(SNAPSHOT, { dir: fs3.p('fromvhost'), timeoutMs: 60_000 });
+      const got = await shOk(SNAPSHOT, { dir: fs3.p('fromvhost'), timeoutMs: 100_000 });
       expect(got, fs3.describe()).to.equal(want);
       expect(await readFile(fs3.p('fromvhost/x y/uni'), 'utf8')).to.equal('ü\n');
     } finally {
@@ -202,16 +202,16 @@ describe('interop: s3fs-fuse and vhost-s3 mount on the same bucket (s3rver)', fu
       // created with (0600/0700, now) until its stat cache entries expire (stat_cache_expire=1):
       // look after that.
       await sleep(2500);
-      seenByS3fs = await shOk(SNAPSHOT, { dir: fs3.p('froms3fs'), timeoutMs: 60_000 });
-      extraByS3fs = await shOk(SNAPSHOT, { dir: fs3.p('plain'), timeoutMs: 60_000 });
+      seenByS3fs = await shOk(SNAPSHOT, { dir: fs3.p('froms3fs'), timeoutMs: 100_000 });
+      extraByS3fs = await shOk(SNAPSHOT, { dir: fs3.p('plain'), timeoutMs: 100_000 });
     } finally {
       expect(await fs3.stop(), fs3.describe()).to.equal(true);
     }
     expect(seenByS3fs, 's3fs reads back what it wrote').to.equal(want);
     const vm = await startMount({ bucket: be!.locator, env: be!.env });
     try {
-      expect(await shOk(SNAPSHOT, { dir: vm.p('froms3fs'), timeoutMs: 60_000 })).to.equal(want);
-      const extra = await shOk(SNAPSHOT, { dir: vm.p('plain'), timeoutMs: 60_000 });
+      expect(await shOk(SNAPSHOT, { dir: vm.p('froms3fs'), timeoutMs: 100_000 })).to.equal(want);
+      const extra = await shOk(SNAPSHOT, { dir: vm.p('plain'), timeoutMs: 100_000 });
       expect(extra).to.equal(extraByS3fs);
       // The large file (rewritten in the middle by s3fs) is the local copy; plain mkdir made directories 0755 (umask 022).
       const lines = extra.split('\n');
@@ -241,22 +241,22 @@ describe('interop: s3fs-fuse and vhost-s3 mount on the same bucket (s3rver)', fu
       await shOk(`mkdir -p "$M/live"`, { env: { ...process.env, M: vm.path } });
       // s3fs → vhost-s3
       await writeFile(fs3.p('live/from-s3fs'), 'hello from s3fs\n');
-      await waitUntil('vhost-s3 to see the s3fs file', async () => existsSync(vm.p('live/from-s3fs')), 10_000);
+      await waitUntil('vhost-s3 to see the s3fs file', async () => existsSync(vm.p('live/from-s3fs')), 20_000);
       expect(await readFile(vm.p('live/from-s3fs'), 'utf8')).to.equal('hello from s3fs\n');
       // vhost-s3 → s3fs
       await writeFile(vm.p('live/from-vhost'), 'hello from vhost-s3\n');
-      await waitUntil('s3fs to see the vhost-s3 file', async () => (await readdir(fs3.p('live'))).includes('from-vhost'), 10_000);
+      await waitUntil('s3fs to see the vhost-s3 file', async () => (await readdir(fs3.p('live'))).includes('from-vhost'), 20_000);
       expect(await readFile(fs3.p('live/from-vhost'), 'utf8')).to.equal('hello from vhost-s3\n');
       // changes both ways
       await writeFile(vm.p('live/from-s3fs'), 'changed by vhost-s3, longer\n');
-      await waitUntil('s3fs to see the change', async () => (await readFile(fs3.p('live/from-s3fs'), 'utf8')) === 'changed by vhost-s3, longer\n', 10_000);
+      await waitUntil('s3fs to see the change', async () => (await readFile(fs3.p('live/from-s3fs'), 'utf8')) === 'changed by vhost-s3, longer\n', 20_000);
       await writeFile(fs3.p('live/from-vhost'), 'changed by s3fs\n');
-      await waitUntil('vhost-s3 to see the change', async () => (await readFile(vm.p('live/from-vhost'), 'utf8')) === 'changed by s3fs\n', 10_000);
+      await waitUntil('vhost-s3 to see the change', async () => (await readFile(vm.p('live/from-vhost'), 'utf8')) === 'changed by s3fs\n', 20_000);
       // deletions both ways
       await unlink(fs3.p('live/from-s3fs'));
       await unlink(vm.p('live/from-vhost'));
       await waitUntil('both to see the deletions', async () =>
-        (await readdir(vm.p('live'))).length === 0 && (await readdir(fs3.p('live'))).length === 0, 10_000);
+        (await readdir(vm.p('live'))).length === 0 && (await readdir(fs3.p('live'))).length === 0, 20_000);
     } finally {
       const ok3 = await fs3.stop();
       const st = await vm.stop();

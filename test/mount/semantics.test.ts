@@ -16,7 +16,7 @@ const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
 const dec = (b: Uint8Array): string => new TextDecoder().decode(b);
 
 describe('vhost-s3 mount: open files, setgid directories, life cycle, other writers', function () {
-  this.timeout(60_000);
+  this.timeout(120_000);
   let be: Backend | undefined;
   let m: Mount | undefined;
   let dir = '';
@@ -166,7 +166,7 @@ describe('vhost-s3 mount: open files, setgid directories, life cycle, other writ
         cmp "$D/shared" "$L/whole" && echo shared-ok
         for i in 1 2 3 4 5 6; do head -c 3000000 /dev/urandom > "$L/c$i"; done
         for i in 1 2 3 4 5 6; do cp "$L/c$i" "$D/c$i" & done; wait
-        for i in 1 2 3 4 5 6; do cmp "$L/c$i" "$D/c$i"; done && echo cp-ok`, { env, timeoutMs: 60_000 });
+        for i in 1 2 3 4 5 6; do cmp "$L/c$i" "$D/c$i"; done && echo cp-ok`, { env, timeoutMs: 100_000 });
       expect(out.stdout + out.stderr).to.equal('shared-ok\ncp-ok\n');
       const whole = await readFile(join(tmp.path, 'whole'));
       expect(Buffer.from((await be!.store.get(key('shared'))).body).equals(whole)).to.equal(true);
@@ -190,7 +190,7 @@ describe('vhost-s3 mount: open files, setgid directories, life cycle, other writ
         printf PATCH | dd of="$D/big" bs=1 seek=15000000 conv=notrunc status=none
         cmp "$L/big" "$D/big" && echo patch-ok
         dd if="$D/big" bs=1M skip=7 count=3 status=none | cmp - <(dd if="$L/big" bs=1M skip=7 count=3 status=none) && echo range-ok
-        ls -A "$L/spill" | wc -l`, { env, timeoutMs: 60_000 });
+        ls -A "$L/spill" | wc -l`, { env, timeoutMs: 100_000 });
       expect(out.stdout + out.stderr).to.equal('big-ok\npatch-ok\nrange-ok\n0\n');
     } finally {
       const st = await tiny.stop();
@@ -245,16 +245,16 @@ describe('vhost-s3 mount: open files, setgid directories, life cycle, other writ
       const { readdir } = await import('node:fs/promises');
       expect(await readdir(p('o'))).to.deep.equal([]);
       await be!.store.put(key('o/new'), enc('v1'), { metadata: { mode: String(0o100600), mtime: '1500000000' } });
-      await waitUntil('the new object to show', async () => existsSync(p('o/new')) && (await readdir(p('o'))).includes('new'), 5000);
+      await waitUntil('the new object to show', async () => existsSync(p('o/new')) && (await readdir(p('o'))).includes('new'), 15_000);
       expect(await readFile(p('o/new'), 'utf8')).to.equal('v1');
       expect(((await stat(p('o/new'))).mode & 0o7777).toString(8)).to.equal('600');
       // Changed under the mount (another size, mode and mtime).
       await be!.store.put(key('o/new'), enc('version 2'), { metadata: { mode: String(0o100640), mtime: '1600000000' } });
-      await waitUntil('the new version to show', async () => (await readFile(p('o/new'), 'utf8')) === 'version 2', 5000);
+      await waitUntil('the new version to show', async () => (await readFile(p('o/new'), 'utf8')) === 'version 2', 15_000);
       const st = await stat(p('o/new'));
       expect([(st.mode & 0o7777).toString(8), st.size, st.mtimeMs]).to.deep.equal(['640', 9, 1_600_000_000_000]);
       await be!.store.delete(key('o/new'));
-      await waitUntil('the deletion to show', async () => !existsSync(p('o/new')) && (await readdir(p('o'))).length === 0, 5000);
+      await waitUntil('the deletion to show', async () => !existsSync(p('o/new')) && (await readdir(p('o'))).length === 0, 15_000);
     } finally {
       const st = await quick.stop();
       expect(st.clean, quick.describe()).to.equal(true);
@@ -280,7 +280,7 @@ describe('vhost-s3 mount: open files, setgid directories, life cycle, other writ
       await second.stop();
     }
     // And the first mount sees it.
-    await waitUntil('the file to show in the other mount', () => existsSync(at('unclosed')), 5000);
+    await waitUntil('the file to show in the other mount', () => existsSync(at('unclosed')), 15_000);
     expect(await readFile(at('unclosed'), 'utf8')).to.equal('written, never closed');
   });
 
@@ -315,7 +315,7 @@ describe('vhost-s3 mount: open files, setgid directories, life cycle, other writ
         await mkdir(mp);
         const proc = new CliProcess(['mount', '--bucket', be!.locator, mp], { env: be!.env });
         await proc.waitFor('the mount', () => mountAt(mp) !== null, 20_000);
-        const st = await proc.stop('SIGTERM', 10_000);
+        const st = await proc.stop('SIGTERM', 20_000);
         outcomes.push(`${st.code}/${st.signal}`);
         if (mountAt(mp) !== null) await sh(`umount -l "${mp}"`);
       }
