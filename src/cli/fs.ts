@@ -95,13 +95,9 @@ export async function runMount(argv: string[]): Promise<void> {
     }
     throw err;
   }
-  const unmount = async (): Promise<void> => {
-    try {
-      await mount.unmount();
-    } finally {
-      await close();
-    }
-  };
+  // Once: a signal's unmount ends the session, which would otherwise start a second one.
+  let unmounting: Promise<void> | null = null;
+  const unmount = (): Promise<void> => (unmounting ??= mount.unmount().finally(close));
   // Stop on a signal (one caught while mounting included), or when someone else unmounts it.
   const stopped = stopOnSignals(log, unmount);
   held.release(true);
