@@ -3,6 +3,7 @@
 // before the image sees it; a bad request gets IOERR/UNSUPP and serving goes on.
 import type { VhostUserDevice } from '../vhost/device.js';
 import type { DeviceQueue } from '../virtio/queue.js';
+import { ServedQueue } from '../virtio/served-queue.js';
 import type { DescriptorChain } from '../virtio/chain.js';
 import type { Segment } from '../virtio/memory.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../virtio/features.js';
@@ -28,26 +29,6 @@ export interface BlkDeviceOptions {
   readonly log: Logger;
 }
 
-/** Per started queue: what is in flight, so that stopping can wait for it. */
-class QueueState {
-  inflight = 0;
-  flushScheduled = false;
-  stopping = false;
-  private drained: (() => void)[] = [];
-  constructor(readonly queue: DeviceQueue) {}
-  whenIdle(): Promise<void> {
-    if (this.inflight === 0) return Promise.resolve();
-    return new Promise((resolve) => this.drained.push(resolve));
-  }
-  settle(): void {
-    if (this.inflight === 0 && this.drained.length > 0) {
-      const waiters = this.drained;
-      this.drained = [];
-      for (const w of waiters) w();
-    }
-  }
-}
-
 export interface BlkCounters {
   requests: number;
   errors: number;
@@ -65,7 +46,7 @@ export class BlkDevice implements VhostUserDevice {
   private readonly serial: Uint8Array | null;
   private readonly config: Uint8Array;
   private readonly log: Logger;
-  private readonly queues = new Map<number, QueueState>();
+  private readonly queues = new Map<number, ServedQueue>();
   private readonly capacitySectors: number;
 
   constructor(opts: BlkDeviceOptions) {
@@ -107,33 +88,20 @@ export class BlkDevice implements VhostUserDevice {
   setFeatures(): void {}
 
   startQueue(queue: DeviceQueue): void {
-    this.queues.set(queue.index, new QueueState(queue));
+    this.queues.set(queue.index, new ServedQueue(queue));
   }
 
   onKick(queue: DeviceQueue): void {
     const st = this.queues.get(queue.index);
-    if (!st || st.stopping || st.queue !== queue) return;
-    queue.disableNotification();
-    for (;;) {
-      for (let r = queue.pop(); r.kind !== 'empty'; r = queue.pop()) {
-        if (r.kind === 'chain') this.handle(st, r.chain);
-        else this.failBadChain(st, r.head, r.error);
-      }
-      if (!queue.enableNotification()) break;
-      queue.disableNotification();
-    }
+    if (!st || st.queue !== queue) return;
+    st.drain((r) => (r.kind === 'chain' ? this.handle(st, r.chain) : this.failBadChain(st, r.head, r.error)));
     this.image.unplug();
   }
 
   async stopQueue(queue: DeviceQueue): Promise<void> {
     const st = this.queues.get(queue.index);
     if (!st) return;
-    st.stopping = true;
-    await st.whenIdle();
-    if (st.flushScheduled) {
-      st.flushScheduled = false;
-      queue.flush();
-    }
+    await st.stop();
     this.queues.delete(queue.index);
   }
 
@@ -141,19 +109,19 @@ export class BlkDevice implements VhostUserDevice {
     this.queues.clear();
   }
 
-  private failBadChain(st: QueueState, head: number, error: string): void {
+  private failBadChain(st: ServedQueue, head: number, error: string): void {
     this.counters.badChains++;
     this.log.warn('malformed descriptor chain', { queue: st.queue.index, head, error });
-    if (head >= 0 && head < st.queue.size) this.complete(st, head, 0);
+    if (head >= 0 && head < st.queue.size) st.complete(head, 0);
   }
 
-  private handle(st: QueueState, chain: DescriptorChain): void {
+  private handle(st: ServedQueue, chain: DescriptorChain): void {
     this.counters.requests++;
     const wlen = chain.writableLength;
     if (wlen < 1) {
       // No room for a status byte: nothing can be reported; hand the buffers back.
       this.counters.errors++;
-      this.complete(st, chain.head, 0);
+      st.complete(chain.head, 0);
       return;
     }
     if (chain.readableLength < OUTHDR_SIZE) return this.finish(st, chain, BlkStatus.IoErr, 0);
@@ -165,7 +133,7 @@ export class BlkDevice implements VhostUserDevice {
       case BlkType.Out:
         return this.readWrite(st, chain, sector, true);
       case BlkType.Flush:
-        st.inflight++;
+        st.begin();
         this.image.flush((res) => this.finishAsync(st, chain, res < 0 ? BlkStatus.IoErr : BlkStatus.Ok, 0));
         return;
       case BlkType.GetId:
@@ -178,7 +146,7 @@ export class BlkDevice implements VhostUserDevice {
     }
   }
 
-  private readWrite(st: QueueState, chain: DescriptorChain, sector: number, isWrite: boolean): void {
+  private readWrite(st: ServedQueue, chain: DescriptorChain, sector: number, isWrite: boolean): void {
     const dataLen = isWrite ? chain.readableLength - OUTHDR_SIZE : chain.writableLength - 1;
     // Data goes one way only: a write's data is device-readable and a read's device-writable.
     // Anything else in the other direction means a confused or hostile driver.
@@ -192,21 +160,21 @@ export class BlkDevice implements VhostUserDevice {
     const ok = isWrite ? chain.sliceReadable(OUTHDR_SIZE, dataLen, segs) : chain.sliceWritable(0, dataLen, segs);
     if (!ok) return this.finish(st, chain, BlkStatus.IoErr, 0);
     const offset = sector * SECTOR_SIZE;
-    st.inflight++;
+    st.begin();
     const done = (res: number): void =>
       this.finishAsync(st, chain, res < 0 ? BlkStatus.IoErr : BlkStatus.Ok, res < 0 || isWrite ? 0 : dataLen);
     if (isWrite) this.image.write(offset, segs, done);
     else this.image.read(offset, segs, done);
   }
 
-  private getId(st: QueueState, chain: DescriptorChain): void {
+  private getId(st: ServedQueue, chain: DescriptorChain): void {
     if (!this.serial) return this.finish(st, chain, BlkStatus.Unsupp, 0);
     const n = Math.min(ID_BYTES, chain.writableLength - 1);
     chain.write(0, this.serial.subarray(0, n));
     this.finish(st, chain, BlkStatus.Ok, n);
   }
 
-  private discardOrZero(st: QueueState, chain: DescriptorChain, isDiscard: boolean): void {
+  private discardOrZero(st: ServedQueue, chain: DescriptorChain, isDiscard: boolean): void {
     const supported = isDiscard ? this.features & VIRTIO_BLK_F_DISCARD : this.features & VIRTIO_BLK_F_WRITE_ZEROES;
     if (this.image.readOnly) return this.finish(st, chain, BlkStatus.IoErr, 0);
     if (!supported) return this.finish(st, chain, BlkStatus.Unsupp, 0);
@@ -231,7 +199,7 @@ export class BlkDevice implements VhostUserDevice {
     if (ranges.length === 0) return this.finish(st, chain, BlkStatus.Ok, 0);
     let remaining = ranges.length;
     let status = BlkStatus.Ok;
-    st.inflight++;
+    st.begin();
     const done = (res: number): void => {
       if (res < 0) status = BlkStatus.IoErr;
       if (--remaining === 0) this.finishAsync(st, chain, status, 0);
@@ -247,31 +215,19 @@ export class BlkDevice implements VhostUserDevice {
     return sector >= 0 && sector <= this.capacitySectors && byteLen <= (this.capacitySectors - sector) * SECTOR_SIZE;
   }
 
-  private finishAsync(st: QueueState, chain: DescriptorChain, status: BlkStatus, dataWritten: number): void {
-    st.inflight--;
+  private finishAsync(st: ServedQueue, chain: DescriptorChain, status: BlkStatus, dataWritten: number): void {
     this.finish(st, chain, status, dataWritten);
-    st.settle();
+    st.end();
   }
 
   /** Writes the status byte (the chain's last writable byte) and returns the chain. */
-  private finish(st: QueueState, chain: DescriptorChain, status: BlkStatus, dataWritten: number): void {
+  private finish(st: ServedQueue, chain: DescriptorChain, status: BlkStatus, dataWritten: number): void {
     if (status !== BlkStatus.Ok) this.counters.errors++;
     chain.writeU8(chain.writableLength - 1, status);
-    this.complete(st, chain.head, dataWritten + 1);
+    st.complete(chain.head, dataWritten + 1);
   }
 
-  /** Pushes a used element; the ring is published once per batch, after the current callback. */
-  private complete(st: QueueState, head: number, written: number): void {
-    st.queue.push(head, written);
-    if (!st.flushScheduled) {
-      st.flushScheduled = true;
-      queueMicrotask(() => {
-        if (!st.flushScheduled) return;
-        st.flushScheduled = false;
-        st.queue.flush();
-      });
-    }
-  }
+
 }
 
 function encodeSerial(serial: string): Uint8Array {

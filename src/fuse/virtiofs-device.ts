@@ -15,6 +15,7 @@
 // length 0; one with too much readable data is answered EINVAL without being copied.
 import type { VhostUserDevice } from '../vhost/device.js';
 import type { DeviceQueue } from '../virtio/queue.js';
+import { ServedQueue } from '../virtio/served-queue.js';
 import type { DescriptorChain } from '../virtio/chain.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../virtio/features.js';
 import type { Logger } from '../util/log.js';
@@ -48,25 +49,6 @@ export interface VirtioFsCounters {
 }
 
 /** Per started queue: what is in flight, so that stopping can wait for it. */
-class QueueState {
-  inflight = 0;
-  flushScheduled = false;
-  stopping = false;
-  private drained: (() => void)[] = [];
-  constructor(readonly queue: DeviceQueue) {}
-  whenIdle(): Promise<void> {
-    if (this.inflight === 0) return Promise.resolve();
-    return new Promise((resolve) => this.drained.push(resolve));
-  }
-  settle(): void {
-    if (this.inflight === 0 && this.drained.length > 0) {
-      const waiters = this.drained;
-      this.drained = [];
-      for (const w of waiters) w();
-    }
-  }
-}
-
 export class VirtioFsDevice implements VhostUserDevice {
   readonly kind = 'fs';
   readonly maxQueues: number;
@@ -76,7 +58,7 @@ export class VirtioFsDevice implements VhostUserDevice {
   readonly server: FuseServer;
   private readonly log: Logger;
   private readonly maxRequestBytes: number;
-  private readonly queues = new Map<number, QueueState>();
+  private readonly queues = new Map<number, ServedQueue>();
   private resetting: Promise<void> = Promise.resolve();
 
   constructor(opts: VirtioFsDeviceOptions) {
@@ -100,33 +82,23 @@ export class VirtioFsDevice implements VhostUserDevice {
   setFeatures(): void {}
 
   startQueue(queue: DeviceQueue): void {
-    this.queues.set(queue.index, new QueueState(queue));
+    this.queues.set(queue.index, new ServedQueue(queue));
   }
 
   onKick(queue: DeviceQueue): void {
     const st = this.queues.get(queue.index);
-    if (!st || st.stopping || st.queue !== queue) return;
-    queue.disableNotification();
-    for (;;) {
-      for (let r = queue.pop(); r.kind !== 'empty'; r = queue.pop()) {
-        if (r.kind === 'bad') this.failBadChain(st, r.head, r.error);
-        else if (queue.index === 0) this.hiprio(st, r.chain);
-        else this.request(st, r.chain);
-      }
-      if (!queue.enableNotification()) break;
-      queue.disableNotification();
-    }
+    if (!st || st.queue !== queue) return;
+    st.drain((r) => {
+      if (r.kind === 'bad') this.failBadChain(st, r.head, r.error);
+      else if (queue.index === 0) this.hiprio(st, r.chain);
+      else this.request(st, r.chain);
+    });
   }
 
   async stopQueue(queue: DeviceQueue): Promise<void> {
     const st = this.queues.get(queue.index);
     if (!st) return;
-    st.stopping = true;
-    await st.whenIdle();
-    if (st.flushScheduled) {
-      st.flushScheduled = false;
-      queue.flush();
-    }
+    await st.stop();
     this.queues.delete(queue.index);
   }
 
@@ -144,14 +116,14 @@ export class VirtioFsDevice implements VhostUserDevice {
     return this.resetting;
   }
 
-  private failBadChain(st: QueueState, head: number, error: string): void {
+  private failBadChain(st: ServedQueue, head: number, error: string): void {
     this.counters.badChains++;
     this.log.warn('malformed descriptor chain', { queue: st.queue.index, head, error });
-    if (head >= 0 && head < st.queue.size) this.complete(st, head, 0);
+    if (head >= 0 && head < st.queue.size) st.complete(head, 0);
   }
 
   /** FORGET, BATCH_FORGET, INTERRUPT: no reply; anything else is not for this queue. */
-  private hiprio(st: QueueState, chain: DescriptorChain): void {
+  private hiprio(st: ServedQueue, chain: DescriptorChain): void {
     this.counters.hiprio++;
     const len = chain.readableLength;
     const opcode = chain.readU32(4);
@@ -159,15 +131,15 @@ export class VirtioFsDevice implements VhostUserDevice {
       || (opcode !== Opcode.FORGET && opcode !== Opcode.BATCH_FORGET && opcode !== Opcode.INTERRUPT)) {
       this.counters.dropped++;
       this.log.debug('ignoring a hiprio chain', { opcode: opcodeName(opcode), length: len });
-      this.complete(st, chain.head, 0);
+      st.complete(chain.head, 0);
       return;
     }
     const bytes = new Uint8Array(len);
     chain.read(0, bytes);
-    this.server.dispatch(bytes, 0, () => this.complete(st, chain.head, 0));
+    this.server.dispatch(bytes, 0, () => st.complete(chain.head, 0));
   }
 
-  private request(st: QueueState, chain: DescriptorChain): void {
+  private request(st: ServedQueue, chain: DescriptorChain): void {
     this.counters.requests++;
     const wlen = chain.writableLength;
     const rlen = chain.readableLength;
@@ -181,7 +153,7 @@ export class VirtioFsDevice implements VhostUserDevice {
       } else {
         this.counters.dropped++;
       }
-      this.complete(st, chain.head, 0);
+      st.complete(chain.head, 0);
       return;
     }
     if (rlen > this.maxRequestBytes) {
@@ -191,22 +163,21 @@ export class VirtioFsDevice implements VhostUserDevice {
     }
     const bytes = Buffer.allocUnsafe(rlen);
     const got = chain.read(0, bytes);
-    st.inflight++;
+    st.begin();
     this.server.dispatch(got === rlen ? bytes : bytes.subarray(0, got), wlen - OUT_HEADER_SIZE, (reply) => {
-      st.inflight--;
-      if (reply === null) this.complete(st, chain.head, 0);
+      if (reply === null) st.complete(chain.head, 0);
       else this.replyNow(st, chain, reply);
-      st.settle();
+      st.end();
     });
   }
 
   /** Writes out header + parts into the writable part and returns the chain. */
-  private replyNow(st: QueueState, chain: DescriptorChain, reply: FuseReply): void {
+  private replyNow(st: ServedQueue, chain: DescriptorChain, reply: FuseReply): void {
     const total = OUT_HEADER_SIZE + reply.length;
     if (total > chain.writableLength) {
       // The server sized the reply to the room it was given; only a bug gets here.
       this.counters.dropped++;
-      this.complete(st, chain.head, 0);
+      st.complete(chain.head, 0);
       return;
     }
     chain.write(0, encodeOutHeader({ len: total, error: reply.error, unique: reply.unique }));
@@ -215,19 +186,6 @@ export class VirtioFsDevice implements VhostUserDevice {
       chain.write(pos, part);
       pos += part.length;
     }
-    this.complete(st, chain.head, total);
-  }
-
-  /** Pushes a used element; the ring is published once per batch, after the current callback. */
-  private complete(st: QueueState, head: number, written: number): void {
-    st.queue.push(head, written);
-    if (!st.flushScheduled) {
-      st.flushScheduled = true;
-      queueMicrotask(() => {
-        if (!st.flushScheduled) return;
-        st.flushScheduled = false;
-        st.queue.flush();
-      });
-    }
+    st.complete(chain.head, total);
   }
 }
