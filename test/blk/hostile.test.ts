@@ -9,18 +9,13 @@ import { BlkStatus, BlkType } from '../../src/blk/protocol.js';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtio/layout.js';
 import { silentLogger } from '../../src/util/log.js';
 import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
+import { waitFor } from '../support/wait.js';
 
 const MiB = 1 << 20;
 const NEXT = VIRTQ_DESC_F_NEXT;
 const WRITE = VIRTQ_DESC_F_WRITE;
 
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+const until = (cond: () => boolean, ms = 5000): Promise<void> => waitFor(cond, ms, 'condition', 5);
 
 describe('virtio-blk device against a hostile driver', function () {
   this.timeout(30000);

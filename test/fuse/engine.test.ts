@@ -19,6 +19,7 @@ import { ErrnoError } from '../../src/util/errors.js';
 import { silentLogger } from '../../src/util/log.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
 import { MemoryVfs } from './memory-vfs.js';
+import { waitFor } from '../support/wait.js';
 
 const te = new TextEncoder();
 const td = new TextDecoder();
@@ -34,13 +35,7 @@ async function errno(p: Promise<unknown>): Promise<string> {
   return 'OK';
 }
 
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
+const until = (cond: () => boolean, ms = 5000): Promise<void> => waitFor(cond, ms, 'condition', 2);
 
 function gate(): { wait: Promise<void>; open: () => void } {
   let open!: () => void;

@@ -11,18 +11,13 @@ import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '..
 import { silentLogger } from '../../src/util/log.js';
 import { TmpDir } from '../support/tmp.js';
 import { MemoryVfs } from './memory-vfs.js';
+import { waitFor } from '../support/wait.js';
 
 const NEXT = VIRTQ_DESC_F_NEXT;
 const WRITE = VIRTQ_DESC_F_WRITE;
 const td = new TextDecoder();
 
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
+const until = (cond: () => boolean, ms = 5000): Promise<void> => waitFor(cond, ms, 'condition', 2);
 
 describe('virtio-fs device against a hostile driver', function () {
   this.timeout(60000);

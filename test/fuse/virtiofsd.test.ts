@@ -11,6 +11,7 @@ import { O_CREAT, O_EXCL, O_RDONLY, O_RDWR, S_IFDIR, S_IFMT, S_IFREG } from '../
 import type { DirentPlus } from '../../src/fuse/replies.js';
 import { ErrnoError } from '../../src/util/errors.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
+import { waitFor } from '../support/wait.js';
 
 const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
 const canRun = existsSync(VIRTIOFSD) && process.getuid?.() === 0;
@@ -27,13 +28,6 @@ async function errno(p: Promise<unknown>): Promise<string> {
   return 'OK';
 }
 
-async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describe('FUSE client against virtiofsd', function () {
   this.timeout(30000);
@@ -58,7 +52,7 @@ describe('FUSE client against virtiofsd', function () {
     });
     proc.stdout!.on('data', (b: Buffer) => (output += b.toString()));
     proc.stderr!.on('data', (b: Buffer) => (output += b.toString()));
-    await waitFor(() => existsSync(socket), 10000, `virtiofsd socket (${output})`);
+    await waitFor(() => existsSync(socket), 10000, `virtiofsd socket (${output})`, 20);
     c = await FuseClient.connect(socket, { maxIo: 256 * 1024 });
   });
 

@@ -12,6 +12,9 @@ import { DriverQueue, type GuestBuffer } from '../../src/virtio/driver-queue.js'
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../src/virtio/features.js';
 import { ProtocolFeature } from '../../src/vhost/protocol.js';
 import type { FrontendSession } from '../../src/vhost/frontend-session.js';
+import { sleep, waitFor } from '../support/wait.js';
+
+export { sleep, waitFor };
 
 interface Held {
   queue: DeviceQueue;
@@ -222,17 +225,6 @@ export class TestRing {
   }
 }
 
-export async function waitFor(cond: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(2);
-  }
-}
-
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 export function fdCount(): number {
   return readdirSync('/proc/self/fd').length;
