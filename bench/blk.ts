@@ -13,6 +13,7 @@ import { runBlkLoad, type BlkIo, type RwPattern } from '../src/frontend/blk-load
 import type { SharedBuffer } from '../src/frontend/memory.js';
 import { machineBusy, machineCpu, procCores, procCpu, round3 } from './lib/cpu.js';
 import { removeAtExit, removeNow, runToEnd, startChild, waitForSocket, type Child } from './lib/procs.js';
+import { waitForQuiet } from './lib/storage.js';
 import { fmtBytesRate, fmtNum, median, table } from './lib/report.js';
 
 export interface BlkSuiteOptions {
@@ -157,7 +158,7 @@ async function residentBytes(path: string): Promise<number | null> {
 }
 
 /** The frontend buffers carry non-zero bytes so that writes keep the file non-zero. */
-function withFilledBuffers(io: BlkIo): BlkIo {
+export function withFilledBuffers(io: BlkIo): BlkIo {
   return {
     get capacity() {
       return io.capacity;
@@ -230,27 +231,6 @@ interface FioSide {
   total_ios: number;
   runtime: number;
   lat_ns: { mean: number; percentile?: Record<string, number> };
-}
-
-/**
- * Waits until the machine is quiet: other processes (tests of other people, writeback)
- * using less than `cores` CPUs over a 0.5 s sample, for at most `maxWait` seconds.
- * Returns the last sample.
- */
-async function waitForQuiet(cores: number, maxWait: number, log: (m: string) => void): Promise<number> {
-  const deadline = performance.now() + maxWait * 1000;
-  let waited = false;
-  for (;;) {
-    const a = machineCpu();
-    await sleep(500);
-    const busy = machineBusy(a, machineCpu()) * cpus().length;
-    if (busy <= cores || performance.now() >= deadline) {
-      if (waited) log(`  machine ${busy <= cores ? 'quiet' : 'still busy'} (${busy.toFixed(2)} cores in use by others)`);
-      return busy;
-    }
-    if (!waited) log(`  waiting for a quiet machine: ${busy.toFixed(2)} cores in use by other processes`);
-    waited = true;
-  }
 }
 
 function otherCores(machineBusyFraction: number, ours: number): number {

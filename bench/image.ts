@@ -20,12 +20,12 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { BlkClient } from '../src/frontend/blk-client.js';
-import { runBlkLoad, type BlkIo } from '../src/frontend/blk-load.js';
-import type { SharedBuffer } from '../src/frontend/memory.js';
+import { runBlkLoad } from '../src/frontend/blk-load.js';
 import { S3Store } from '../src/backends/s3-store.js';
 import { round3 } from './lib/cpu.js';
 import { cleanupNow, removeAtExit, removeNow, startChild, waitForSocket, type Child } from './lib/procs.js';
 import { fmtBytesRate, fmtNum, median, table } from './lib/report.js';
+import { withFilledBuffers } from './blk.js';
 import {
   CpuProbe, S3RVER_KEYS, check, childEnv, runWithEnv, parseStandaloneArgs, pool, randomFile, reportSuite, runInfo, startS3rver,
   waitForQuiet, type S3rverChild, type StorageSuiteOptions, type StorageSuiteResult,
@@ -72,25 +72,6 @@ function sizeArg(n: number): string {
   return n % (1 << 20) === 0 ? `${n >> 20}M` : String(n);
 }
 
-/** The frontend's buffers carry random bytes so that written chunks are non-zero (stored). */
-function filled(io: BlkIo): BlkIo {
-  return {
-    get capacity() {
-      return io.capacity;
-    },
-    get numQueues() {
-      return io.numQueues;
-    },
-    allocBuffer(length: number): SharedBuffer {
-      const b = io.allocBuffer(length);
-      randomFillSync(b.bytes);
-      return b;
-    },
-    read: (q, off, buf, done) => io.read(q, off, buf, done),
-    write: (q, off, buf, done) => io.write(q, off, buf, done),
-    flush: (q, done) => io.flush(q, done),
-  };
-}
 
 async function connect(socket: string, bs: number, iodepth: number): Promise<BlkClient> {
   return BlkClient.connect(socket, {
@@ -241,7 +222,7 @@ export async function runImageSuite(o: ImageSuiteOptions): Promise<StorageSuiteR
             try {
               const probe = new CpuProbe({ gateway: g.child.pid, s3rver: s3pid });
               const t = performance.now();
-              const r = await runBlkLoad(filled(c), { rw: 'write', bs: SEQ_BS, iodepth: SEQ_QD, queues: 1, runtime: 0, totalBytes: size, rwmixread: 0, verify: false });
+              const r = await runBlkLoad(withFilledBuffers(c), { rw: 'write', bs: SEQ_BS, iodepth: SEQ_QD, queues: 1, runtime: 0, totalBytes: size, rwmixread: 0, verify: false });
               const tw = performance.now();
               const st = await flush(c);
               const seconds = (performance.now() - t) / 1000;
