@@ -162,6 +162,10 @@ export const schemas = {
   'image info': { ...common, ...storage, json: { doc: 'print one JSON object', format: Boolean, default: false, env: 'VHOST_S3_JSON', arg: 'json' } },
   'image ls': { ...common, ...storage },
   'image rm': { ...common, ...storage, force: { doc: 'remove even while a writer holds a fresh lease', format: Boolean, default: false, env: 'VHOST_S3_FORCE', arg: 'force' } },
+  doctor: { ...common, ...storage,
+    bucket: { doc: 'store to check: s3://bucket[/prefix] or file:/path (a probe key is written, read and deleted)', format: String, default: '', env: 'VHOST_S3_BUCKET', arg: 'bucket' },
+    socketDir: { doc: 'directory the vhost-user sockets will be created in (checked: exists, writable, a socket can be bound)', format: String, default: '', env: 'VHOST_S3_SOCKET_DIR', arg: 'socket-dir' },
+  },
   'bench fs': {
     ...common,
     socket: { doc: 'vhost-user-fs socket of the backend to drive (vhost-s3 fs, virtiofsd)', format: String, default: '', env: 'VHOST_S3_BENCH_SOCKET', arg: 'socket' },
