@@ -43,6 +43,8 @@ export type Handle = FileHandle | DirHandle;
 
 export class HandleTable {
   private readonly handles = new Map<number, Handle>();
+  /** The open file handles of each inode (requests that come without a handle find one here). */
+  private readonly filesOf = new Map<Inode, Set<FileHandle>>();
   private next = 1;
 
   get size(): number {
@@ -52,7 +54,18 @@ export class HandleTable {
   add(h: Handle): number {
     const fh = this.next++;
     this.handles.set(fh, h);
+    if (h.kind === 'file') {
+      let set = this.filesOf.get(h.inode);
+      if (set === undefined) this.filesOf.set(h.inode, (set = new Set()));
+      set.add(h);
+    }
     return fh;
+  }
+
+  /** Some open file handle of `inode`, if any (each reaches the same file). */
+  anyFileOf(inode: Inode): FileHandle | undefined {
+    const set = this.filesOf.get(inode);
+    return set === undefined ? undefined : set.values().next().value;
   }
 
   file(fh: number): FileHandle | undefined {
@@ -70,6 +83,11 @@ export class HandleTable {
     const h = this.handles.get(fh);
     if (h === undefined || h.kind !== kind) return undefined;
     this.handles.delete(fh);
+    if (h.kind === 'file') {
+      const set = this.filesOf.get(h.inode);
+      set?.delete(h);
+      if (set?.size === 0) this.filesOf.delete(h.inode);
+    }
     return h as Extract<Handle, { kind: K }>;
   }
 
@@ -78,6 +96,7 @@ export class HandleTable {
     const files: FileHandle[] = [];
     for (const h of this.handles.values()) if (h.kind === 'file') files.push(h);
     this.handles.clear();
+    this.filesOf.clear();
     return files;
   }
 }

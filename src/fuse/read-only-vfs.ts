@@ -35,7 +35,7 @@ export class ReadOnlyVfs implements Vfs {
   }
   async open(path: string, flags: OpenFlags): Promise<OpenFile> {
     if (flags.write || flags.truncate || flags.append) refuse();
-    return this.inner.open(path, flags);
+    return new ReadOnlyFile(await this.inner.open(path, flags));
   }
   async mkdir(_p: string, _m: number, _c: Caller): Promise<FileAttr> {
     return refuse();
@@ -63,5 +63,34 @@ export class ReadOnlyVfs implements Vfs {
   }
   async removexattr(): Promise<void> {
     refuse();
+  }
+}
+
+/** An open file whose attributes cannot be changed either (fchmod of a read-only fd is allowed by the kernel). */
+class ReadOnlyFile implements OpenFile {
+  constructor(private readonly inner: OpenFile) {}
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.inner.read(offset, length);
+  }
+  attr(): Promise<FileAttr> {
+    return this.inner.attr();
+  }
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+  fsync(datasync: boolean): Promise<void> {
+    return this.inner.fsync(datasync);
+  }
+  release(): Promise<void> {
+    return this.inner.release();
+  }
+  async write(): Promise<number> {
+    return refuse();
+  }
+  async allocate(): Promise<void> {
+    refuse();
+  }
+  async setattr(_c: AttrChanges): Promise<FileAttr> {
+    return refuse();
   }
 }

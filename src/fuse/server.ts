@@ -27,8 +27,10 @@
 // - A reply longer than the transport's room is replaced: ERANGE for xattrs,
 //   ENAMETOOLONG for READLINK, EIO otherwise.
 // - A file unlinked (or replaced by rename) while open stays usable through the handles
-//   already open; opening it again by node id (/proc/self/fd/N) fails with ENOENT, as
-//   the path-based Vfs has nothing to open it by.
+//   already open: GETATTR and SETATTR of its node id, which the kernel sends without a
+//   handle for fstat/fchmod/fchown/futimens, go to one of them (OpenFile.attr/setattr).
+//   Opening it again by node id (/proc/self/fd/N) fails with ENOENT, as the path-based
+//   Vfs has nothing to open it by.
 import { ErrnoError, errnoOf } from '../util/errors.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import {
@@ -425,7 +427,9 @@ export class FuseServer {
       case Opcode.GETATTR: {
         const ino = this.inode(req.h.nodeid);
         let attr: FileAttr | null;
-        const h = (req.flags & FUSE_GETATTR_FH) !== 0 && Number.isSafeInteger(req.fh) ? this.handles.file(req.fh) : undefined;
+        const named = (req.flags & FUSE_GETATTR_FH) !== 0 && Number.isSafeInteger(req.fh) ? this.handles.file(req.fh) : undefined;
+        // fstat(2) of an unlinked file comes without a handle: answer from one of its own.
+        const h = named?.inode === ino ? named : ino.path === null ? this.handles.anyFileOf(ino) : undefined;
         if (h !== undefined) attr = await h.file.attr();
         else attr = await this.vfs.stat(this.pathOf(req.h.nodeid));
         if (attr === null) fail('ENOENT');
@@ -682,20 +686,28 @@ export class FuseServer {
     if (v & FATTR_ATIME) changes.atime = v & FATTR_ATIME_NOW ? 'now' : a.atimeNs;
     if (v & FATTR_MTIME) changes.mtime = v & FATTR_MTIME_NOW ? 'now' : a.mtimeNs;
     if (v & FATTR_CTIME) changes.ctime = a.ctimeNs;
-    const h = v & FATTR_FH && Number.isSafeInteger(a.fh) ? this.handles.file(a.fh) : undefined;
-    if (v & FATTR_FH && h === undefined) fail('EBADF');
+    // With a handle (ftruncate), the change goes to that open file. Without one, by path —
+    // unless the file was unlinked or replaced (fchmod, fchown, futimens of such a file come
+    // without a handle): then through one of its open handles.
+    let h: FileHandle | undefined;
+    if (v & FATTR_FH) {
+      h = Number.isSafeInteger(a.fh) ? this.handles.file(a.fh) : undefined;
+      if (h === undefined || h.inode !== ino) fail('EBADF');
+    } else if (ino.path === null) h = this.handles.anyFileOf(ino);
     if (h !== undefined) await h.appendTail;
-    const path = this.pathOf(req.h.nodeid);
+    const file = h?.file;
+    const path = file === undefined ? this.pathOf(req.h.nodeid) : '';
+    const current = (): Promise<FileAttr | null> => (file !== undefined ? file.attr() : this.vfs.stat(path));
     if (v & FATTR_KILL_SUIDGID && changes.mode === undefined) {
-      const cur = await this.vfs.stat(path);
+      const cur = await current();
       if (cur === null) fail('ENOENT');
       let mode = cur.mode & PERM_BITS & ~S_ISUID;
       if (cur.mode & S_IXGRP) mode &= ~S_ISGID;
       if (mode !== (cur.mode & PERM_BITS)) changes.mode = mode;
     }
     let attr: FileAttr | null;
-    if (Object.keys(changes).length === 0) attr = h !== undefined ? await h.file.attr() : await this.vfs.stat(path);
-    else attr = await this.vfs.setattr(path, changes);
+    if (Object.keys(changes).length === 0) attr = await current();
+    else attr = file !== undefined ? await file.setattr(changes) : await this.vfs.setattr(path, changes);
     if (attr === null) fail('ENOENT');
     return encodeAttrOut(this.opts.attrTimeoutMs, this.wireAttr(ino.nodeid, attr));
   }

@@ -82,6 +82,13 @@ export interface OpenFile {
   fsync(datasync: boolean): Promise<void>;
   /** Preallocates / extends to offset+length (FALLOCATE mode 0). */
   allocate(offset: number, length: number): Promise<void>;
+  /**
+   * SETATTR by handle: the changes of Vfs.setattr applied to the file this handle has open,
+   * wherever it is now — also once it was unlinked or replaced by a rename and has no path
+   * (ftruncate, and fchmod/fchown/futimens, of such a file). Allowed whatever the open
+   * mode (the kernel has checked permissions; ftruncate of a read-only fd never comes).
+   */
+  setattr(changes: AttrChanges): Promise<FileAttr>;
   /** Last close: store what is left and drop buffers. */
   release(): Promise<void>;
 }

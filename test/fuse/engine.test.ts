@@ -192,8 +192,46 @@ describe('FUSE engine over vhost-user-fs', function () {
       expect(await errno(cl.lookup(1, 'tmp'))).to.equal('ENOENT');
       expect(td.decode(await cl.read(entry.nodeid, fh, 0, 100))).to.equal('still here');
       expect((await cl.getattr(entry.nodeid, fh)).attr.size).to.equal(10);
-      expect(await errno(cl.getattr(entry.nodeid))).to.equal('ENOENT');
       await cl.release(entry.nodeid, fh);
+      expect(await errno(cl.getattr(entry.nodeid))).to.equal('ENOENT');
+    });
+
+    it('GETATTR and SETATTR of an unlinked open file act on its handle (fstat, ftruncate, fchmod, fchown, futimens)', async () => {
+      const cl = await start();
+      const { entry, fh } = await cl.create(1, 'tmp', O_CREAT | O_RDWR);
+      const other = await cl.create(1, 'other', O_CREAT | O_RDWR);
+      await cl.write(entry.nodeid, fh, 0, te.encode('hello world'));
+      await cl.unlink(1, 'tmp');
+      // fstat, fchmod, fchown, futimens: the kernel sends no handle.
+      expect((await cl.getattr(entry.nodeid)).attr.size).to.equal(11);
+      expect((await cl.setattr(entry.nodeid, { mode: 0o600 })).attr.mode).to.equal(S_IFREG | 0o600);
+      const o = await cl.setattr(entry.nodeid, { uid: 1234, gid: 5678, mtimeNs: 2_000_000_000_000n });
+      expect([o.attr.uid, o.attr.gid, o.attr.mtimeNs]).to.deep.equal([1234, 5678, 2_000_000_000_000n]);
+      // ftruncate: with the handle.
+      expect((await cl.setattr(entry.nodeid, { size: 5, fh })).attr.size).to.equal(5);
+      expect(td.decode(await cl.read(entry.nodeid, fh, 0, 100))).to.equal('hello');
+      expect((await cl.getattr(entry.nodeid)).attr.mode).to.equal(S_IFREG | 0o600);
+      // A handle of another file is not this file's.
+      expect(await errno(cl.setattr(entry.nodeid, { size: 1, fh: other.fh }))).to.equal('EBADF');
+      expect((await cl.getattr(other.entry.nodeid)).attr.size).to.equal(0);
+      expect(vfs.calls.get('setattr') ?? 0).to.equal(0);
+      expect(vfs.calls.get('fileSetattr')).to.equal(3);
+      await cl.release(entry.nodeid, fh);
+      await cl.release(other.entry.nodeid, other.fh);
+      expect(await errno(cl.setattr(entry.nodeid, { mode: 0o644 }))).to.equal('ENOENT');
+    });
+
+    it('SETATTR with a handle (ftruncate) goes to the open file, without one by path', async () => {
+      vfs.put('f', 'abcdef');
+      const cl = await start();
+      const e = await cl.lookup(1, 'f');
+      const { fh } = await cl.open(e.nodeid, O_RDWR);
+      expect((await cl.setattr(e.nodeid, { size: 3, fh })).attr.size).to.equal(3);
+      expect([vfs.calls.get('fileSetattr'), vfs.calls.get('setattr') ?? 0]).to.deep.equal([1, 0]);
+      expect((await cl.setattr(e.nodeid, { size: 2 })).attr.size).to.equal(2);
+      expect([vfs.calls.get('fileSetattr'), vfs.calls.get('setattr')]).to.deep.equal([1, 1]);
+      expect(td.decode(vfs.get('f')!)).to.equal('ab');
+      await cl.release(e.nodeid, fh);
     });
 
     it('setattr: chmod keeps the type, truncate, chown, utimens (explicit and now)', async () => {

@@ -42,7 +42,7 @@ function err(code: ConstructorParameters<typeof ErrnoError>[0]): never {
 export type VfsOp =
   | 'stat' | 'list' | 'mkdir' | 'rmdir' | 'unlink' | 'rename' | 'symlink' | 'readlink' | 'setattr' | 'open' | 'create'
   | 'getxattr' | 'setxattr' | 'listxattr' | 'removexattr' | 'statfs' | 'sync'
-  | 'read' | 'write' | 'fileAttr' | 'flush' | 'fsync' | 'allocate' | 'release';
+  | 'read' | 'write' | 'fileAttr' | 'fileSetattr' | 'flush' | 'fsync' | 'allocate' | 'release';
 
 export interface MemoryVfsHooks {
   before?: (op: VfsOp, path: string) => void | Promise<void>;
@@ -231,7 +231,10 @@ export class MemoryVfs implements Vfs {
 
   async setattr(path: string, c: AttrChanges): Promise<FileAttr> {
     await this.enter('setattr', path);
-    const n = this.node(path);
+    return this.change(this.node(path), c);
+  }
+
+  private change(n: Node, c: AttrChanges): FileAttr {
     const m = n.meta;
     if (c.size !== undefined) {
       if (n.kind === 'dir') err('EISDIR');
@@ -308,6 +311,11 @@ export class MemoryVfs implements Vfs {
       allocate: async (offset, length) => {
         await this.enter('allocate', path);
         if (offset + length > n.size) resize(n, offset + length);
+      },
+      setattr: async (c) => {
+        await this.enter('fileSetattr', path);
+        check();
+        return this.change(n, c);
       },
       release: async () => {
         await this.enter('release', path);

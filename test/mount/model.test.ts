@@ -18,8 +18,8 @@
 // times (the mount stamps them at other moments), directory mtimes once entries changed
 // (the mount leaves them, as documented), link counts (the mount reports 1 for
 // directories), directory sizes, inode numbers, st_blocks, atimes.
-// Not generated, because of known bugs (skipped tests in semantics.test.ts): setgid
-// directories, and fstat/ftruncate through a handle whose file was unlinked or replaced.
+// Not generated, because of a known bug (a skipped test in semantics.test.ts): setgid
+// directories.
 //
 // VHOST_S3_MODEL_SEED=<n> replays one sequence; VHOST_S3_MODEL_STEPS=<n> changes its
 // length (default 600 over s3rver, 400 over the file store). A failure prints the seed,
@@ -52,8 +52,6 @@ const TARGETS = ['a', 'b', 'c', 'a/b', 'b/c', 'nowhere', 'c/a/b'];
 // pass a directory's setgid bit (and group) on to what is created in it, as Linux file systems do.
 const MODES = [0o644, 0o600, 0o755, 0o700, 0o640, 0o444, 0o750, 0o4755, 0o1777, 0o4644];
 const MAX_HANDLES = 4;
-/** See the BUG notes at 'ftruncate' and 'hstat' below; set to false once the engine is fixed. */
-const SKIP_UNLINKED_HANDLE_ATTRS = true;
 
 /** Operation weights (handle operations only while a handle is open). */
 const OPS = {
@@ -355,23 +353,11 @@ async function runModel(mountRoot: string, modelRoot: string, seed: number, step
         case 'ftruncate': {
           const h = r.pick(handles);
           const size = randomSize(r);
-          // BUG (test/mount/semantics.test.ts, skipped there): ftruncate of an open file that
-          // was unlinked or replaced fails with ENOENT on the mount. Not generated until fixed.
-          if (SKIP_UNLINKED_HANDLE_ATTRS && (await h.model.stat()).nlink === 0) {
-            log.push(`${String(step).padStart(4)} ftruncate #${h.id} (${h.path}, unlinked) skipped: known bug`);
-            break;
-          }
           await both(step, `ftruncate #${h.id} (${h.path}) ${size}`, (_root, side) => outcome(() => h[side].truncate(size)));
           break;
         }
         case 'hstat': {
           const h = r.pick(handles);
-          // BUG (test/mount/semantics.test.ts, skipped there): fstat of an unlinked or replaced
-          // open file fails with ENOENT on the mount (once the kernel's attributes expired).
-          if (SKIP_UNLINKED_HANDLE_ATTRS && (await h.model.stat()).nlink === 0) {
-            log.push(`${String(step).padStart(4)} fstat #${h.id} (${h.path}, unlinked) skipped: known bug`);
-            break;
-          }
           await both(step, `fstat #${h.id} (${h.path})`, (_root, side) =>
             outcome(async () => {
               const st = await h[side].stat();

@@ -62,24 +62,11 @@ describe('vhost-s3 mount: open files, setgid directories, life cycle, other writ
     expect(await be!.store.head(key('f'))).to.equal(null);
   });
 
-  // BUG: fstat, ftruncate, fchmod, fchown and futimens of an open file that was unlinked
-  // (or replaced by a rename) fail with ENOENT once the kernel's cached attributes have
-  // expired (attr-timeout, 1 s), although the file "stays usable through the handles
-  // already open" (src/fuse/server.ts header). Linux (and the model) succeed; read, write
-  // and fsync through the handle do work.
-  // - fstat: GETATTR comes without FUSE_GETATTR_FH (the kernel passes no file for fstat),
-  //   and FuseServer's GETATTR resolves the node id with pathOf(), which throws ENOENT for
-  //   an inode whose path is null (InodeTable.unlink/rename detach it). The engine could
-  //   answer from an open handle of that node (h.file.attr()).
-  // - ftruncate: FuseServer.setattr (src/fuse/server.ts) gets FATTR_FH but still calls
-  //   this.vfs.setattr(this.pathOf(nodeid), ...) → ENOENT; a size change needs to go to
-  //   the open file (OpenFile has no truncate today: src/fuse/vfs.ts).
-  // - fchmod/fchown/futimens: SETATTR without FATTR_FH on the detached inode → ENOENT.
-  // Repro (any mount): node -e 'const fs=require("fs"); fs.writeFileSync("f","hello");
-  //   const fd=fs.openSync("f","r+"); fs.unlinkSync("f"); setTimeout(()=>{ fs.fstatSync(fd) }, 1100)'
-  //   → ENOENT (on ext4: a Stats with nlink 0). Also: exec 3<>f; rm f; sleep 1.1; stat -L /proc/self/fd/3.
-  // The reference-model test (model.test.ts) does not fstat/ftruncate unlinked files until it is fixed.
-  it.skip('fstat, ftruncate, fchmod, fchown and futimes work on an unlinked open file (BUG: ENOENT)', async () => {
+  // Regression test: these failed with ENOENT once the kernel's cached attributes expired
+  // (attr-timeout, 1 s): fstat/fchmod/fchown/futimens come without a handle, ftruncate
+  // with one, and the engine looked the detached node's path up. Now GETATTR and SETATTR
+  // of an unlinked node go to one of its open handles (OpenFile.attr/setattr).
+  it('fstat, ftruncate, fchmod, fchown and futimes work on an unlinked open file, past the attribute timeout', async () => {
     await writeFile(at('f'), 'hello world');
     const fh = await open(at('f'), 'r+');
     try {

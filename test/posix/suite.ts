@@ -208,6 +208,47 @@ export function bucketVfsSuite(target: VfsTarget): void {
         await expectErrno(vfs.open('d', RO), 'EISDIR');
       });
 
+      it('setattr through an open handle: truncate and metadata of an unlinked or replaced file stay with the handle, nothing is stored', async () => {
+        const { vfs, store, prefix } = mk();
+        await writeFile(vfs, 'f', 'hello world');
+        await writeFile(vfs, 'g', 'other');
+        const f = await vfs.open('f', RW);
+        const r = await vfs.open('g', RO);
+        await vfs.unlink('f');
+        await writeFile(vfs, 'h', 'new g');
+        await vfs.rename('h', 'g', false); // g's open file is replaced
+        store.reset();
+        expect((await f.setattr({ size: 5 })).size).to.equal(5);
+        const a = await f.setattr({ mode: 0o600, uid: 7, gid: 8, mtime: 2_000_000_000_000n });
+        expect([a.mode, a.uid, a.gid, a.mtime, a.size]).to.deep.equal([S_IFREG | 0o600, 7, 8, 2_000_000_000_000n, 5]);
+        expect(str(await readAll(f))).to.equal('hello');
+        // A read-only handle may change attributes (fchmod needs no write access).
+        expect((await r.setattr({ mode: 0o640 })).mode).to.equal(S_IFREG | 0o640);
+        expect(str(await readAll(r))).to.equal('other');
+        await f.fsync(false);
+        await f.release();
+        await r.release();
+        expect([store.count('put'), store.count('copy'), store.count('createMultipart')]).to.deep.equal([0, 0, 0]);
+        expect(await shared.store.head(`${prefix}f`)).to.equal(null);
+        const g = (await shared.store.head(`${prefix}g`))!;
+        expect(g.metadata.mode).to.equal(String(S_IFREG | 0o644));
+        expect(str(await readFile(vfs, 'g'))).to.equal('new g');
+      });
+
+      it('setattr through an open handle of a file that is still there changes the file (chmod stored at once, truncate at flush)', async () => {
+        const { vfs, prefix } = mk();
+        await writeFile(vfs, 'f', 'hello world');
+        const f = await vfs.open('f', RW);
+        expect((await f.setattr({ mode: 0o600 })).mode).to.equal(S_IFREG | 0o600);
+        expect((await shared.store.head(`${prefix}f`))!.metadata.mode).to.equal(String(S_IFREG | 0o600));
+        expect((await f.setattr({ size: 4 })).size).to.equal(4);
+        expect((await vfs.stat('f'))!.size).to.equal(4);
+        await f.flush();
+        expect(str((await shared.store.get(`${prefix}f`)).body)).to.equal('hell');
+        await f.release();
+        await expectErrno(f.setattr({ mode: 0o644 }), 'EBADF');
+      });
+
       it('refuses paths whose keys the store cannot hold with ENAMETOOLONG, before writing anything', async () => {
         const { vfs, store } = mk();
         let dir = '';

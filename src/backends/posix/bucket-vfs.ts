@@ -438,21 +438,15 @@ export class BucketVfs implements Vfs {
     return this.guarded('setattr', async () => {
       checkPath(path);
       if (changes.size !== undefined) {
-        if (!Number.isSafeInteger(changes.size) || changes.size < 0) throw errno('EINVAL');
-        if (changes.size > this.maxFileSize) throw errno('EFBIG');
+        this.checkSize(changes.size);
         const attr = await this.attrOf(path);
         if (!attr) throw errno('ENOENT');
         if (attr.kind === 'dir') throw errno('EISDIR');
         if (attr.kind === 'symlink') throw errno('EINVAL');
         const node = await this.acquire(path);
         try {
-          await node.lock.run(async () => {
-            await this.truncateLocked(node, changes.size!);
-            applyChanges(node.attrs, changes, true);
-            // A file nobody else has open is stored now; otherwise with its handles' flush.
-            if (node.refs === 1) await this.storeLocked(node);
-          });
-          return this.nodeAttr(node);
+          // A file nobody else has open is stored now; otherwise with its handles' flush.
+          return await this.resizeNode(node, { ...changes, size: changes.size }, true);
         } finally {
           await this.releaseNode(node);
         }
@@ -855,24 +849,7 @@ export class BucketVfs implements Vfs {
   private async updateMetadata(path: string, fn: (attrs: MutableAttrs, xattrs: Map<string, Uint8Array>) => void): Promise<FileAttr> {
     return this.metaLocks.run(path, async () => {
       const node = this.liveNode(path);
-      if (node) {
-        return node.lock.run(async () => {
-          const attrs = { ...node.attrs };
-          const xattrs = new Map(node.xattrs);
-          fn(attrs, xattrs);
-          checkMetadataSize(attrs, xattrs, node.other);
-          if (!node.dirty && node.base) {
-            const metadata = writeMetadata(attrs, xattrs, node.other);
-            const r = await this.copyObject(node.base.key, node.base.key, node.base.size, metadata);
-            node.base = { ...node.base, etag: r.etag, lastModified: NaN };
-          } else node.dirty = true;
-          node.attrs = attrs;
-          node.xattrs = xattrs;
-          if (!node.dirty) this.changed(path, this.entryOfNode(node));
-          else if (node.refs === 0) await this.storeLocked(node);
-          return this.nodeAttr(node);
-        });
-      }
+      if (node) return this.updateNodeMetadata(node, fn);
       const e = await this.lookup(path);
       if (!e) throw errno('ENOENT');
       const a = e.attr;
@@ -890,6 +867,31 @@ export class BucketVfs implements Vfs {
       const entry: Entry = { ...e, attr: { ...a, ...attrs }, xattrs, object: { ...e.object, etag: r.etag, lastModified: NaN } };
       this.changed(path, entry);
       return entry.attr;
+    });
+  }
+
+  /** updateMetadata of an open file's node, also of one that was unlinked (then in memory only: nothing is stored for it). */
+  private async updateNodeMetadata(node: FileNode, fn: (attrs: MutableAttrs, xattrs: Map<string, Uint8Array>) => void): Promise<FileAttr> {
+    return node.lock.run(async () => {
+      const attrs = { ...node.attrs };
+      const xattrs = new Map(node.xattrs);
+      fn(attrs, xattrs);
+      checkMetadataSize(attrs, xattrs, node.other);
+      if (node.unlinked) {
+        node.attrs = attrs;
+        node.xattrs = xattrs;
+        return this.nodeAttr(node);
+      }
+      if (!node.dirty && node.base) {
+        const metadata = writeMetadata(attrs, xattrs, node.other);
+        const r = await this.copyObject(node.base.key, node.base.key, node.base.size, metadata);
+        node.base = { ...node.base, etag: r.etag, lastModified: NaN };
+      } else node.dirty = true;
+      node.attrs = attrs;
+      node.xattrs = xattrs;
+      if (!node.dirty) this.changed(node.path, this.entryOfNode(node));
+      else if (node.refs === 0) await this.storeLocked(node);
+      return this.nodeAttr(node);
     });
   }
 
@@ -1141,6 +1143,34 @@ export class BucketVfs implements Vfs {
     if (changed) this.log.warn('object changed by someone else while open for writing; unwritten ranges come from the new version', { path: n.path });
   }
 
+  /** EINVAL / EFBIG for a file size we cannot have. */
+  private checkSize(size: number): void {
+    if (!Number.isSafeInteger(size) || size < 0) throw errno('EINVAL');
+    if (size > this.maxFileSize) throw errno('EFBIG');
+  }
+
+  /** SETATTR with a size on a file's node; `storeIfAlone`: store it at once if ours is the only reference (nobody has it open). */
+  private async resizeNode(node: FileNode, changes: AttrChanges & { readonly size: number }, storeIfAlone: boolean): Promise<FileAttr> {
+    await node.lock.run(async () => {
+      await this.truncateLocked(node, changes.size);
+      applyChanges(node.attrs, changes, true);
+      if (storeIfAlone && node.refs === 1) await this.storeLocked(node);
+    });
+    return this.nodeAttr(node);
+  }
+
+  /** SETATTR through an open handle (OpenFile.setattr): acts on the node, wherever it is, unlinked included. */
+  async setattrNode(node: FileNode, changes: AttrChanges): Promise<FileAttr> {
+    if (changes.size !== undefined) {
+      this.checkSize(changes.size);
+      return this.resizeNode(node, { ...changes, size: changes.size }, false);
+    }
+    const fn = (attrs: MutableAttrs): void => applyChanges(attrs, changes, false);
+    if (node.unlinked) return this.updateNodeMetadata(node, fn);
+    // The same lock as changes by path, so the two never interleave on one object.
+    return this.metaLocks.run(node.path, () => this.updateNodeMetadata(node, fn));
+  }
+
   /** Truncates or extends (under the node's lock). */
   private async truncateLocked(n: FileNode, size: number): Promise<void> {
     const buf = (n.buf ??= this.newBuffer(n.base?.size ?? 0));
@@ -1334,6 +1364,11 @@ class Handle implements OpenFile {
     this.check();
     if (!this.flags.write) throw errno('EBADF');
     return this.vfs.guarded('allocate', () => this.vfs.allocateNode(this.node, offset, length));
+  }
+
+  async setattr(changes: AttrChanges): Promise<FileAttr> {
+    this.check();
+    return this.vfs.guarded('setattr', () => this.vfs.setattrNode(this.node, changes));
   }
 
   async release(): Promise<void> {
