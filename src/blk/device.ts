@@ -19,6 +19,11 @@ import {
 
 /** vhost-user protocol feature CONFIG: QEMU refuses a vhost-user-blk backend without it. */
 const VHOST_USER_PROTOCOL_F_CONFIG = 1n << 9n;
+/**
+ * INFLIGHT_SHMFD: requests in flight are tracked in memory the frontend keeps, so that a
+ * restarted gateway serves again what a killed one had taken (block requests can be repeated).
+ */
+const VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD = 1n << 12n;
 
 export interface BlkDeviceOptions {
   readonly image: BlockImage;
@@ -39,7 +44,7 @@ export class BlkDevice implements VhostUserDevice {
   readonly kind = 'blk';
   readonly maxQueues: number;
   readonly features: bigint;
-  readonly protocolFeatures = VHOST_USER_PROTOCOL_F_CONFIG;
+  readonly protocolFeatures = VHOST_USER_PROTOCOL_F_CONFIG | VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD;
   readonly counters: BlkCounters = { requests: 0, errors: 0, badChains: 0 };
   private readonly image: BlockImage;
   private readonly limits: BlkLimits;

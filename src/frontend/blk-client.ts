@@ -28,6 +28,8 @@ export interface BlkClientOptions {
   readonly indirect?: boolean;
   readonly eventIdx?: boolean;
   readonly log?: VhostLogger;
+  /** Reconnect to a restarted backend and have it finish outstanding requests (see VirtioClientOptions). */
+  readonly reconnectMs?: number;
 }
 
 /** The parts of struct virtio_blk_config the client uses. */
@@ -111,6 +113,7 @@ export class BlkClient implements BlkIo {
         indirect: opts.indirect,
         eventIdx: opts.eventIdx,
         log: opts.log,
+        reconnectMs: opts.reconnectMs,
       },
       (queue, slot, len) => self!.complete(queue, slot, len),
       async (session, _features, backendQueues) => {

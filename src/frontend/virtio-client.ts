@@ -3,8 +3,9 @@
 // rings with kick/call eventfds, and delivers completions. Device clients (blk, fs)
 // build requests on top of it.
 import { native, POLL_READABLE, type Poller } from '../native/index.js';
-import { FrontendSession } from '../vhost/frontend-session.js';
+import { FRONTEND_PROTOCOL_FEATURES, FrontendSession, type InflightFd } from '../vhost/frontend-session.js';
 import type { VhostLogger } from '../vhost/backend-session.js';
+import { ProtocolFeature } from '../vhost/protocol.js';
 import { DriverQueue, type GuestBuffer } from '../virtio/driver-queue.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../virtio/features.js';
 import { FrontendMemory, type SharedBuffer } from './memory.js';
@@ -24,6 +25,13 @@ export interface VirtioClientOptions {
   readonly indirect?: boolean;
   readonly eventIdx?: boolean;
   readonly log?: VhostLogger;
+  /**
+   * What QEMU does with `-chardev socket,reconnect=N` and INFLIGHT_SHMFD: when the backend
+   * goes away, requests stay outstanding, the client connects again (for up to this many
+   * ms) and replays the device state — inflight region, features, memory, rings with
+   * base = used.idx — so that the new backend completes them. 0 (default): no reconnect.
+   */
+  readonly reconnectMs?: number;
 }
 
 export type CompletionHandler<T> = (queue: number, token: T, len: number) => void;
@@ -50,11 +58,19 @@ export class VirtioClient<T> {
   private closed = false;
   private lost = false;
   private onLost: (() => void) | null = null;
+  private sessionValue: FrontendSession;
+  /** The inflight region of INFLIGHT_SHMFD, kept for the next backend (null when not negotiated). */
+  private inflight: InflightFd | null = null;
+  private reconnecting: Promise<void> | null = null;
+  /** Times the client connected again after losing the backend. */
+  reconnects = 0;
   /** Completions of raw chains (no token), in arrival order; tests take them from here. */
   readonly rawCompletions: RawCompletion[] = [];
 
   private constructor(
-    readonly session: FrontendSession,
+    session: FrontendSession,
+    private readonly path: string,
+    private readonly opts: VirtioClientOptions,
     readonly memory: FrontendMemory,
     /** Features acked (SET_FEATURES), without the vhost-user protocol bit. */
     readonly features: bigint,
@@ -62,7 +78,24 @@ export class VirtioClient<T> {
     readonly backendQueues: number,
     private readonly onComplete: CompletionHandler<T>,
   ) {
-    void session.closed.then(() => this.backendGone());
+    this.sessionValue = session;
+    this.watch(session);
+  }
+
+  /** The current connection (a new one after a reconnect). */
+  get session(): FrontendSession {
+    return this.sessionValue;
+  }
+
+  /** The inflight region in use, if INFLIGHT_SHMFD was negotiated. */
+  get inflightRegion(): InflightFd | null {
+    return this.inflight;
+  }
+
+  private watch(session: FrontendSession): void {
+    void session.closed.then(() => {
+      if (session === this.sessionValue) this.backendGone();
+    });
   }
 
   /** True once the backend closed the connection (rather than close() here): nothing more will complete. */
@@ -79,11 +112,65 @@ export class VirtioClient<T> {
   }
 
   private backendGone(): void {
-    if (this.closed || this.lost) return;
-    this.lost = true;
+    if (this.closed || this.lost || this.reconnecting !== null) return;
     // The call eventfd may not have been read yet: deliver what the backend completed before it left.
     for (let i = 0; i < this.queues.length; i++) this.drain(i);
+    if ((this.opts.reconnectMs ?? 0) > 0 && this.inflight !== null) {
+      this.reconnecting = this.reconnect().finally(() => (this.reconnecting = null));
+      return;
+    }
+    this.giveUp();
+  }
+
+  private giveUp(): void {
+    if (this.lost) return;
+    this.lost = true;
     this.onLost?.();
+  }
+
+  /**
+   * Connects to the socket again until a backend answers (or reconnectMs passes), then
+   * brings the device up as it was: what QEMU's vhost-user-blk does on CHR_EVENT_OPENED.
+   */
+  private async reconnect(): Promise<void> {
+    const deadline = Date.now() + (this.opts.reconnectMs ?? 0);
+    while (!this.closed) {
+      let session: FrontendSession | null = null;
+      try {
+        session = await FrontendSession.connect(this.path, { log: this.opts.log, connectRetryMs: Math.max(0, deadline - Date.now()) });
+        await this.restore(session);
+        this.sessionValue = session;
+        this.reconnects++;
+        this.watch(session);
+        for (const q of this.queues) q.ring.kick();
+        return;
+      } catch (err) {
+        session?.close();
+        this.opts.log?.warn('reconnecting to the vhost-user backend failed', { error: err });
+        if (Date.now() >= deadline) break;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
+    if (!this.closed) this.giveUp();
+  }
+
+  private async restore(session: FrontendSession): Promise<void> {
+    const neg = await session.negotiate({ protocolFeatures: FRONTEND_PROTOCOL_FEATURES | ProtocolFeature.INFLIGHT_SHMFD });
+    if ((neg.features & this.features) !== this.features) throw new Error('the new backend does not offer the features in use');
+    if (!session.has(ProtocolFeature.INFLIGHT_SHMFD)) throw new Error('the new backend does not offer INFLIGHT_SHMFD');
+    if (neg.queueNum < this.queues.length) throw new Error(`the new backend serves ${neg.queueNum} queues, ${this.queues.length} in use`);
+    await session.setInflightFd(this.inflight!);
+    await session.setFeatures(this.features);
+    await session.addMemRegion(this.memory.region);
+    for (let i = 0; i < this.queues.length; i++) {
+      const q = this.queues[i]!;
+      const a = q.ring.ringAddresses;
+      // As QEMU after losing a backend: the avail index it reached is unknown, used.idx is
+      // not; the backend finds the difference in the inflight region.
+      const base = q.ring.lastUsedIdx;
+      await session.setVring(i, { size: q.ring.size, base, desc: a.desc, avail: a.avail, used: a.used, kickFd: q.kickFd, callFd: q.callFd });
+      await session.enableVring(i, true);
+    }
   }
 
   /**
@@ -98,8 +185,12 @@ export class VirtioClient<T> {
   ): Promise<VirtioClient<T>> {
     const session = await FrontendSession.connect(path, { log: opts.log });
     let memory: FrontendMemory | null = null;
+    let inflight: InflightFd | null = null;
+    const reconnect = (opts.reconnectMs ?? 0) > 0;
     try {
-      const neg = await session.negotiate();
+      const neg = await session.negotiate(
+        reconnect ? { protocolFeatures: FRONTEND_PROTOCOL_FEATURES | ProtocolFeature.INFLIGHT_SHMFD } : {},
+      );
       const want = opts.deviceFeatures | VIRTIO_F_VERSION_1
         | (opts.indirect === false ? 0n : VIRTIO_RING_F_INDIRECT_DESC)
         | (opts.eventIdx === false ? 0n : VIRTIO_RING_F_EVENT_IDX);
@@ -107,14 +198,22 @@ export class VirtioClient<T> {
       if ((features & VIRTIO_F_VERSION_1) === 0n) throw new Error('backend does not offer VIRTIO_F_VERSION_1');
       const nq = Math.min(await beforeRings(session, features, neg.queueNum), neg.queueNum);
       memory = FrontendMemory.create(opts.memorySize);
+      if (session.has(ProtocolFeature.INFLIGHT_SHMFD)) {
+        // QEMU's vhost-user-blk order: the region first, then features, memory and rings.
+        inflight = await session.getInflightFd(nq, opts.queueSize);
+        await session.setInflightFd(inflight);
+      }
       await session.setFeatures(features);
       await session.addMemRegion(memory.region);
-      const client = new VirtioClient<T>(session, memory, features, neg.queueNum, onComplete);
+      const client = new VirtioClient<T>(session, path, opts, memory, features, neg.queueNum, onComplete);
+      client.inflight = inflight;
+      inflight = null;
       for (let i = 0; i < nq; i++) await client.startQueue(i, opts.queueSize);
       return client;
     } catch (err) {
       session.close();
       memory?.close();
+      if (inflight !== null) native.close(inflight.fd);
       throw err;
     }
   }
@@ -204,11 +303,14 @@ export class VirtioClient<T> {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.reconnecting;
     try {
       for (let i = 0; i < this.queues.length; i++) await this.session.getVringBase(i);
     } catch {
       // The backend may already be gone; everything below is ours to release anyway.
     }
+    if (this.inflight !== null) native.close(this.inflight.fd);
+    this.inflight = null;
     for (const q of this.queues) {
       q.poller.close();
       native.close(q.kickFd);

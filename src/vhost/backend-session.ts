@@ -12,12 +12,14 @@ import { native, POLL_READABLE, type Mapping, type Poller } from '../native/inde
 import { GuestMemory } from '../virtio/memory.js';
 import { DeviceQueue, type RingAddresses } from '../virtio/queue.js';
 import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../virtio/features.js';
+import { InflightRegion, inflightRegionBytes } from '../virtio/inflight.js';
 import type { VhostUserDevice } from './device.js';
 import {
   ProtocolError,
   REPLY_FLAGS,
   decodeConfig,
   decodeEmpty,
+  decodeInflight,
   decodeMemRegionMsg,
   decodeMemTable,
   decodeU64,
@@ -25,6 +27,7 @@ import {
   decodeVringFile,
   decodeVringState,
   encodeConfig,
+  encodeInflight,
   encodeU64,
   encodeVringState,
   needsReply,
@@ -65,8 +68,12 @@ export interface BackendSessionOptions {
 /** Protocol features this session implements (the device may add CONFIG). */
 export const BACKEND_PROTOCOL_FEATURES =
   ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK | ProtocolFeature.CONFIGURE_MEM_SLOTS | ProtocolFeature.RESET_DEVICE;
-/** Protocol features a device may ask for through `protocolFeatures`. */
-const DEVICE_PROTOCOL_FEATURES = ProtocolFeature.CONFIG;
+/**
+ * Protocol features a device may ask for through `protocolFeatures`. INFLIGHT_SHMFD is the
+ * device's choice: resubmitting a request after a crash is only right where requests can
+ * be repeated (a block read or write can, a FUSE rename cannot).
+ */
+const DEVICE_PROTOCOL_FEATURES = ProtocolFeature.CONFIG | ProtocolFeature.INFLIGHT_SHMFD;
 
 export const DEFAULT_MAX_MEM_SLOTS = 32;
 const PAGE_SIZE = 4096;
@@ -93,8 +100,25 @@ interface Vring {
   polling: boolean;
 }
 
+/** A natural reply that carries fds (GET_INFLIGHT_FD); the session closes them once sent. */
+interface ReplyWithFds {
+  readonly payload: Uint8Array;
+  readonly fds: number[];
+}
+
 /** Result of a handler: a natural reply payload, or undefined (ack with 0 if asked). */
-type HandlerResult = Uint8Array | undefined;
+type HandlerResult = Uint8Array | ReplyWithFds | undefined;
+
+/** The INFLIGHT_SHMFD region the frontend handed us (SET_INFLIGHT_FD). */
+interface InflightArea {
+  readonly fd: number;
+  readonly mapping: Mapping;
+  readonly region: InflightRegion;
+  readonly queueSize: number;
+}
+
+/** Largest num_queues accepted in GET/SET_INFLIGHT_FD (besides the device's own limit). */
+const MAX_INFLIGHT_QUEUES = 1024;
 
 export class BackendSession extends EventEmitter {
   readonly device: VhostUserDevice;
@@ -113,6 +137,7 @@ export class BackendSession extends EventEmitter {
   private wakePump: (() => void) | null = null;
   private closing = false;
   private owner = false;
+  private inflight: InflightArea | null = null;
   private acked = 0n;
   private protocolAcked = 0n;
 
@@ -230,8 +255,11 @@ export class BackendSession extends EventEmitter {
       }
       return;
     }
-    if (result !== undefined) {
+    if (result instanceof Uint8Array) {
       this.channel.send(msg.request, REPLY_FLAGS, result);
+    } else if (result !== undefined) {
+      this.channel.send(msg.request, REPLY_FLAGS, result.payload, result.fds);
+      closeFds(result.fds); // the channel sent them or holds dups
     } else if (needsReply(msg.flags)) {
       this.channel.send(msg.request, REPLY_FLAGS, encodeU64(0n));
     }
@@ -288,6 +316,10 @@ export class BackendSession extends EventEmitter {
         return this.getConfig(p);
       case FrontendReq.SET_CONFIG:
         return this.setConfig(p);
+      case FrontendReq.GET_INFLIGHT_FD:
+        return this.getInflightFd(p);
+      case FrontendReq.SET_INFLIGHT_FD:
+        return this.setInflightFd(p, fds);
       case FrontendReq.SET_LOG_BASE:
       case FrontendReq.SET_LOG_FD:
         throw new ProtocolError('ENOTSUP', 'dirty logging (LOG_SHMFD, F_LOG_ALL) is not supported');
@@ -615,6 +647,7 @@ export class BackendSession extends EventEmitter {
       this.signalErr(v);
       return;
     }
+    this.trackInflight(v);
     v.started = true;
     if (!this.callDevice('startQueue', () => this.device.startQueue(q))) {
       v.started = false;
@@ -625,6 +658,26 @@ export class BackendSession extends EventEmitter {
     this.startPolling(v);
     // Serve buffers made available before the kick fd was watched.
     this.kickDevice(v);
+  }
+
+  /** Hooks the ring to its slice of the inflight region, resubmitting what a crashed backend left. */
+  private trackInflight(v: Vring): void {
+    const area = this.inflight;
+    if (area === null || (this.protocolAcked & ProtocolFeature.INFLIGHT_SHMFD) === 0n) return;
+    const slice = area.region.queues[v.index];
+    if (slice === undefined) return;
+    if (area.queueSize !== v.size) {
+      this.log.warn('inflight region is for another ring size; requests of this ring are not tracked', {
+        queue: v.index, ringSize: v.size, regionSize: area.queueSize,
+      });
+      return;
+    }
+    const r = v.queue.trackInflight(slice);
+    if (r.resubmit.length > 0 || r.repaired > 0 || r.lastAvailIdx !== v.base) {
+      this.log.info('ring recovered from the inflight region', {
+        queue: v.index, resubmit: r.resubmit.length, repaired: r.repaired, base: v.base, lastAvailIdx: r.lastAvailIdx,
+      });
+    }
   }
 
   /** Stops serving a ring: no more kicks, and waits for its in-flight requests. */
@@ -728,6 +781,74 @@ export class BackendSession extends EventEmitter {
     v.enabled = false;
   }
 
+  // ---- inflight region (INFLIGHT_SHMFD) ------------------------------------------------
+
+  private checkInflightShape(what: string, numQueues: number, queueSize: number): void {
+    if (numQueues < 1 || numQueues > Math.min(this.device.maxQueues, MAX_INFLIGHT_QUEUES)) {
+      throw new ProtocolError('EINVAL', `${what}: ${numQueues} queues (the device has ${this.device.maxQueues})`);
+    }
+    if (queueSize < 1 || queueSize > MAX_VRING_SIZE || (queueSize & (queueSize - 1)) !== 0) {
+      throw new ProtocolError('EINVAL', `${what}: queue size ${queueSize} is not a power of 2 in 1..${MAX_VRING_SIZE}`);
+    }
+  }
+
+  /** A zeroed memfd sized for the queues; the frontend keeps it and gives it back with SET_INFLIGHT_FD. */
+  private getInflightFd(p: Uint8Array): ReplyWithFds {
+    const req = decodeInflight(p);
+    this.checkInflightShape('GET_INFLIGHT_FD', req.numQueues, req.queueSize);
+    const size = inflightRegionBytes(req.numQueues, req.queueSize);
+    const fd = native.memfdCreate('vhost-s3-inflight', size);
+    this.log.debug('inflight region created', { queues: req.numQueues, queueSize: req.queueSize, size });
+    return {
+      payload: encodeInflight({ mmapSize: BigInt(size), mmapOffset: 0n, numQueues: req.numQueues, queueSize: req.queueSize }),
+      fds: [fd],
+    };
+  }
+
+  private setInflightFd(p: Uint8Array, fds: number[]): undefined {
+    const req = decodeInflight(p);
+    if (fds.length !== 1) throw new ProtocolError('EBADF', `SET_INFLIGHT_FD with ${fds.length} fds (expected 1)`);
+    if ((this.protocolAcked & ProtocolFeature.INFLIGHT_SHMFD) === 0n) {
+      throw new ProtocolError('EPROTO', 'SET_INFLIGHT_FD without INFLIGHT_SHMFD negotiated');
+    }
+    if (this.vrings.some((v) => v.started)) throw new ProtocolError('EBUSY', 'SET_INFLIGHT_FD while rings are running');
+    this.checkInflightShape('SET_INFLIGHT_FD', req.numQueues, req.queueSize);
+    const need = inflightRegionBytes(req.numQueues, req.queueSize);
+    if (req.mmapSize < BigInt(need)) {
+      throw new ProtocolError('EINVAL', `SET_INFLIGHT_FD: ${req.mmapSize} bytes for ${req.numQueues} queues of ${req.queueSize} (need ${need})`);
+    }
+    if (req.mmapOffset % BigInt(PAGE_SIZE) !== 0n || req.mmapOffset > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw new ProtocolError('EINVAL', `SET_INFLIGHT_FD: mmap_offset 0x${req.mmapOffset.toString(16)} is not page-aligned`);
+    }
+    const fd = fds[0]!;
+    const offset = Number(req.mmapOffset);
+    let fileSize: number;
+    try {
+      fileSize = fstatSync(fd).size;
+    } catch (err) {
+      throw new ProtocolError('EBADF', `SET_INFLIGHT_FD fd: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    // A mapping past the end of the file faults (SIGBUS) on first access: refuse it.
+    if (offset + need > fileSize) {
+      throw new ProtocolError('EINVAL', `SET_INFLIGHT_FD: [${offset}, +${need}) is past the end of a ${fileSize}-byte file`);
+    }
+    const mapping = native.mmap(fd, offset, need, true);
+    const region = new InflightRegion(mapping.windows[0]!, 0, req.numQueues, req.queueSize);
+    this.dropInflight();
+    fds[0] = -1; // kept for the session's life
+    this.inflight = { fd, mapping, region, queueSize: req.queueSize };
+    this.log.debug('inflight region set', { queues: req.numQueues, queueSize: req.queueSize });
+    return undefined;
+  }
+
+  private dropInflight(): void {
+    const area = this.inflight;
+    if (area === null) return;
+    this.inflight = null;
+    area.mapping.unmap();
+    closeFds([area.fd]);
+  }
+
   // ---- config ------------------------------------------------------------------------
 
   private getConfig(p: Uint8Array): Uint8Array {
@@ -785,6 +906,7 @@ export class BackendSession extends EventEmitter {
         for (const v of this.vrings) this.clearVring(v);
         this.memory.clear();
         this.regionFiles.clear();
+        this.dropInflight();
         this.callDevice('reset', () => this.device.reset());
       } catch (e) {
         this.log.error('error while closing the vhost-user session', { error: e });

@@ -11,9 +11,11 @@ import { nullLogger, type VhostLogger } from './backend-session.js';
 import {
   ProtocolError,
   decodeConfig,
+  decodeInflight,
   decodeU64,
   decodeVringState,
   encodeConfig,
+  encodeInflight,
   encodeMemRegionMsg,
   encodeMemTable,
   encodeU64,
@@ -22,6 +24,7 @@ import {
   encodeVringState,
   isReply,
   requestFlags,
+  type InflightPayload,
   type MemRegion,
   type VhostUserMessage,
 } from './codec.js';
@@ -58,6 +61,11 @@ export interface VringSetup {
   readonly callFd?: number;
   /** eventfd the backend writes on ring errors; omitted: not sent. */
   readonly errFd?: number;
+}
+
+/** The inflight region a backend handed out (GET_INFLIGHT_FD); the caller owns the fd. */
+export interface InflightFd extends InflightPayload {
+  readonly fd: number;
 }
 
 export interface NegotiateOptions {
@@ -368,6 +376,33 @@ export class FrontendSession {
     return s.num;
   }
 
+  // ---- inflight region (INFLIGHT_SHMFD) ------------------------------------------------
+
+  /**
+   * GET_INFLIGHT_FD: the backend allocates the region where it tracks requests in flight.
+   * Keep it, and give it back with setInflightFd() to this backend and to any later one
+   * that takes over the same device after a crash.
+   */
+  async getInflightFd(numQueues: number, queueSize: number): Promise<InflightFd> {
+    const req = encodeInflight({ mmapSize: 0n, mmapOffset: 0n, numQueues, queueSize });
+    const reply = await this.call(FrontendReq.GET_INFLIGHT_FD, req);
+    const fds = reply.fds.slice();
+    try {
+      const p = decodeInflight(reply.payload);
+      if (fds.length !== 1) throw new ProtocolError('EPROTO', `GET_INFLIGHT_FD reply with ${fds.length} fds`);
+      if (p.mmapSize === 0n) throw new ProtocolError('EIO', 'GET_INFLIGHT_FD: the backend returned no region');
+      const fd = fds.pop()!;
+      return { ...p, fd };
+    } finally {
+      closeFds(fds);
+    }
+  }
+
+  /** SET_INFLIGHT_FD, before the rings start. The caller keeps its fd. */
+  async setInflightFd(region: InflightFd): Promise<void> {
+    await this.set(FrontendReq.SET_INFLIGHT_FD, encodeInflight(region), [region.fd]);
+  }
+
   // ---- config ------------------------------------------------------------------------
 
   async getConfig(offset: number, size: number, flags = 0): Promise<Uint8Array> {
@@ -474,9 +509,10 @@ export class FrontendSession {
   }
 
   private onMessage(msg: VhostUserMessage): void {
-    // The backend sends nothing on this channel but replies.
-    closeFds(msg.fds);
+    // The backend sends nothing on this channel but replies; only GET_INFLIGHT_FD's carries an fd.
     const w = this.waiter;
+    const wanted = w !== null && isReply(msg.flags) && msg.request === w.request && msg.request === FrontendReq.GET_INFLIGHT_FD;
+    if (!wanted) closeFds(msg.fds);
     if (w === null || !isReply(msg.flags)) {
       this.log.warn('unexpected message from the backend', { request: requestName(msg.request), flags: msg.flags });
       return;

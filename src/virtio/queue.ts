@@ -28,6 +28,7 @@ import {
   usedRingSize,
 } from './layout.js';
 import { defaultRingOps, type RingOps } from './ring-ops.js';
+import type { InflightQueue, InflightRecovery } from './inflight.js';
 
 export type { ChainError } from './chain.js';
 
@@ -116,6 +117,11 @@ export class DeviceQueue {
   private lastWindow: WindowViews | null = null;
   private windowViews = new WeakMap<ArrayBuffer, WindowViews>();
 
+  /** Inflight tracking in the INFLIGHT_SHMFD region (null when not negotiated). */
+  private inflight: InflightQueue | null = null;
+  /** Heads a previous backend took and did not complete, served before new ones. */
+  private resubmit: number[] = [];
+
   constructor(index: number, ops: RingOps = defaultRingOps()) {
     this.index = index;
     this.ops = ops;
@@ -188,8 +194,29 @@ export class DeviceQueue {
     return true;
   }
 
+  /**
+   * Tracks this started ring's requests in `region` (call after setAddresses). A region
+   * from a backend that died is recovered first: its unfinished heads are popped again
+   * before anything new, and lastAvailIdx becomes used.idx + their number, whatever
+   * SET_VRING_BASE said (a frontend that lost the backend only knows used.idx).
+   */
+  trackInflight(region: InflightQueue): InflightRecovery {
+    const r = region.recover(this.usedIdxValue);
+    this.inflight = region;
+    this.resubmit = r.resubmit.slice();
+    this.lastAvailIdx = r.lastAvailIdx;
+    return r;
+  }
+
+  /** Heads still waiting to be resubmitted. */
+  get resubmitPending(): number {
+    return this.resubmit.length;
+  }
+
   /** Forget ring addresses and counters (queue stopped / device reset). */
   reset(): void {
+    this.inflight = null;
+    this.resubmit = [];
     this.clearRings();
     this.lastAvailIdx = 0;
     this.broken = false;
@@ -244,6 +271,7 @@ export class DeviceQueue {
   /** Pops the next available chain; bad chains are reported so the device can fail them. */
   pop(): PopResult {
     if (this.broken || this.usedBuf === null) return EMPTY;
+    if (this.resubmit.length > 0) return this.walkResult(this.resubmit.shift()!);
     if (this.lastAvail === this.shadowAvailIdx) {
       if (this.available() === 0) return EMPTY;
       // Read the ring entries and descriptors only after seeing the index.
@@ -258,6 +286,11 @@ export class DeviceQueue {
       this.markBroken('head-out-of-range');
       return { kind: 'bad', head, error: 'head-out-of-range' };
     }
+    this.inflight?.popped(head);
+    return this.walkResult(head);
+  }
+
+  private walkResult(head: number): PopResult {
     const r = this.walk(head);
     if (typeof r === 'string') {
       this.badChains++;
@@ -387,6 +420,7 @@ export class DeviceQueue {
     this.used32[1 + 2 * slot] = head;
     this.used32[2 + 2 * slot] = written >>> 0;
     this.usedIdxValue = (this.usedIdxValue + 1) & 0xffff;
+    this.inflight?.pushed(head);
     return true;
   }
 
@@ -406,9 +440,11 @@ export class DeviceQueue {
     }
     this.publishedUsedIdx = newIdx;
     const ev = this.availByteOffset + (this.eventIdx ? usedEventOffset(this.size) : AVAIL_FLAGS);
-    return this.ops.publishIdx(
+    const signalled = this.ops.publishIdx(
       this.usedBuf, this.usedByteOffset + USED_IDX, newIdx, oldIdx, this.availBuf, ev, this.eventIdx, this.callFd,
     );
+    this.inflight?.published(newIdx);
+    return signalled;
   }
 
   /**
