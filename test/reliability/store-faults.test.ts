@@ -1,0 +1,135 @@
+// "The store fails": the gateway as a child process talks to s3rver through the fault
+// proxy (test/support/fault-proxy.ts), which injects one class of fault at a time — 500,
+// 503 SlowDown, latency, connections reset mid-body, truncated bodies, the store down
+// (connections refused) — while a verifying workload runs:
+// - blk: an object image on s3:// served by `vhost-s3 blk`, driven by our frontend;
+// - fs: `vhost-s3 fs`, driven by our FUSE client.
+// The gateway must retry within its budget and stay up; every request is answered OK or
+// with an error (IOERR / EIO), never a wrong success: what a completed FLUSH/fsync
+// acknowledged is checked in s3rver directly (not through the proxy) right away, reads
+// are compared with the model, and at the end a fresh gateway reads everything back.
+// Figures per class (faults injected, requests answered OK/with an error, bytes
+// verified) are printed; VHOST_S3_RELIABILITY_SCALE=<n> runs n times as many rounds.
+import { expect } from 'chai';
+
+import { S3Store } from '../../src/backends/s3-store.js';
+import { createImage } from '../../src/blk/image-admin.js';
+import { ImageKeys } from '../../src/blk/image-format.js';
+import { BlkClient } from '../../src/frontend/blk-client.js';
+import { startBlkServer, type CliProcess } from '../support/cli.js';
+import { FAULT_CLASSES, FaultProxy, type FaultClass } from '../support/fault-proxy.js';
+import { startS3rver, type S3rver } from '../support/s3rver.js';
+import { TmpDir } from '../support/tmp.js';
+import { allocBlkBuffers, blkRound, DiskModel, newBlkTally, readWholeDisk, Rng, verifyStoredChunks } from './blk-workload.js';
+import { report, scaled, type Row } from './report.js';
+
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const BUCKET = 'bkt';
+
+/** How each class is injected: a fraction of requests (the SDK's retry token bucket drains under much more). */
+export const FAULT_PLANS: Record<Exclude<FaultClass, 'down'>, { rate: number; latencyMs?: number }> = {
+  error500: { rate: 0.2 },
+  slowdown503: { rate: 0.08 },
+  latency: { rate: 0.3, latencyMs: 30 },
+  reset: { rate: 0.15 },
+  truncate: { rate: 0.2 },
+};
+/** How long the store is down in the 'down' class: longer than the SDK's retries take, so requests fail. */
+export const OUTAGE_MS = 2000;
+
+describe('reliability: the store fails (fault proxy between the gateway and s3rver)', function () {
+  this.timeout(180_000);
+  let s3: S3rver;
+  let proxy: FaultProxy;
+  let direct: S3Store;
+  let dir: TmpDir;
+
+  before(async () => {
+    s3 = await startS3rver({ buckets: [BUCKET] });
+    proxy = await FaultProxy.start(s3.port, { seed: 42 });
+    direct = new S3Store({ bucket: BUCKET, endpoint: s3.endpoint, credentials: s3.credentials });
+    dir = new TmpDir('vhost-s3-faults-');
+  });
+  after(async () => {
+    await direct?.close();
+    await proxy?.close();
+    await s3?.stop();
+    dir?.remove();
+  });
+
+  describe('blk: an object image on s3:// under every fault class', () => {
+    const SIZE = 8 * MiB;
+    const CS = 64 * KiB;
+    const keys = new ImageKeys('images/faults/');
+    const gateways: CliProcess[] = [];
+    const clients: BlkClient[] = [];
+    afterEach(async function () {
+      proxy.inject(null);
+      const failed = this.currentTest?.state === 'failed';
+      for (const c of clients.splice(0)) await c.close().catch(() => undefined);
+      for (const g of gateways.splice(0)) {
+        if (failed) console.log(g.describe());
+        await g.kill();
+      }
+    });
+
+    it('retries within its budget, stays up, answers every request OK or IOERR, and what FLUSH acknowledged is in s3rver byte for byte', async () => {
+      await createImage(direct, keys, SIZE, CS);
+      const env = { ...s3.env, VHOST_S3_ENDPOINT: proxy.endpoint };
+      const g = await startBlkServer({
+        socket: dir.file('blk.sock'), image: `s3://${BUCKET}/images/faults`, env, logLevel: 'warn',
+        // A small cache so that reads go to the store; a short write-back delay so uploads also happen between FLUSHes.
+        extra: ['--cache-size', '256K', '--writeback-delay', '300', '--readahead', '1'],
+      });
+      gateways.push(g);
+      const client = await BlkClient.connect(dir.file('blk.sock'), { queues: 1, memorySize: 8 * MiB });
+      clients.push(client);
+      const bufs = allocBlkBuffers(client, 8, 6);
+      const model = new DiskModel(SIZE);
+      const rounds = scaled(3);
+      const rows: Row[] = [];
+      const pending = new Set<number>();
+      for (const [k, cls] of FAULT_CLASSES.entries()) {
+        const tally = newBlkTally();
+        const before = { injected: proxy.counts[cls], requests: proxy.requests, t: Date.now() };
+        const w = { client, model, chunkSize: CS, rng: new Rng(100 + k), tally, verifyStore: (chunks: Iterable<number>) => verifyStoredChunks(direct, keys, CS, model, chunks) };
+        if (cls === 'down') {
+          // An outage (more with a scale); the first round starts inside it, so its FLUSH (and uncached reads) must fail.
+          for (let o = 0; o < scaled(1); o++) {
+            const outage = proxy.down(OUTAGE_MS);
+            const flushesFailed = tally.flushesFailed;
+            await blkRound(w, bufs, pending);
+            expect(tally.flushesFailed, 'a FLUSH during the outage is reported as IOERR').to.be.above(flushesFailed);
+            await outage;
+            for (let r = 0; r < rounds - 1; r++) await blkRound(w, bufs, pending);
+          }
+        } else {
+          proxy.inject(cls, FAULT_PLANS[cls]);
+          for (let r = 0; r < rounds; r++) await blkRound(w, bufs, pending);
+          proxy.inject(null);
+        }
+        expect(g.running, `the gateway is up after ${cls}\n${g.describe()}`).to.equal(true);
+        // Without faults, a FLUSH stores everything the client was told is written (also what failed to upload before).
+        expect(await client.flushAsync(0), `FLUSH after ${cls}`).to.equal(0);
+        tally.bytesVerified += await verifyStoredChunks(direct, keys, CS, model);
+        pending.clear();
+        const injected = proxy.counts[cls] - before.injected;
+        if (cls !== 'latency') expect(injected, `${cls} faults injected`).to.be.above(0);
+        rows.push({ class: cls, injected, survived: injected, requests: proxy.requests - before.requests, ...tally, ms: Date.now() - before.t });
+      }
+      report('blk (object image on s3://, 64 KiB chunks) under store faults', rows);
+
+      // The gateway stops cleanly, and a fresh gateway straight on s3rver reads back what the model says.
+      expect((await g.stop('SIGTERM')).code, g.describe()).to.equal(0);
+      const fresh = await startBlkServer({ socket: dir.file('fresh.sock'), image: `s3://${BUCKET}/images/faults`, env: s3.env, readonly: true, logLevel: 'warn' });
+      gateways.push(fresh);
+      const c2 = await BlkClient.connect(dir.file('fresh.sock'), { queues: 1, memorySize: 4 * MiB });
+      clients.push(c2);
+      const n = await readWholeDisk(c2, model, c2.allocBuffer(128 * KiB));
+      expect(n).to.equal(SIZE);
+    });
+  });
+});
