@@ -18,8 +18,6 @@
 // times (the mount stamps them at other moments), directory mtimes once entries changed
 // (the mount leaves them, as documented), link counts (the mount reports 1 for
 // directories), directory sizes, inode numbers, st_blocks, atimes.
-// Not generated, because of a known bug (a skipped test in semantics.test.ts): setgid
-// directories.
 //
 // VHOST_S3_MODEL_SEED=<n> replays one sequence; VHOST_S3_MODEL_STEPS=<n> changes its
 // length (default 600 over s3rver, 400 over the file store). A failure prints the seed,
@@ -48,9 +46,8 @@ type Rng = ReturnType<typeof rng>;
 
 const NAMES = ['a', 'b', 'c', 'd'];
 const TARGETS = ['a', 'b', 'c', 'a/b', 'b/c', 'nowhere', 'c/a/b'];
-// No setgid directories: BUG (test/mount/semantics.test.ts, skipped there) — the mount does not
-// pass a directory's setgid bit (and group) on to what is created in it, as Linux file systems do.
-const MODES = [0o644, 0o600, 0o755, 0o700, 0o640, 0o444, 0o750, 0o4755, 0o1777, 0o4644];
+// 02755 and 02775 make setgid directories, whose bit new directories in them inherit.
+const MODES = [0o644, 0o600, 0o755, 0o700, 0o640, 0o444, 0o750, 0o4755, 0o1777, 0o4644, 0o2755, 0o2775];
 const MAX_HANDLES = 4;
 
 /** Operation weights (handle operations only while a handle is open). */

@@ -186,16 +186,10 @@ describe('vhost-s3 mount: open files, setgid directories, life cycle, other writ
     }
   });
 
-  // BUG: a directory's setgid bit is not passed on. On Linux (ext4, tmpfs, ...) a directory
-  // created in a setgid directory is setgid too, and files and directories created in it
-  // get the directory's group; the kernel leaves this to FUSE servers. Here `mkdir d/sub`
-  // gives mode 0755 (not 02755) and group 0 (the caller's), not the directory's.
-  // src/backends/posix/bucket-vfs.ts BucketVfs.mkdir/create (or the engine in
-  // src/fuse/server.ts MKDIR/CREATE/MKNOD/SYMLINK) must look at the parent's mode.
-  // Repro: mkdir d; chgrp 1234 d; chmod 2775 d; mkdir d/sub; touch d/f; stat -c '%a %g' d/sub d/f
-  //   Linux: "2755 1234" and "644 1234"; vhost-s3 mount: "755 0" and "644 0".
-  // The reference-model test does not chmod directories setgid until it is fixed.
-  it.skip('a setgid directory passes its group and (to directories) its setgid bit on (BUG: it does not)', async () => {
+  // Regression test: `mkdir d/sub` in a setgid directory gave 0755 and the caller's group,
+  // not 02755 and the directory's (the kernel leaves this to FUSE servers; BucketVfs
+  // now does what ext4's inode_init_owner does).
+  it('a setgid directory passes its group and (to directories) its setgid bit on', async () => {
     await mkdir(at('d'));
     await sh(`chgrp 1234 "$D" && chmod 2775 "$D" && mkdir "$D/sub" && touch "$D/f"`, { env: { ...process.env, D: at('d') } });
     const sub = await stat(at('d/sub'));

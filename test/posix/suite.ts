@@ -311,6 +311,31 @@ export function bucketVfsSuite(target: VfsTarget): void {
         expect(await names(vfs, '')).to.deep.equal(['a']);
       });
 
+      it('a setgid directory passes its group on to new files, directories and symlinks, and its setgid bit to directories', async () => {
+        const { vfs, prefix } = mk();
+        await vfs.mkdir('d', 0o755, CALLER);
+        await vfs.setattr('d', { mode: 0o2775, gid: 1234 });
+        const sub = await vfs.mkdir('d/sub', 0o755, CALLER);
+        const { attr: f, file } = await vfs.create('d/f', 0o644, CALLER, true);
+        await file.release();
+        const l = await vfs.symlink('d/l', 'f', CALLER);
+        expect([sub.mode, sub.uid, sub.gid]).to.deep.equal([S_IFDIR | 0o2755, CALLER.uid, 1234]);
+        expect([f.mode, f.uid, f.gid]).to.deep.equal([S_IFREG | 0o644, CALLER.uid, 1234]);
+        expect([l.mode, l.gid]).to.deep.equal([S_IFLNK | 0o777, 1234]);
+        // Inherited further down, and stored.
+        const deeper = await vfs.mkdir('d/sub/deeper', 0o700, CALLER);
+        expect([deeper.mode, deeper.gid]).to.deep.equal([S_IFDIR | 0o2700, 1234]);
+        const fresh = mk({}, prefix).vfs;
+        for (const [p, mode] of [['d/sub', S_IFDIR | 0o2755], ['d/f', S_IFREG | 0o644], ['d/l', S_IFLNK | 0o777]] as const) {
+          const a = (await fresh.stat(p))!;
+          expect([a.mode, a.gid], p).to.deep.equal([mode, 1234]);
+        }
+        // Without setgid: the caller's group, no setgid bit.
+        await vfs.setattr('d', { mode: 0o775 });
+        const plain = await vfs.mkdir('d/plain', 0o755, CALLER);
+        expect([plain.mode, plain.gid]).to.deep.equal([S_IFDIR | 0o755, CALLER.gid]);
+      });
+
       it('keeps an implicit directory when its last entry is removed', async () => {
         const { vfs, prefix } = mk();
         await shared.store.put(`${prefix}imp/only`, text('x'));

@@ -65,6 +65,7 @@ import {
   USER_XATTR_PREFIX,
   attrFromMetadata,
   metadataBytes,
+  newObjectOwner,
   readMetadata,
   timeOfDate,
   writeMetadata,
@@ -326,11 +327,11 @@ export class BucketVfs implements Vfs {
     return this.guarded('mkdir', async () => {
       checkPath(path);
       if (path === '') throw errno('EEXIST');
-      await this.requireDir(parentOf(path));
+      const parent = await this.requireDir(parentOf(path));
       if (await this.attrOf(path)) throw errno('EEXIST');
       this.checkKeyFits(this.keys.dirKey(path));
       const t = nowNs();
-      const attrs: StoredAttrs = { mode: S_IFDIR | (mode & PERM_MASK), uid: caller.uid, gid: caller.gid, mtime: t, ctime: t, atime: t };
+      const attrs: StoredAttrs = { ...newObjectOwner(parent, caller, S_IFDIR | (mode & PERM_MASK)), mtime: t, ctime: t, atime: t };
       const entry = await this.putMarker(path, attrs, new Map(), {});
       return entry.attr;
     });
@@ -398,11 +399,11 @@ export class BucketVfs implements Vfs {
       const body = new TextEncoder().encode(target);
       if (body.length >= PATH_MAX || target.includes('\0')) throw errno('ENAMETOOLONG');
       if (path === '') throw errno('EEXIST');
-      await this.requireDir(parentOf(path));
+      const parent = await this.requireDir(parentOf(path));
       if (await this.attrOf(path)) throw errno('EEXIST');
       this.checkKeyFits(this.keys.fileKey(path));
       const t = nowNs();
-      const attrs: StoredAttrs = { mode: S_IFLNK | 0o777, uid: caller.uid, gid: caller.gid, mtime: t, ctime: t, atime: t };
+      const attrs: StoredAttrs = { ...newObjectOwner(parent, caller, S_IFLNK | 0o777), mtime: t, ctime: t, atime: t };
       const key = this.keys.fileKey(path);
       const metadata = writeMetadata(attrs, new Map());
       const r = await this.store.put(key, body, { metadata });
@@ -473,12 +474,12 @@ export class BucketVfs implements Vfs {
     return this.guarded('create', async () => {
       checkPath(path);
       if (path === '') throw errno(exclusive ? 'EEXIST' : 'EISDIR');
-      await this.requireDir(parentOf(path));
+      const parent = await this.requireDir(parentOf(path));
       const existing = await this.attrOf(path);
       if (!existing) this.checkKeyFits(this.keys.fileKey(path));
       if (!existing && !this.liveNode(path)) {
         const t = nowNs();
-        const node = new FileNode(path, { mode: S_IFREG | (mode & PERM_MASK), uid: caller.uid, gid: caller.gid, atime: t, mtime: t, ctime: t }, new Map(), {}, null);
+        const node = new FileNode(path, { ...newObjectOwner(parent, caller, S_IFREG | (mode & PERM_MASK)), atime: t, mtime: t, ctime: t }, new Map(), {}, null);
         node.buf = this.newBuffer(0);
         node.dirty = true;
         node.refs = 1;
@@ -598,10 +599,12 @@ export class BucketVfs implements Vfs {
     return (await this.lookup(path))?.attr;
   }
 
-  private async requireDir(path: string): Promise<void> {
+  /** The attributes of the directory at `path`; ENOENT, ENOTDIR. */
+  private async requireDir(path: string): Promise<FileAttr> {
     const a = await this.attrOf(path);
     if (!a) throw errno('ENOENT');
     if (a.kind !== 'dir') throw errno('ENOTDIR');
+    return a;
   }
 
   /** What the store has at `path` (cached). The root always exists. */

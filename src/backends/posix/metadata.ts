@@ -196,6 +196,20 @@ export interface StoredAttrs {
   readonly atime: TimeNs;
 }
 
+export const S_ISGID = 0o2000;
+
+/**
+ * Mode and owner of an object created in directory `parent` (its st_mode and gid) by
+ * `caller`, with `mode` the full st_mode asked for: as Linux file systems do (ext4's
+ * inode_init_owner), a setgid directory passes its group on, and its setgid bit on to new
+ * directories. (Clearing setgid on files whose creator is not in the group is done by
+ * the kernel before the request, and we cannot know the caller's groups anyway.)
+ */
+export function newObjectOwner(parent: { readonly mode: number; readonly gid: number }, caller: { readonly uid: number; readonly gid: number }, mode: number): { mode: number; uid: number; gid: number } {
+  if ((parent.mode & S_ISGID) === 0) return { mode, uid: caller.uid, gid: caller.gid };
+  return { mode: (mode & S_IFMT) === S_IFDIR ? mode | S_ISGID : mode, uid: caller.uid, gid: parent.gid };
+}
+
 /** Metadata for an object: `other` (kept from the previous version), then ours. */
 export function writeMetadata(attrs: StoredAttrs, xattrs: ReadonlyMap<string, Uint8Array>, other: Metadata = {}): Metadata {
   const out: Metadata = {};
