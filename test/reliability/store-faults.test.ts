@@ -16,11 +16,13 @@ import { S3Store } from '../../src/backends/s3-store.js';
 import { createImage } from '../../src/blk/image-admin.js';
 import { ImageKeys } from '../../src/blk/image-format.js';
 import { BlkClient } from '../../src/frontend/blk-client.js';
-import { startBlkServer, type CliProcess } from '../support/cli.js';
+import { FuseClient } from '../../src/frontend/fuse-client.js';
+import { CliProcess, startBlkServer } from '../support/cli.js';
 import { FAULT_CLASSES, FaultProxy, type FaultClass } from '../support/fault-proxy.js';
 import { startS3rver, type S3rver } from '../support/s3rver.js';
 import { TmpDir } from '../support/tmp.js';
 import { allocBlkBuffers, blkRound, DiskModel, newBlkTally, readWholeDisk, Rng, verifyStoredChunks } from './blk-workload.js';
+import { FS_MAX_IO, FsModel, fsRound, newFsTally, settleAndVerify, type FsWorkload } from './fs-workload.js';
 import { report, scaled, type Row } from './report.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
@@ -130,6 +132,73 @@ describe('reliability: the store fails (fault proxy between the gateway and s3rv
       clients.push(c2);
       const n = await readWholeDisk(c2, model, c2.allocBuffer(128 * KiB));
       expect(n).to.equal(SIZE);
+    });
+  });
+  describe('fs: vhost-s3 fs on s3:// under every fault class', () => {
+    const procs: CliProcess[] = [];
+    const clients: FuseClient[] = [];
+    afterEach(async function () {
+      proxy.inject(null);
+      const failed = this.currentTest?.state === 'failed';
+      for (const c of clients.splice(0)) await c.close().catch(() => undefined);
+      for (const p of procs.splice(0)) {
+        if (failed) console.log(p.describe());
+        await p.kill();
+      }
+    });
+
+    /** `vhost-s3 fs` on s3://bkt/fs with no caching of names, attributes or listings (every lookup and listing asks the store). */
+    async function startFs(sock: string, endpoint: string): Promise<{ proc: CliProcess; client: FuseClient }> {
+      const proc = new CliProcess(
+        ['fs', '--socket', sock, '--bucket', `s3://${BUCKET}/fs`, '--log-level', 'warn', '--attr-timeout', '0', '--entry-timeout', '0',
+          '--negative-timeout', '0', '--list-timeout', '0', '--cache-size', '1M'],
+        { env: { ...s3.env, VHOST_S3_ENDPOINT: endpoint } },
+      );
+      procs.push(proc);
+      await proc.waitFor('the QEMU arguments on stdout', (out) => out.includes('guest: mount'));
+      const client = await FuseClient.connect(sock, { requestQueues: 1, maxIo: 2 * FS_MAX_IO });
+      clients.push(client);
+      await client.init();
+      return { proc, client };
+    }
+
+    it('retries within its budget, stays up, answers every request or EIO, and what fsync acknowledged is in s3rver byte for byte', async () => {
+      const { proc, client } = await startFs(dir.file('fs.sock'), proxy.endpoint);
+      const model = new FsModel();
+      const rounds = scaled(3);
+      const rows: Row[] = [];
+      for (const [k, cls] of FAULT_CLASSES.entries()) {
+        const tally = newFsTally();
+        const before = { injected: proxy.counts[cls], requests: proxy.requests, t: Date.now() };
+        const w: FsWorkload = { client, model, rng: new Rng(200 + k), tally, store: direct, prefix: 'fs/' };
+        if (cls === 'down') {
+          for (let o = 0; o < scaled(1); o++) {
+            const outage = proxy.down(OUTAGE_MS);
+            const failed = tally.fsyncsFailed + tally.opsFailed;
+            await fsRound(w, `${cls}${o}-0`);
+            expect(tally.fsyncsFailed + tally.opsFailed, 'requests during the outage are answered EIO').to.be.above(failed);
+            await outage;
+            for (let r = 1; r < rounds; r++) await fsRound(w, `${cls}${o}-${r}`);
+          }
+        } else {
+          proxy.inject(cls, FAULT_PLANS[cls]);
+          for (let r = 0; r < rounds; r++) await fsRound(w, `${cls}-${r}`);
+          proxy.inject(null);
+        }
+        expect(proc.running, `the gateway is up after ${cls}\n${proc.describe()}`).to.equal(true);
+        await settleAndVerify(w);
+        const injected = proxy.counts[cls] - before.injected;
+        if (cls !== 'latency') expect(injected, `${cls} faults injected`).to.be.above(0);
+        rows.push({ class: cls, injected, survived: injected, requests: proxy.requests - before.requests, ...tally, ms: Date.now() - before.t });
+      }
+      report('fs (vhost-s3 fs on s3://) under store faults', rows);
+
+      // A clean stop, then a fresh gateway straight on s3rver reads every file back.
+      expect((await proc.stop('SIGTERM')).code, proc.describe()).to.equal(0);
+      const fresh = await startFs(dir.file('fresh.sock'), s3.endpoint);
+      const check: FsWorkload = { client: fresh.client, model, rng: new Rng(1), tally: newFsTally(), store: direct, prefix: 'fs/' };
+      await fsRound(check, 'fresh', 0, model.known().length);
+      expect(check.tally.opsFailed).to.equal(0);
     });
   });
 });
