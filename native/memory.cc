@@ -29,13 +29,14 @@ struct MapState {
   size_t length;
   int refs;  // touched only on the JS thread that created the mapping
   bool unmapped;
+  size_t guard = 0;  // PROT_NONE bytes reserved on each side (mmapGuarded), unmapped with it
 };
 
 void UnmapOnce(MapState* s) {
   if (s->unmapped) return;
   s->unmapped = true;
   UnregisterMapping(reinterpret_cast<uintptr_t>(s->address));
-  munmap(s->address, s->length);
+  munmap(s->address - s->guard, s->length + 2 * s->guard);
 }
 
 void Release(MapState* s) {
@@ -170,6 +171,49 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+// Test support (fuzzing the guest-facing parsers): the same MAP_SHARED mapping with
+// `guard` bytes of PROT_NONE on each side, so that a native access (iovec I/O, ring
+// words) running off either end of a guest region faults at once instead of reading or
+// corrupting whatever happens to be mapped next to it. The guards are part of the one
+// reservation and go with the mapping's munmap.
+Napi::Value MmapGuarded(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  uint64_t offset, length, guard;
+  bool writable;
+  if (!ArgFd(info, 0, &fd) || !ArgU64(info, 1, "offset", &offset) || !ArgU64(info, 2, "length", &length) ||
+      !ArgBool(info, 3, "writable", &writable) || !ArgU64(info, 4, "guard", &guard)) {
+    return env.Undefined();
+  }
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  // Whole pages only: a partial last page would leave the rest of it readable.
+  if (length == 0 || guard == 0 || length % page != 0 || guard % page != 0) {
+    ThrowErrno(env, EINVAL, "mmapGuarded");
+    return env.Undefined();
+  }
+  size_t total = static_cast<size_t>(length + 2 * guard);
+  void* base = mmap(nullptr, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) {
+    ThrowErrno(env, errno, "mmap");
+    return env.Undefined();
+  }
+  int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+  void* p = mmap(static_cast<uint8_t*>(base) + guard, static_cast<size_t>(length), prot, MAP_SHARED | MAP_FIXED, fd,
+                 static_cast<off_t>(offset));
+  if (p == MAP_FAILED) {
+    int err = errno;
+    munmap(base, total);
+    ThrowErrno(env, err, "mmap");
+    return env.Undefined();
+  }
+  RegisterMapping(reinterpret_cast<uintptr_t>(p), length);
+  MapState* state = new MapState{static_cast<uint8_t*>(p), static_cast<size_t>(length), 1, false, static_cast<size_t>(guard)};
+  Napi::Value mapping = GetAddonData(env)->mappingClass.New({Napi::External<MapState>::New(env, state)});
+  Release(state);
+  if (env.IsExceptionPending()) return env.Undefined();
+  return mapping;
+}
+
 }  // namespace
 
 void InitMemory(Napi::Env env, Napi::Object exports) {
@@ -177,6 +221,7 @@ void InitMemory(Napi::Env env, Napi::Object exports) {
   exports.Set("WINDOW_SIZE", Napi::Number::New(env, static_cast<double>(kWindowSize)));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
+  exports.Set("mmapGuarded", Napi::Function::New(env, MmapGuarded, "mmapGuarded"));
 }
 
 }  // namespace vhs

@@ -141,6 +141,12 @@ export interface NativeAddon {
    * the pages are PROT_READ only: a JS store into such a window kills the process.
    */
   mmap(fd: number, offset: number, length: number, writable: boolean): Mapping;
+  /**
+   * Test support: mmap() with `guard` bytes of PROT_NONE reserved on each side, so that a
+   * native access just outside the mapping faults. length and guard are whole pages (else
+   * EINVAL); unmap() releases the guards too.
+   */
+  mmapGuarded(fd: number, offset: number, length: number, writable: boolean, guard: number): Mapping;
   /** Full memory barrier (mfence / __atomic_thread_fence(SEQ_CST)). */
   fence(): void;
   /**

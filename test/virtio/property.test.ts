@@ -5,9 +5,9 @@ import { expect } from 'chai';
 import fc from 'fast-check';
 import { DeviceQueue, type PopResult } from '../../src/virtio/queue.js';
 import { DriverQueue } from '../../src/virtio/driver-queue.js';
-import type { GuestMemory, Segment } from '../../src/virtio/memory.js';
 import { VIRTQ_DESC_F_INDIRECT as IND, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE } from '../../src/virtio/layout.js';
-import { makeMemory, readGuest, type Fixture } from './helpers.js';
+import { makeMemory, type Fixture } from './helpers.js';
+import { expectedPops, sameSegments, segsFor, type Desc } from './reference-walker.js';
 
 // Three regions: A and B adjacent in guest space (small windows, so ranges split often),
 // C elsewhere. The rings live in window 0 of A.
@@ -17,13 +17,6 @@ const REGIONS = [
   { guestAddr: 0x100000, size: 0x4000, userAddr: 0x7f0000200000, windowSize: 0x4000 },
 ];
 const MAX_INDIRECT = 8;
-
-interface Desc {
-  addr: bigint;
-  len: number;
-  flags: number;
-  next: number;
-}
 
 function setup(size: number, deviceIndirect: boolean, eventIdx = false): { fx: Fixture; driver: DriverQueue<number>; device: DeviceQueue } {
   const fx = makeMemory(REGIONS);
@@ -118,73 +111,6 @@ const scenarioArb: fc.Arbitrary<Scenario> = fc.constantFrom(1, 2, 4, 8, 16).chai
   }),
 );
 
-type RefResult = { error: string } | { r: Array<[number, number]>; w: Array<[number, number]> };
-
-/** Slow, obvious walk of a chain through the real translator (bytes read via BigInt). */
-function refWalk(memory: GuestMemory, descTable: number, size: number, head: number, indirect: boolean, maxIndirect: number): RefResult {
-  const mapped = (a: bigint, len: number): boolean => a < 2n ** 53n && a + BigInt(len) < 2n ** 53n && memory.translate(Number(a), len, []);
-  const read = (table: bigint, i: number): Desc => {
-    const dv = new DataView(readGuest(memory, Number(table) + 16 * i, 16).buffer);
-    return { addr: dv.getBigUint64(0, true), len: dv.getUint32(8, true), flags: dv.getUint16(12, true), next: dv.getUint16(14, true) };
-  };
-  let table = BigInt(descTable);
-  let max = size;
-  let i = head;
-  let count = 0;
-  let inIndirect = false;
-  let sawWritable = false;
-  let total = 0;
-  const r: Array<[number, number]> = [];
-  const w: Array<[number, number]> = [];
-  for (;;) {
-    count++;
-    if (count > max) return { error: 'loop-or-too-long' };
-    const d = read(table, i);
-    if (d.flags & IND) {
-      if (!indirect) return { error: 'indirect-not-negotiated' };
-      if (inIndirect) return { error: 'nested-indirect' };
-      if (d.flags & NEXT) return { error: 'indirect-with-next' };
-      if (d.len === 0 || d.len % 16 !== 0 || d.len / 16 > Math.max(maxIndirect, size)) return { error: 'bad-indirect-size' };
-      if (!mapped(d.addr, d.len)) return { error: 'addr-out-of-range' };
-      table = d.addr;
-      max = d.len / 16;
-      i = 0;
-      count = 0;
-      inIndirect = true;
-      continue;
-    }
-    const isW = (d.flags & WRITE) !== 0;
-    if (isW) sawWritable = true;
-    else if (sawWritable) return { error: 'readable-after-writable' };
-    if (d.len > 0) {
-      if (!mapped(d.addr, d.len)) return { error: 'addr-out-of-range' };
-      (isW ? w : r).push([Number(d.addr), d.len]);
-    }
-    total += d.len;
-    if (total > 0xffffffff) return { error: 'loop-or-too-long' };
-    if (!(d.flags & NEXT)) break;
-    if (d.next >= max) return { error: 'next-out-of-range' };
-    i = d.next;
-  }
-  return { r, w };
-}
-
-function segsFor(memory: GuestMemory, ranges: Array<[number, number]>): Segment[] {
-  const out: Segment[] = [];
-  for (const [a, l] of ranges) if (!memory.translate(a, l, out)) throw new Error('reference range unmapped');
-  return out;
-}
-
-function sameSegments(a: readonly Segment[], b: readonly Segment[]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) {
-    const x = a[i]!;
-    const y = b[i]!;
-    if (x.buf !== y.buf || x.offset !== y.offset || x.length !== y.length || x.hostAddr !== y.hostAddr) return false;
-  }
-  return true;
-}
-
 describe('virtio property tests', function () {
   this.timeout(120000);
 
@@ -203,20 +129,7 @@ describe('virtio property tests', function () {
         fx.mappings.forEach((m) => m.windows.forEach((b, i) => windows.set(b, { base: 0, w: m.windows[0]!.byteLength, i, addr: m.address })));
 
         // Model of the queue level.
-        const guest = driver.guestRingAddresses;
-        const availIdx = new DataView(readGuest(memory, guest.avail + 2, 2).buffer).getUint16(0, true);
-        const n = availIdx; // device starts at lastAvailIdx 0
-        const expected: Array<RefResult | 'bad-head' | 'empty'> = [];
-        if (n <= sc.size) {
-          for (let k = 0; k < n; k++) {
-            const head = new DataView(readGuest(memory, guest.avail + 4 + 2 * (k % sc.size), 2).buffer).getUint16(0, true);
-            if (head >= sc.size) {
-              expected.push('bad-head');
-              break;
-            }
-            expected.push(refWalk(memory, guest.desc, sc.size, head, sc.deviceIndirect, MAX_INDIRECT));
-          }
-        }
+        const { n, expected } = expectedPops(memory, driver.guestRingAddresses, sc.size, sc.deviceIndirect, MAX_INDIRECT);
 
         const results: PopResult[] = [];
         for (let k = 0; k < sc.size + 3; k++) results.push(device.pop());
