@@ -7,6 +7,12 @@
 // (s3rver, some S3-compatible servers), the lease is written and read back after a pause:
 // two openers racing inside that window can both succeed, so operators must not start two
 // writers at the same moment there (docs/images.md says so).
+//
+// A writer killed on this host (kill -9, OOM) leaves a fresh lease behind. When the record
+// names this host, this boot and this pid namespace, and that pid no longer exists, the
+// holder is known to be dead and its lease is taken over without --force: this is what
+// lets a gateway restarted after a crash serve the same image at once (docs/reliability.md).
+import { readFileSync, readlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import type { ObjectStore } from '../backends/object-store.js';
@@ -21,6 +27,34 @@ export interface LeaseRecord {
   readonly heartbeat: string;
   /** The holder promises to renew within this many milliseconds. */
   readonly ttlMs: number;
+  /** Kernel boot id and pid namespace of the holder: with host and pid, they tell whether the holder is gone. */
+  readonly boot?: string;
+  readonly pidns?: string;
+}
+
+function readOr(fn: () => string): string {
+  try {
+    return fn().trim();
+  } catch {
+    return '';
+  }
+}
+const BOOT_ID = readOr(() => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8'));
+const PID_NS = readOr(() => readlinkSync('/proc/self/ns/pid'));
+
+/**
+ * True only when the holder is provably gone: it ran on this host, in this boot and pid
+ * namespace, and its pid does not exist. (A reused pid keeps the lease: the safe side.)
+ */
+export function holderIsDead(r: LeaseRecord | null): boolean {
+  if (r === null || r.host !== hostname() || BOOT_ID === '' || PID_NS === '' || r.boot !== BOOT_ID || r.pidns !== PID_NS) return false;
+  if (!Number.isInteger(r.pid) || r.pid <= 0 || r.pid === process.pid) return false;
+  try {
+    process.kill(r.pid, 0);
+    return false;
+  } catch (err) {
+    return (err as { code?: string }).code === 'ESRCH';
+  }
 }
 
 export interface LeaseOptions {
@@ -88,7 +122,10 @@ export class ImageLease {
   }
 
   private record(at = Date.now()): Uint8Array {
-    const r: LeaseRecord = { holder: this.holder, host: hostname(), pid: process.pid, heartbeat: new Date(at).toISOString(), ttlMs: this.ttlMs };
+    const r: LeaseRecord = {
+      holder: this.holder, host: hostname(), pid: process.pid, heartbeat: new Date(at).toISOString(), ttlMs: this.ttlMs,
+      ...(BOOT_ID !== '' && PID_NS !== '' ? { boot: BOOT_ID, pidns: PID_NS } : {}),
+    };
     return new TextEncoder().encode(JSON.stringify(r) + '\n');
   }
 
@@ -107,13 +144,15 @@ export class ImageLease {
     const existing = await this.current();
     if (existing) {
       const r = existing.record;
-      if (!isStale(r)) {
+      if (holderIsDead(r)) {
+        this.log.warn('taking over the image lease of a writer that died on this host', { key: this.key, previous: r });
+      } else if (!isStale(r)) {
         throw new ErrnoError('EBUSY', `image is in use by ${describeHolder(r!)}; only one writer is allowed (open it read-only, or stop that writer)`);
-      }
-      if (!force) {
+      } else if (!force) {
         throw new ErrnoError('EBUSY', `image has a stale lease from ${r ? describeHolder(r) : 'an unknown holder'}; if that writer is gone, take it over with --force`);
+      } else {
+        this.log.warn('taking over a stale image lease', { key: this.key, previous: r });
       }
-      this.log.warn('taking over a stale image lease', { key: this.key, previous: r });
     }
     const at = Date.now();
     try {

@@ -222,7 +222,7 @@ for (const kind of ['file', 's3'] as const) {
       expect(g.stderr).to.match(/taking over a stale image lease/);
     });
 
-    it('a clean shutdown releases the lease; kill -9 leaves it (fresh, so the next writer is refused)', async () => {
+    it('a clean shutdown releases the lease; kill -9 leaves it, and the next writer on this host takes it over (the holder is gone)', async () => {
       const img = await newImage();
       const a = await gateway(img.locator);
       expect(await readLease(be.store, img.keys)).to.not.equal(null);
@@ -232,10 +232,36 @@ for (const kind of ['file', 's3'] as const) {
 
       const b = await gateway(img.locator);
       await b.kill();
-      expect((await readLease(be.store, img.keys))!.pid, 'a killed writer leaves its lease').to.equal(b.pid);
-      const r = await blk(img.locator);
-      expect(r.code, explain(r)).to.equal(2);
-      expect(errorLine(r)).to.include(`pid ${b.pid}`);
+      const left = (await readLease(be.store, img.keys))!;
+      expect(left.pid, 'a killed writer leaves its lease').to.equal(b.pid);
+      expect(Date.now() - Date.parse(left.heartbeat), 'and it is fresh').to.be.below(left.ttlMs);
+      const c = await gateway(img.locator);
+      const now = (await readLease(be.store, img.keys))!;
+      expect(now.pid).to.equal(c.pid);
+      expect(c.stderr).to.match(/taking over the image lease of a writer that died on this host/);
+    });
+
+    it('a fresh lease naming a live process on this host, or a dead pid on another host or boot, is refused', async () => {
+      const img = await newImage();
+      const dead = await gateway(img.locator);
+      const mine = (await readLease(be.store, img.keys))!;
+      expect(mine.boot, 'the record names the boot').to.match(/^[0-9a-f-]{36}$/);
+      expect(mine.pidns, 'and the pid namespace').to.match(/^pid:\[\d+\]$/);
+      await dead.stop('SIGTERM'); // its pid is gone now
+      const fresh = (over: Partial<LeaseRecord>): Uint8Array =>
+        new TextEncoder().encode(JSON.stringify({ ...mine, holder: 'other', heartbeat: new Date().toISOString(), ...over }) + '\n');
+      for (const [what, rec] of [
+        ['a live process on this host (this test)', fresh({ pid: process.pid })],
+        ['a dead pid on another host', fresh({ pid: dead.pid, host: 'elsewhere' })],
+        ['a dead pid in another boot', fresh({ pid: dead.pid, boot: '00000000-0000-0000-0000-000000000000' })],
+        ['a dead pid in another pid namespace', fresh({ pid: dead.pid, pidns: 'pid:[1]' })],
+        ['a dead pid, record without boot and namespace', fresh({ pid: dead.pid, boot: undefined, pidns: undefined })],
+      ] as const) {
+        await be.store.put(img.keys.lease, rec);
+        const r = await blk(img.locator);
+        expect(r.code, `${what}: ${explain(r)}`).to.equal(2);
+        expect(errorLine(r), what).to.match(/in use by/);
+      }
     });
 
     it('a writer whose lease is taken over refuses writes with IOERR and stores nothing more', async () => {
