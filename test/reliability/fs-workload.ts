@@ -84,6 +84,9 @@ export async function verifyStoredFile(w: FsWorkload, name: string): Promise<num
 
 let seed = 1000;
 
+/** Over the fs gateway's multipart threshold (32 MiB). */
+export const BIG_FILE = 33 * 1024 * 1024 + 4321;
+
 async function writeAll(w: FsWorkload, nodeid: number, fh: number, offset: number, data: Uint8Array): Promise<void> {
   for (let p = 0; p < data.length; p += FS_MAX_IO) {
     const piece = data.subarray(p, Math.min(p + FS_MAX_IO, data.length));
@@ -108,15 +111,18 @@ async function syncAndCheck(w: FsWorkload, name: string, nodeid: number, fh: num
 }
 
 /**
- * One round: `creates` new files written and fsync'ed, one existing file overwritten in
- * the middle and fsync'ed, `reads` existing files read back, one listing of the root.
+ * One round: `creates` new files written and fsync'ed (the first one a multipart upload
+ * when `bigFile`), one existing file overwritten in the middle and fsync'ed, `reads`
+ * existing files read back, one listing of the root.
  */
-export async function fsRound(w: FsWorkload, label: string, creates = 2, reads = 2): Promise<void> {
+export async function fsRound(w: FsWorkload, label: string, creates = 2, reads = 2, bigFile = false): Promise<void> {
   const { client, model, rng } = w;
   const existing = model.known();
   for (let k = 0; k < creates; k++) {
     const name = `${label}-${k}`;
-    const data = patternBytes(seed++, rng.int(1, 400) * 1024 + rng.int(0, 1024));
+    // The big file is over the gateway's multipart threshold (32 MiB): stored part by part.
+    const size = bigFile && k === 0 ? BIG_FILE : rng.int(1, 400) * 1024 + rng.int(0, 1024);
+    const data = patternBytes(seed++, size);
     let created: { nodeid: number; fh: number } | null = null;
     await attempt(w, `create ${name}`, async () => {
       const c = await client.create(ROOT, name, O_RDWR | O_CREAT, 0o644);

@@ -12,9 +12,10 @@
 // - error500     500 InternalError, the request is not forwarded
 // - slowdown503  503 SlowDown, not forwarded
 // - latency      the request waits `latencyMs` (up to twice that, random) before it is forwarded
-// - reset        the connection is reset (RST) mid-body: a request with a body after half of
-//                it arrived (nothing is forwarded, so nothing is stored); otherwise after
-//                half of the response body (or right after the headers when it has none)
+// - reset        the connection is reset (RST) mid-body: for half of the requests with a
+//                body after half of it arrived (nothing is forwarded, so nothing is stored);
+//                otherwise after half of the response body, or, when the response has none,
+//                instead of it (the store carried the request out, the client never hears)
 // - truncate     the response promises its Content-Length, sends half of the body and closes
 //                the connection (FIN); responses without a body are passed through and not counted
 // - down         (`down(ms)`) the listener closes and every open connection is reset: new
@@ -204,7 +205,9 @@ export class FaultProxy {
       }
       case 'reset': {
         const length = Number(req.headers['content-length'] ?? 0);
-        if (length > 0) {
+        // A request with a body: half of the time it is cut off on its way (never reaches the
+        // store), half of the time it is carried out and the answer is lost (a retry repeats it).
+        if (length > 0 && this.random() < 0.5) {
           // Half the request body arrives, then the connection is reset: nothing is forwarded.
           this.counts.reset++;
           let got = 0;
