@@ -198,15 +198,10 @@ describe('vhost-s3 mount: open files, setgid directories, life cycle, other writ
     expect([(f.mode & 0o7777).toString(8), f.gid]).to.deep.equal(['644', 1234]);
   });
 
-  // BUG (minor): when an object and keys below the same name exist, the object wins (the
-  // file hides the directory, as in s3fs: DESIGN.md, bucket-vfs.ts). Deleting the file
-  // should bring the directory to view; instead, for --negative-timeout (1 s) the name is
-  // ENOENT to lookups while a fresh listing of the parent already shows it as a directory
-  // (`ls -la` prints it, `ls -la shadow` says No such file or directory).
-  // src/backends/posix/bucket-vfs.ts BucketVfs.unlink: this.changed(path, null) caches a
-  // negative entry although keys below `path/` may remain (the same holds for a file
-  // renamed away). Repro: put objects `x` and `x/y` in the bucket, mount, `rm x; ls -la x`.
-  it.skip('deleting a file that hides a directory of the same name shows the directory (BUG: ENOENT for the negative timeout)', async () => {
+  // Regression test: when an object and keys below the same name exist, the object wins
+  // (the file hides the directory, as in s3fs). Deleting the file cached "no such file",
+  // so for --negative-timeout the name was ENOENT although a listing showed a directory.
+  it('deleting a file that hides a directory of the same name shows the directory', async () => {
     expect(await readFile(m!.p('seed/shadow'), 'utf8')).to.equal('the file');
     await unlink(m!.p('seed/shadow'));
     expect((await stat(m!.p('seed/shadow'))).isDirectory()).to.equal(true);

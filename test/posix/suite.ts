@@ -503,6 +503,36 @@ export function bucketVfsSuite(target: VfsTarget): void {
     });
 
     describe('objects written by others', () => {
+      it('a file that hides a directory of the same name: removing it (unlink, rename) shows the directory at once', async () => {
+        const { vfs, store, prefix } = mk({ negativeTtlMs: 60_000, listTtlMs: 60_000, attrTtlMs: 60_000 });
+        for (const name of ['u', 'r', 'l']) {
+          await shared.store.put(`${prefix}${name}`, text('the file'));
+          await shared.store.put(`${prefix}${name}/hidden`, text('hidden'));
+        }
+        await writeFile(vfs, 'plain', 'no directory below');
+        // Not listed yet: unlink and rename cannot know what the file hid.
+        expect((await vfs.stat('u'))!.kind).to.equal('file');
+        await vfs.unlink('u');
+        expect((await vfs.stat('u'))!.kind).to.equal('dir');
+        expect(await names(vfs, 'u')).to.deep.equal(['hidden']);
+        expect((await vfs.stat('r'))!.kind).to.equal('file');
+        await vfs.rename('r', 'moved', false);
+        expect((await vfs.stat('r'))!.kind).to.equal('dir');
+        expect(str(await readFile(vfs, 'r/hidden'))).to.equal('hidden');
+        expect(str(await readFile(vfs, 'moved'))).to.equal('the file');
+        // With a fresh listing of the parent: it knows which names hide a directory.
+        expect(await names(vfs, '')).to.deep.equal(['l', 'moved', 'plain', 'r', 'u']);
+        await vfs.unlink('l');
+        expect((await vfs.stat('l'))!.kind).to.equal('dir');
+        expect(await names(vfs, '')).to.deep.equal(['l', 'moved', 'plain', 'r', 'u']);
+        // A file that hid nothing is gone without asking the store again.
+        await vfs.unlink('plain');
+        store.reset();
+        expect(await vfs.stat('plain')).to.equal(null);
+        expect(await names(vfs, '')).to.deep.equal(['l', 'moved', 'r', 'u']);
+        expect([store.count('head'), store.count('list')]).to.deep.equal([0, 0]);
+      });
+
       it('reads objects without metadata with the configured defaults and LastModified', async () => {
         const { vfs, prefix } = mk({ defaultFileMode: 0o604, defaultDirMode: 0o705, uid: 11, gid: 12 });
         await shared.store.put(`${prefix}plain`, text('data'));

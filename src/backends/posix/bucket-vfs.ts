@@ -129,6 +129,13 @@ export interface BucketVfsOptions {
 
 type Resolved = Required<Omit<BucketVfsOptions, 'store' | 'logger'>>;
 
+/** A directory's cached listing. */
+interface Listing {
+  readonly entries: Map<string, DirEntry>;
+  /** Names that are a file hiding keys below `name/` (a directory of the same name). */
+  readonly shadowed: ReadonlySet<string>;
+}
+
 /** A stored object behind a path. */
 interface StoredVersion {
   readonly key: string;
@@ -225,7 +232,7 @@ export class BucketVfs implements Vfs {
   private readonly attrCache: TtlCache<Entry>;
   private readonly negCache: TtlCache<object>;
   /** name → entry of a directory; kept up to date in place by our own changes. */
-  private readonly listCache: TtlCache<{ readonly entries: Map<string, DirEntry> }>;
+  private readonly listCache: TtlCache<Listing>;
   private readonly pages: PageCache;
   private readonly budget: MemoryBudget;
   private readonly nodes = new Map<string, FileNode>();
@@ -361,7 +368,7 @@ export class BucketVfs implements Vfs {
       await this.detach(path);
       await this.store.delete(this.keys.fileKey(path));
       this.pages.forget(this.keys.fileKey(path));
-      this.changed(path, null);
+      this.fileGone(path);
       await this.keepParent(path);
     });
   }
@@ -700,6 +707,16 @@ export class BucketVfs implements Vfs {
     else listing.set(name, { name, attr: entry.attr });
   }
 
+  /**
+   * We removed the file at `path` (unlink, renamed away). Keys below `path/` that it hid
+   * now make it a directory: only a fresh listing of the parent can tell that there are
+   * none (then "no such file" is cached); otherwise the next lookup asks the store.
+   */
+  private fileGone(path: string): void {
+    const listing = this.listCache.get(parentOf(path));
+    this.changed(path, listing !== undefined && !listing.shadowed.has(baseName(path)) ? null : undefined);
+  }
+
   /** We changed everything below `path` (its own entry: see `changed`). */
   private changedTree(path: string): void {
     this.epoch++;
@@ -727,7 +744,9 @@ export class BucketVfs implements Vfs {
         if (isValidName(name)) dirs.add(name);
       }
     }
-    for (const name of files.keys()) dirs.delete(name);
+    // A file hides a directory of the same name; the listing remembers which it hides.
+    const shadowed = new Set<string>();
+    for (const name of files.keys()) if (dirs.delete(name)) shadowed.add(name);
     const names = [...files.keys(), ...dirs].sort(compareKeys);
     const found = new Map<string, Entry>();
     await Promise.all(
@@ -747,7 +766,7 @@ export class BucketVfs implements Vfs {
       entries.set(name, { name, attr: e.attr });
       if (this.epoch === epoch) this.remember(joinPath(path, name), e);
     }
-    if (this.epoch === epoch) this.listCache.set(path, { entries });
+    if (this.epoch === epoch) this.listCache.set(path, { entries, shadowed });
     return entries;
   }
 
@@ -935,7 +954,7 @@ export class BucketVfs implements Vfs {
         if (node.base) node.base = { ...node.base, key: dstKey, etag: r.etag };
         moved = this.entryOfNode(node);
       } else if (e?.object) moved = { ...e, attr: { ...e.attr, ctime }, object: { ...e.object, key: dstKey, etag: r.etag, lastModified: NaN } };
-      this.changed(from, null);
+      this.fileGone(from);
       this.changed(to, moved);
       this.pages.forget(srcKey);
     } finally {
