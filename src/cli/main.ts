@@ -9,6 +9,7 @@ import { runBenchBlk } from './bench-blk.js';
 import { runFs, runMount } from './fs.js';
 import { runBenchFs } from './bench-fs.js';
 import { runDoctor } from './doctor.js';
+import { runDemo } from './demo.js';
 import { runImageCreate, runImageExport, runImageImport, runImageInfo, runImageLs, runImageRm } from './image.js';
 
 interface Command {
@@ -28,6 +29,7 @@ const commands: Partial<Record<CommandName, Command>> = {
   'image info': { summary: 'size, chunk size, chunks and bytes stored, lease holder of an image', usage: 'vhost-s3 image info IMAGE [--json]', run: runImageInfo },
   'image ls': { summary: 'list the images under a prefix', usage: 'vhost-s3 image ls s3://bucket/images/', run: runImageLs },
   'image rm': { summary: 'remove an image and all its chunks', usage: 'vhost-s3 image rm IMAGE [--force]', run: runImageRm },
+  demo: { summary: 'boot a Linux guest under QEMU on `vhost-s3 serve` and show the share and the disk from inside it (`npm run demo`)', usage: 'vhost-s3 demo [--data-dir DIR] [--disk-size 64M]', run: runDemo },
   doctor: { summary: 'check the endpoint, credentials, bucket access, clock, /dev/fuse and the socket directory', usage: 'vhost-s3 doctor [--bucket s3://bucket[/prefix]|file:/path] [--socket-dir DIR] [storage options]', run: runDoctor },
   'bench fs': { summary: 'drive a vhost-user-fs backend (vhost-s3 fs, virtiofsd) without a VM and measure it', usage: 'vhost-s3 bench fs --socket PATH --workload create|stat|readdir|seqwrite|seqread|randread [--json]', run: runBenchFs },
   'bench blk': { summary: 'drive a vhost-user-blk backend without a VM and measure it', usage: 'vhost-s3 bench blk --socket PATH [--rw randread] [--bs 4k] [--iodepth 32] [--runtime 10] [--json]', run: runBenchBlk },

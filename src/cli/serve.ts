@@ -24,6 +24,24 @@ const IMAGE_PREFIX = 'images/disk0/';
 const SHARE_PREFIX = 'share/';
 /** The virtio-fs mount tag of the share. */
 export const SHARE_TAG = 'share';
+/** Socket names in the data directory. */
+const DISK_SOCKET = 'disk0.sock';
+const FS_SOCKET = 'fs.sock';
+
+/**
+ * The QEMU arguments that attach serve's two devices in `dataDir` (printed by serve, used
+ * by the demo): the shared guest memory vhost-user needs, and per device its chardev and
+ * -device pair.
+ */
+export function qemuAttachArgs(dataDir: string): { memory: string[]; devices: string[][] } {
+  return {
+    memory: ['-object', 'memory-backend-memfd,id=mem,size=1G,share=on', '-numa', 'node,memdev=mem', '-m', '1G'],
+    devices: [
+      ['-chardev', `socket,id=d0,path=${join(dataDir, DISK_SOCKET)}`, '-device', 'vhost-user-blk-pci,chardev=d0'],
+      ['-chardev', `socket,id=f0,path=${join(dataDir, FS_SOCKET)}`, '-device', `vhost-user-fs-pci,chardev=f0,tag=${SHARE_TAG}`],
+    ],
+  };
+}
 
 export async function runServe(argv: string[]): Promise<void> {
   const cfg = loadConfig('serve', argv);
@@ -44,9 +62,9 @@ export async function runServe(argv: string[]): Promise<void> {
   // sockets are created last, with SIGINT/SIGTERM already caught (a signal sent as soon
   // as a socket exists must not kill the process before it removed its sockets).
   const locator = `file:${storeDir}/${IMAGE_PREFIX.slice(0, -1)}`;
-  const socket = join(dir, 'disk0.sock');
+  const socket = join(dir, DISK_SOCKET);
   const shareLocator = `file:${storeDir}/${SHARE_PREFIX.slice(0, -1)}`;
-  const fsSocket = join(dir, 'fs.sock');
+  const fsSocket = join(dir, FS_SOCKET);
   // The share is `vhost-s3 fs` with its defaults (not the VHOST_S3_* variables of fs).
   const fsCfg = { ...loadConfig('mount', [], {}), ...storage, bucket: shareLocator, logLevel: cfg.logLevel };
   const image = await openConfiguredImage(locator, false, { ...cfg, ...storage }, log);
@@ -78,13 +96,12 @@ export async function runServe(argv: string[]): Promise<void> {
     throw err;
   }
 
+  const qemu = qemuAttachArgs(dir);
   process.stdout.write(
     `vhost-s3 is serving the disk image ${locator} (${exp.image.size} bytes) on ${socket}\n` +
     `and the directory ${shareLocator} as virtio-fs (tag ${SHARE_TAG}) on ${fsSocket}\n` +
     `Attach them to QEMU with:\n` +
-    `  -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem -m 1G \\\n` +
-    `  -chardev socket,id=d0,path=${socket} -device vhost-user-blk-pci,chardev=d0 \\\n` +
-    `  -chardev socket,id=f0,path=${fsSocket} -device vhost-user-fs-pci,chardev=f0,tag=${SHARE_TAG}\n` +
+    `  ${[qemu.memory, ...qemu.devices].map((a) => a.join(' ')).join(' \\\n  ')}\n` +
     `In the guest the disk is /dev/vda; mount the share with: mount -t virtiofs ${SHARE_TAG} /mnt\n` +
     `Press Ctrl-C to stop.\n`,
   );
