@@ -198,6 +198,16 @@ async function probeStore(store: ObjectStore, prefix: string, where: string): Pr
       return 'removed the probe';
     });
   }
+  // Directory renames and `image rm` delete in batches (DeleteObjects), which some
+  // servers refuse (they insist on Content-MD5 where the SDK sends a CRC32).
+  const batchKey = `${key}-batch`;
+  if (await step('batch delete', async () => {
+    await store.put(batchKey, data.subarray(0, 16));
+    await store.deleteMany([batchKey]);
+    if ((await store.head(batchKey)) !== null) throw new StoreError('EIO', `${batchKey} still exists after DeleteObjects`);
+    return 'removed a second probe with a multi-object delete';
+  })) return out;
+  await store.delete(batchKey).catch(() => undefined);
   return out;
 }
 

@@ -79,7 +79,7 @@ describe('cli: vhost-s3 doctor', function () {
     mkdirSync(sockets);
     const r = await runCli(['doctor', '--bucket', `s3://${BUCKET}/vms/`, '--socket-dir', sockets], { env: { ...s3.env } });
     expect(r.code, explain(r)).to.equal(0);
-    for (const name of ['endpoint', 'clock', 'credentials', 'list', 'put', 'get', 'delete', 'socket directory']) expectCheck(r, name, 'ok');
+    for (const name of ['endpoint', 'clock', 'credentials', 'list', 'put', 'get', 'delete', 'batch delete', 'socket directory']) expectCheck(r, name, 'ok');
     expectCheck(r, 'credentials', 'ok', /S3…/);
     expectCheck(r, 'get', 'ok', /whole and ranged/);
     expect(r.stdout).to.not.match(/^FAIL/m);
@@ -168,7 +168,7 @@ describe('cli: vhost-s3 doctor', function () {
     expect(r.code, explain(r)).to.equal(0);
     for (const name of ['endpoint', 'clock', 'credentials']) expectCheck(r, name, 'skip');
     expectCheck(r, 'list', 'ok', /1 object/);
-    for (const name of ['put', 'get', 'delete']) expectCheck(r, name, 'ok');
+    for (const name of ['put', 'get', 'delete', 'batch delete']) expectCheck(r, name, 'ok');
     const after = await createObjectStore(`file:${store}`);
     try {
       expect((await after.store.list({})).objects.map((o) => o.key)).to.deep.equal(['existing.txt']);
