@@ -40,6 +40,7 @@ export class GuardedGuestRam {
   private readonly fd: number;
   private readonly hostMapping: Mapping;
   private readonly gaps: Array<{ offset: number; length: number; canary: Buffer }> = [];
+  private snap: Buffer | null = null;
 
   constructor(layout: readonly RegionLayout[]) {
     let size = GAP;
@@ -86,14 +87,39 @@ export class GuardedGuestRam {
     throw new RangeError(`0x${gpa.toString(16)} is not guest memory`);
   }
 
-  /** Writes bytes at guest-physical `gpa` through the host view (must not cross a region end). */
+  /** The memfd ranges holding guest-physical [gpa, gpa+length) (several where it crosses into an adjacent region). */
+  fileRanges(gpa: number, length: number): Array<{ offset: number; length: number }> {
+    const out: Array<{ offset: number; length: number }> = [];
+    let a = gpa;
+    let left = length;
+    while (left > 0) {
+      const r = this.regions.find((x) => a >= x.guestAddr && a < x.guestAddr + x.size);
+      if (r === undefined) throw new RangeError(`0x${a.toString(16)} is not guest memory`);
+      const n = Math.min(left, r.guestAddr + r.size - a);
+      out.push({ offset: r.fileOffset + a - r.guestAddr, length: n });
+      a += n;
+      left -= n;
+    }
+    return out;
+  }
+
+  /** Writes bytes at guest-physical `gpa` through the host view. */
   write(gpa: number, bytes: Uint8Array): void {
-    this.host.set(bytes, this.fileOffset(gpa));
+    let at = 0;
+    for (const f of this.fileRanges(gpa, bytes.length)) {
+      this.host.set(bytes.subarray(at, at + f.length), f.offset);
+      at += f.length;
+    }
   }
 
   read(gpa: number, length: number): Uint8Array {
-    const o = this.fileOffset(gpa);
-    return this.host.slice(o, o + length);
+    const out = new Uint8Array(length);
+    let at = 0;
+    for (const f of this.fileRanges(gpa, length)) {
+      out.set(this.host.subarray(f.offset, f.offset + f.length), at);
+      at += f.length;
+    }
+    return out;
   }
 
   /** The memfd ranges a segment handed out by GuestMemory covers (its host address tells which region). */
@@ -128,22 +154,32 @@ export class GuardedGuestRam {
     return bad;
   }
 
-  /** A copy of the whole memfd, to compare against after a request. */
+  /** A copy of the whole memfd, to compare against after a request (one buffer, reused by the next call). */
   snapshot(): Buffer {
-    return Buffer.from(this.host);
+    if (this.snap === null) this.snap = Buffer.alloc(this.host.length);
+    this.snap.set(this.host);
+    return this.snap;
   }
 
   /**
    * Offsets where the memfd differs from `before`, outside the `allowed` memfd ranges
-   * (what the device may write: writable descriptors, the used ring).
+   * (what the device may write: writable descriptors, the used ring); at most 16.
    */
-  changedOutside(before: Buffer, allowed: ReadonlyArray<{ offset: number; length: number }>): number[] {
-    const after = Buffer.from(this.host.buffer, this.host.byteOffset, this.host.byteLength);
-    const expect = Buffer.from(before);
-    for (const a of allowed) after.copy(expect, a.offset, a.offset, a.offset + a.length);
-    if (expect.equals(after)) return [];
+  changedOutside(before: Uint8Array, allowed: ReadonlyArray<{ offset: number; length: number }>): number[] {
+    const now = Buffer.from(this.host.buffer, this.host.byteOffset, this.host.byteLength);
+    const was = Buffer.from(before.buffer, before.byteOffset, before.byteLength);
+    const holes = [...allowed].sort((a, b) => a.offset - b.offset);
     const out: number[] = [];
-    for (let i = 0; i < expect.length && out.length < 16; i++) if (expect[i] !== after[i]) out.push(i);
+    const compare = (from: number, to: number): void => {
+      if (from >= to || now.subarray(from, to).equals(was.subarray(from, to))) return;
+      for (let i = from; i < to && out.length < 16; i++) if (now[i] !== was[i]) out.push(i);
+    };
+    let at = 0;
+    for (const h of holes) {
+      compare(at, h.offset);
+      at = Math.max(at, h.offset + h.length);
+    }
+    compare(at, now.length);
     return out;
   }
 

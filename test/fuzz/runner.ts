@@ -25,6 +25,8 @@ export const CORPUS_DIR = fileURLToPath(new URL('../../../test/fuzz/corpus/', im
 export interface FuzzTarget<T> {
   /** Names the corpus folder. */
   readonly name: string;
+  /** Names the run in the figures (default: name). */
+  readonly label?: string;
   readonly arbitrary: fc.Arbitrary<T>;
   /** Runs one input against the real parser/device; throws when an invariant is violated. Returns the features reached. */
   run(input: T): Promise<Iterable<string>> | Iterable<string>;
@@ -156,7 +158,7 @@ export async function fuzzFor<T>(target: FuzzTarget<T>, known: Set<string>, opts
     );
   }
   const figures: FuzzFigures = {
-    target: target.name, corpus: loadCorpus(target.name).length, iterations,
+    target: target.label ?? target.name, corpus: loadCorpus(target.name).length, iterations,
     seconds: Math.round((Date.now() - start) / 100) / 10, features: seen.size, newCorpusEntries: added,
   };
   const statsFile = process.env['VHOST_S3_FUZZ_STATS'];
