@@ -179,6 +179,8 @@ export class ChunkCache {
     const results = await Promise.allSettled(targets.map(([c, gen]) => this.storeUpTo(c, gen)));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
+    // Stored is not yet durable for every store (the file store fsyncs here).
+    await this.o.store.sync();
   }
 
   /** Writes through: resolves when this chunk's current content is stored. */

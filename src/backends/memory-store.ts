@@ -174,6 +174,9 @@ export class MemoryStore implements ObjectStore {
     this.uploads.delete(uploadId);
   }
 
+  /** Nothing to do: memory is as durable as it gets. */
+  async sync(): Promise<void> {}
+
   async close(): Promise<void> {}
 
   // ---- internals

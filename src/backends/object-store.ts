@@ -7,6 +7,11 @@
 //   Listings are ordered by the keys' UTF-8 bytes (as S3 orders them).
 // - `delete` of a missing key succeeds (S3 semantics); `get`/`getInto`/`copy` of a missing
 //   key throw ENOENT; `head` of a missing key returns null.
+// - Durability: a completed write (put, copy, delete, completeMultipart) is seen by every
+//   later read and survives the gateway process dying. It survives a crash of the machine
+//   once a `sync()` that started after it completed: that is what FUSE FSYNC/SYNCFS and a
+//   virtio-blk FLUSH call. S3 stores are durable at completion (sync does nothing); the
+//   file store defers its fsyncs to sync().
 // - Ranged reads are clipped at the end of the object: reading at or past the end returns
 //   0 bytes (S3's 416 is absorbed), never an error.
 // - ETags are opaque strings (S3 returns them quoted; the local stores do the same) to be
@@ -42,12 +47,18 @@ export interface ObjectInfo {
   readonly size: number;
   readonly etag: string;
   readonly lastModified: Date;
+  /**
+   * The user metadata, when the store had it at hand while listing (the file store reads
+   * each object's header anyway; S3 listings never carry it): a caller that needs it can
+   * skip the HEAD.
+   */
+  readonly metadata?: Metadata;
+  readonly contentType?: string;
 }
 
 /** `head`: the listing info plus user metadata and content type. */
 export interface ObjectHead extends ObjectInfo {
   readonly metadata: Metadata;
-  readonly contentType?: string;
 }
 
 export interface GetResult extends ObjectHead {
@@ -155,6 +166,9 @@ export interface ObjectStore {
   uploadPart(key: string, uploadId: string, partNumber: number, body: Uint8Array): Promise<string>;
   completeMultipart(key: string, uploadId: string, parts: readonly CompletedPart[], opts?: CompleteOptions): Promise<PutResult>;
   abortMultipart(key: string, uploadId: string): Promise<void>;
+
+  /** Makes every write that completed before the call durable (see the top of the file). */
+  sync(): Promise<void>;
 
   /** Releases sockets and timers. */
   close(): Promise<void>;

@@ -478,6 +478,9 @@ export class S3Store implements ObjectStore {
     await this.call('abortMultipart', key, () => this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId })));
   }
 
+  /** Nothing to do: S3 acknowledges a write once it is durable. */
+  async sync(): Promise<void> {}
+
   async close(): Promise<void> {
     this.queue.clear();
     this.client.destroy();

@@ -25,6 +25,8 @@ async function writeManifest(store: ObjectStore, keys: ImageKeys, m: ImageManife
     if (errnoOf(err) === 17) throw new ErrnoError('EEXIST', `an image already exists at ${store.description}/${keys.prefix}`);
     throw err;
   }
+  // The manifest comes last (after an import's chunks): once it is there, all of it is durable.
+  await store.sync();
 }
 
 /**

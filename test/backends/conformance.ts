@@ -139,6 +139,28 @@ export function objectStoreConformance(target: ConformanceTarget): void {
         expect(got.etag).to.equal(b.etag);
       });
 
+      it('sync() resolves after writes, and what was written stays readable', async () => {
+        await store.put('sync/a', text('kept'));
+        await store.copy('sync/a', 'sync/b');
+        await store.delete('sync/a');
+        await store.sync();
+        await store.sync();
+        expect(str((await store.get('sync/b')).body)).to.equal('kept');
+        expect(await store.head('sync/a')).to.equal(null);
+      });
+
+      it('listings carry the metadata only when the store had it at hand, and then the right one', async () => {
+        await store.put('listmeta/x', text('x'), { metadata: { mode: '33188' }, contentType: 'text/plain' });
+        const page = await store.list({ prefix: 'listmeta/' });
+        expect(page.objects.map((o) => o.key)).to.deep.equal(['listmeta/x']);
+        const o = page.objects[0]!;
+        if (o.metadata !== undefined) {
+          expect(o.metadata).to.deep.equal({ mode: '33188' });
+          expect(o.contentType).to.equal('text/plain');
+        }
+        await store.delete('listmeta/x');
+      });
+
       it('reports missing keys as ENOENT (and head as null); deleting a missing key succeeds', async () => {
         const e = await expectErrno(store.get('missing/key'), 'ENOENT');
         expect(e.missingContainer).to.equal(false);

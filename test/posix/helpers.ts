@@ -22,7 +22,7 @@ import {
 } from '../../src/backends/object-store.js';
 import type { Caller, OpenFile, Vfs } from '../../src/fuse/vfs.js';
 
-export type StoreOp = 'get' | 'getInto' | 'head' | 'put' | 'delete' | 'deleteMany' | 'list' | 'copy' | 'createMultipart' | 'uploadPart' | 'completeMultipart' | 'abortMultipart';
+export type StoreOp = 'get' | 'getInto' | 'head' | 'put' | 'delete' | 'deleteMany' | 'list' | 'copy' | 'createMultipart' | 'uploadPart' | 'completeMultipart' | 'abortMultipart' | 'sync';
 
 /** Delegates to `inner`, counting calls per operation; `failWrites` makes puts, copies and uploads fail with EIO. */
 export class CountingStore implements ObjectStore {
@@ -78,6 +78,10 @@ export class CountingStore implements ObjectStore {
     this.hit('put');
     this.failIfAsked('put', key);
     return this.inner.put(key, body, opts);
+  }
+  async sync(): Promise<void> {
+    this.hit('sync');
+    return this.inner.sync();
   }
   async delete(key: string): Promise<void> {
     this.hit('delete');

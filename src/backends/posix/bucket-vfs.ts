@@ -51,6 +51,7 @@ import {
   putLarge,
   type Metadata,
   type ObjectHead,
+  type ObjectInfo,
   type ObjectStore,
   type PutResult,
 } from '../object-store.js';
@@ -563,7 +564,17 @@ export class BucketVfs implements Vfs {
       const results = await Promise.allSettled(nodes.map((n) => this.storeNode(n)));
       const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed.length > 0) throw errno('EIO', `sync: ${failed.length} of ${nodes.length} files could not be stored: ${String((failed[0]!.reason as Error).message)}`);
+      await this.durable();
     });
+  }
+
+  /** Makes what has been stored durable in the store (fsync for a local store): FSYNC and SYNCFS. */
+  async durable(): Promise<void> {
+    try {
+      await this.store.sync();
+    } catch (err) {
+      throw errno('EIO', `sync: ${err instanceof Error ? err.message : String(err)}`);
+    }
   }
 
   invalidate(path: string): void {
@@ -732,7 +743,7 @@ export class BucketVfs implements Vfs {
   private async loadListing(path: string): Promise<Map<string, DirEntry>> {
     const epoch = this.epoch;
     const dk = this.keys.dirKey(path);
-    const files = new Map<string, { key: string; etag: string; size: number; lastModified: Date }>();
+    const files = new Map<string, ObjectInfo>();
     const dirs = new Set<string>();
     for await (const e of listAll(this.store, { prefix: dk, delimiter: '/' })) {
       if (e.type === 'object') {
@@ -771,7 +782,9 @@ export class BucketVfs implements Vfs {
   }
 
   /** A file's entry: the cached one when the listing shows the same object, else a HEAD. */
-  private async fileEntryFromListing(child: string, info: { key: string; etag: string; size: number; lastModified: Date }): Promise<Entry | null> {
+  private async fileEntryFromListing(child: string, info: ObjectInfo): Promise<Entry | null> {
+    // A store that lists metadata (the file store) needs no HEAD.
+    if (info.metadata) return this.entryOf({ ...info, metadata: info.metadata }, 'object');
     const c = this.attrCache.peek(child);
     const o = c?.value.object;
     if (c && o && c.value.attr.kind !== 'dir' && o.key === info.key && o.etag === info.etag && o.size === info.size && (c.fresh || o.lastModified === info.lastModified.getTime()))
@@ -1380,6 +1393,7 @@ class Handle implements OpenFile {
   async fsync(_datasync: boolean): Promise<void> {
     this.check();
     await this.vfs.storeNode(this.node);
+    await this.vfs.durable();
   }
 
   async allocate(offset: number, length: number): Promise<void> {
