@@ -102,7 +102,7 @@ export class DevFuseMount {
     this.resolveEnded();
   }
 
-  /** Unmounts (lazily: open files elsewhere keep working until closed), waits for running requests. */
+  /** Unmounts (lazily: open files elsewhere keep working until closed), waits for running requests, closes the Vfs. */
   async unmount(): Promise<void> {
     if (!this.closed) {
       try {
@@ -112,7 +112,7 @@ export class DevFuseMount {
       }
       this.end();
     }
-    await this.server.reset();
+    await this.server.close();
     this.opts.log.info('unmounted', { mountpoint: this.opts.mountpoint });
   }
 }

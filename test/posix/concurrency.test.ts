@@ -5,7 +5,7 @@ import { expect } from 'chai';
 import { BucketVfs } from '../../src/backends/posix/bucket-vfs.js';
 import { MemoryStore } from '../../src/backends/memory-store.js';
 import { patternBytes, TmpDir } from '../support/tmp.js';
-import { CALLER, CountingStore, RO, RW, equalBytes, names, readFile, writeFile } from './helpers.js';
+import { CALLER, CountingStore, NEW, RO, RW, equalBytes, names, readFile, writeFile } from './helpers.js';
 
 const KiB = 1024;
 
@@ -54,7 +54,7 @@ describe('BucketVfs under concurrency', function () {
   it('many files closing at once share a bounded upload memory (and all get stored)', async () => {
     const { vfs, inner } = mk({ spillThreshold: 16 * KiB, memoryBudget: 64 * KiB, multipartThreshold: 48 * KiB, partSize: 8 * KiB, uploadConcurrency: 2, uploadMemory: 40 * KiB });
     const bodies = Array.from({ length: 12 }, (_, i) => patternBytes(i + 1, i % 2 === 0 ? 100 * KiB : 30 * KiB + i));
-    const files = await Promise.all(bodies.map((_, i) => vfs.create(`f${i}`, 0o644, CALLER, true)));
+    const files = await Promise.all(bodies.map((_, i) => vfs.create(`f${i}`, 0o644, CALLER, NEW)));
     await Promise.all(files.map(({ file }, i) => file.write(0, bodies[i]!)));
     await Promise.all(files.map(({ file }) => file.release()));
     for (let i = 0; i < bodies.length; i++) expect(equalBytes((await inner.get(`f${i}`)).body, bodies[i]!), `f${i}`).to.equal(true);
@@ -90,7 +90,7 @@ describe('BucketVfs under concurrency', function () {
     store.reset();
     // Names a fresh listing does not have cost nothing (the kernel looks up before every create).
     for (let i = 0; i < 10; i++) expect(await vfs.stat(`dir/missing${i}`)).to.equal(null);
-    const { file } = await vfs.create('dir/new', 0o644, CALLER, true);
+    const { file } = await vfs.create('dir/new', 0o644, CALLER, NEW);
     await file.release();
     expect([...store.counts.entries()].filter(([op]) => op === 'head' || op === 'list')).to.deep.equal([]);
     expect(await names(vfs, 'dir')).to.deep.equal(['a', 'new']);

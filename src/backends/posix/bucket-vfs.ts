@@ -38,7 +38,7 @@
 // others are seen once the TTLs ran out (or on `invalidate`).
 import { tmpdir } from 'node:os';
 import PQueue from 'p-queue';
-import type { AttrChanges, Caller, DirEntry, FileAttr, OpenFile, OpenFlags, StatFs, TimeNs, Vfs } from '../../fuse/vfs.js';
+import type { AttrChanges, Caller, CreateFlags, DirEntry, FileAttr, OpenFile, OpenFlags, StatFs, TimeNs, Vfs } from '../../fuse/vfs.js';
 import { ErrnoError, type ErrnoName } from '../../util/errors.js';
 import { silentLogger, type Logger } from '../../util/log.js';
 import {
@@ -247,6 +247,7 @@ export class BucketVfs implements Vfs {
   /** Bumped by every change we make: lookups that started before do not fill the caches. */
   private epoch = 0;
   private uploads = 0;
+  private closing: Promise<void> | null = null;
   /** The root's attributes when the prefix is '' (no key to keep them in): in memory only. */
   private rootEntry: Entry;
 
@@ -467,21 +468,25 @@ export class BucketVfs implements Vfs {
   open(path: string, flags: OpenFlags): Promise<OpenFile> {
     return this.guarded('open', async () => {
       checkPath(path);
-      const node = await this.acquire(path);
-      try {
-        if (flags.truncate) await node.lock.run(() => this.truncateLocked(node, 0));
-      } catch (err) {
-        await this.releaseNode(node).catch(() => undefined);
-        throw err;
-      }
-      return new Handle(this, node, flags);
+      return (await this.openNode(path, flags)).file;
     });
   }
 
-  create(path: string, mode: number, caller: Caller, exclusive: boolean): Promise<{ attr: FileAttr; file: OpenFile }> {
+  private async openNode(path: string, flags: OpenFlags): Promise<{ attr: FileAttr; file: Handle }> {
+    const node = await this.acquire(path);
+    try {
+      if (flags.truncate) await node.lock.run(() => this.truncateLocked(node, 0));
+    } catch (err) {
+      await this.releaseNode(node).catch(() => undefined);
+      throw err;
+    }
+    return { attr: this.nodeAttr(node), file: new Handle(this, node, flags) };
+  }
+
+  create(path: string, mode: number, caller: Caller, flags: CreateFlags): Promise<{ attr: FileAttr; file: OpenFile }> {
     return this.guarded('create', async () => {
       checkPath(path);
-      if (path === '') throw errno(exclusive ? 'EEXIST' : 'EISDIR');
+      if (path === '') throw errno(flags.exclusive ? 'EEXIST' : 'EISDIR');
       const parent = await this.requireDir(parentOf(path));
       const existing = await this.attrOf(path);
       if (!existing) this.checkKeyFits(this.keys.fileKey(path));
@@ -497,12 +502,11 @@ export class BucketVfs implements Vfs {
         this.lookups.clear();
         this.attrCache.delete(path);
         this.negCache.delete(path);
-        return { attr: this.nodeAttr(node), file: new Handle(this, node, { read: true, write: true, truncate: false, append: false }) };
+        return { attr: this.nodeAttr(node), file: new Handle(this, node, flags) };
       }
-      if (exclusive) throw errno('EEXIST');
+      if (flags.exclusive) throw errno('EEXIST');
       if (existing?.kind === 'dir') throw errno('EISDIR');
-      const node = await this.acquire(path);
-      return { attr: this.nodeAttr(node), file: new Handle(this, node, { read: true, write: true, truncate: false, append: false }) };
+      return this.openNode(path, flags);
     });
   }
 
@@ -582,8 +586,16 @@ export class BucketVfs implements Vfs {
     if (path !== '') this.listCache.delete(parentOf(path));
   }
 
-  /** Stores every dirty file and frees buffers; the store stays open (it is the caller's). Rejects (EIO) if something could not be stored — it is dropped regardless. */
-  async close(): Promise<void> {
+  /**
+   * Stores every dirty file and frees buffers; the store stays open (it is the caller's).
+   * Rejects (EIO) if something could not be stored — it is dropped regardless. Once: later
+   * calls wait for the first.
+   */
+  close(): Promise<void> {
+    return (this.closing ??= this.closeOnce());
+  }
+
+  private async closeOnce(): Promise<void> {
     let failure: unknown = null;
     try {
       await this.sync();
