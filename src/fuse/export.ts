@@ -48,12 +48,11 @@ export class FsExport {
 
   /**
    * Stops accepting, lets in-flight requests complete, releases the files the guest had
-   * open, and makes everything buffered durable (vfs.sync()).
+   * open, and closes the Vfs (everything buffered is stored).
    */
   async close(): Promise<void> {
     await this.vhost.close();
     await this.device.whenReset();
-    await this.server.reset();
-    await this.vfs.sync();
+    await this.server.close();
   }
 }

@@ -33,6 +33,9 @@ export class ReadOnlyVfs implements Vfs {
   invalidate(path: string): void {
     this.inner.invalidate?.(path);
   }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
   async open(path: string, flags: OpenFlags): Promise<OpenFile> {
     if (flags.write || flags.truncate || flags.append) refuse();
     return new ReadOnlyFile(await this.inner.open(path, flags));

@@ -49,7 +49,7 @@ import {
 } from './replies.js';
 import { InodeTable, joinPath, parentPath, type Inode } from './inodes.js';
 import { HandleTable, type DirHandle, type DirSnapshotEntry, type FileHandle } from './handles.js';
-import type { Caller, FileAttr, FileKind, Vfs } from './vfs.js';
+import type { Caller, CreateFlags, FileAttr, FileKind, OpenFile, OpenFlags, Vfs } from './vfs.js';
 
 export interface FuseServerOptions {
   /** How long the kernel may cache a name → node binding (default 1000 ms). */
@@ -99,6 +99,16 @@ class Pending {
   constructor(readonly req: FuseRequest, readonly maxReply: number, readonly done: ReplyCallback) {}
 }
 
+/** The open(2) flags of an OPEN or CREATE as the Vfs takes them. */
+function openFlags(raw: number): OpenFlags {
+  const acc = raw & O_ACCMODE;
+  const write = acc !== O_RDONLY;
+  return { read: acc !== O_WRONLY, write, truncate: write && (raw & O_TRUNC) !== 0, append: (raw & O_APPEND) !== 0 };
+}
+
+/** MKNOD of a regular file: made like O_CREAT|O_EXCL and closed at once. */
+const MKNOD_FLAGS: CreateFlags = { read: false, write: false, truncate: false, append: false, exclusive: true };
+
 function kindType(kind: FileKind): number {
   return kind === 'dir' ? DT_DIR : kind === 'symlink' ? DT_LNK : DT_REG;
 }
@@ -131,6 +141,7 @@ export class FuseServer {
   private epoch = 0;
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
+  private closing: Promise<void> | null = null;
 
   constructor(private readonly vfs: Vfs, opts: FuseServerOptions = {}) {
     this.opts = {
@@ -252,6 +263,23 @@ export class FuseServer {
     this.initialized = false;
     await this.idle();
     await this.endSession();
+  }
+
+  /**
+   * The end of serving, for the transport's shutdown: ends the session as reset() does, then
+   * closes the Vfs (Vfs.close: everything buffered is stored). Once: later calls wait for
+   * the first. A later INIT is refused (ENODEV).
+   */
+  close(): Promise<void> {
+    return (this.closing ??= this.reset().then(() => this.vfs.close()));
+  }
+
+  /**
+   * New cache timeouts for the replies sent from now on (a configuration reload, e.g.
+   * SIGHUP); what the kernel was told before stays valid for the time it was given.
+   */
+  setTimeouts(t: { readonly entryTimeoutMs: number; readonly attrTimeoutMs: number; readonly negativeTimeoutMs: number }): void {
+    Object.assign(this.opts, { entryTimeoutMs: t.entryTimeoutMs, attrTimeoutMs: t.attrTimeoutMs, negativeTimeoutMs: t.negativeTimeoutMs });
   }
 
   // ---- plumbing -----------------------------------------------------------------------------
@@ -448,7 +476,7 @@ export class FuseServer {
       case Opcode.MKNOD: {
         const type = req.mode & S_IFMT;
         if (type !== 0 && type !== S_IFREG) fail('EPERM', 'only regular files can be made with mknod');
-        const made = await this.vfs.create(this.childPath(req.h.nodeid, req.name), req.mode & PERM_BITS, this.caller(req), true);
+        const made = await this.vfs.create(this.childPath(req.h.nodeid, req.name), req.mode & PERM_BITS, this.caller(req), MKNOD_FLAGS);
         await made.file.release();
         return ok(this.enter(p, req.h.nodeid, req.name, made.attr));
       }
@@ -490,38 +518,23 @@ export class FuseServer {
         const ino = this.inode(req.h.nodeid);
         const path = this.pathOf(req.h.nodeid);
         if (ino.kind === 'dir') fail('EISDIR');
-        const acc = req.flags & O_ACCMODE;
-        const readable = acc !== O_WRONLY;
-        const writable = acc !== O_RDONLY;
-        const truncate = (req.flags & O_TRUNC) !== 0 && writable;
-        const append = (req.flags & O_APPEND) !== 0;
-        const file = await this.vfs.open(path, { read: readable, write: writable, truncate, append });
-        const fh = this.handles.add({ kind: 'file', inode: ino, file, readable, writable, append, appendTail: Promise.resolve() });
+        const flags = openFlags(req.flags);
+        const file = await this.vfs.open(path, flags);
+        const fh = this.addFile(ino, file, flags);
         p.undo.push(() => this.dropFile(fh));
         return ok(encodeOpenOut(fh, 0));
       }
       case Opcode.CREATE: {
-        const path = this.childPath(req.h.nodeid, req.name);
-        const exclusive = (req.flags & O_EXCL) !== 0;
-        const made = await this.vfs.create(path, req.mode & PERM_BITS, this.caller(req), exclusive);
+        const flags: CreateFlags = { ...openFlags(req.flags), exclusive: (req.flags & O_EXCL) !== 0 };
+        const made = await this.vfs.create(this.childPath(req.h.nodeid, req.name), req.mode & PERM_BITS, this.caller(req), flags);
         let entered: { ino: Inode; bytes: Uint8Array };
         try {
-          // CREATE of a file that exists (the kernel had a stale negative entry) with
-          // O_TRUNC: create() opened it as it was, so truncate it here.
-          let attr = made.attr;
-          if (!exclusive && (req.flags & O_TRUNC) !== 0 && (req.flags & O_ACCMODE) !== O_RDONLY && attr.size > 0) {
-            attr = await this.vfs.setattr(path, { size: 0 });
-          }
-          entered = this.enterInode(p, req.h.nodeid, req.name, attr);
+          entered = this.enterInode(p, req.h.nodeid, req.name, made.attr);
         } catch (err) {
           await made.file.release();
           throw err;
         }
-        const acc = req.flags & O_ACCMODE;
-        const fh = this.handles.add({
-          kind: 'file', inode: entered.ino, file: made.file, readable: acc !== O_WRONLY, writable: acc !== O_RDONLY,
-          append: (req.flags & O_APPEND) !== 0, appendTail: Promise.resolve(),
-        });
+        const fh = this.addFile(entered.ino, made.file, flags);
         p.undo.push(() => this.dropFile(fh));
         return ok(entered.bytes, encodeOpenOut(fh, 0));
       }
@@ -650,6 +663,7 @@ export class FuseServer {
   private async init(req: Extract<FuseRequest, { op: Opcode.INIT }>): Promise<FuseReply> {
     if (req.major !== FUSE_KERNEL_VERSION) fail('EPROTO', `FUSE major ${req.major} is not supported`);
     if (req.minor < FUSE_MIN_MINOR_VERSION) fail('EPROTO', `FUSE 7.${req.minor} is older than 7.${FUSE_MIN_MINOR_VERSION}`);
+    if (this.closing !== null) fail('ENODEV', 'the file system was closed');
     if (this.initialized) {
       // A new driver on the same connection (guest reboot): start over.
       this.initialized = false;
@@ -805,6 +819,12 @@ export class FuseServer {
     if (dirPath === '') return FUSE_ROOT_ID;
     const pp = parentPath(dirPath);
     return pp === '' ? FUSE_ROOT_ID : this.inodes.atPath(pp)?.nodeid ?? pseudoIno(pp);
+  }
+
+  private addFile(inode: Inode, file: OpenFile, flags: OpenFlags): number {
+    return this.handles.add({
+      kind: 'file', inode, file, readable: flags.read, writable: flags.write, append: flags.append, appendTail: Promise.resolve(),
+    });
   }
 
   /** Removes a file handle and releases its file in the background (undo of OPEN/CREATE). */

@@ -6,6 +6,19 @@
 // Paths: '' is the root; otherwise segments joined by '/', each a valid POSIX name (the
 // engine has already rejected '', '.', '..', '/', NUL and names over 255 bytes).
 //
+// Identity: the Vfs has no inode numbers or generations; the engine owns them
+// (src/fuse/inodes.ts). A node id stands for (path, kind) while the kernel holds it: it
+// follows renames made through the engine, is detached by unlink or by a rename over it
+// (then only its open handles reach the file), and a lookup that finds another kind at the
+// path gets a new node id. An object replaced at its path by another of the same kind
+// behind the engine's back (another writer) keeps the node id: the kernel sees new
+// attributes and, once its caches time out, the new content. Generations are the
+// engine's session counter (bumped at every INIT), so nodeid:generation never repeats;
+// EXPORT_SUPPORT is not offered, so the kernel never asks for a node by number alone.
+//
+// Life cycle: the owner creates the Vfs and hands it to a transport; close() is called once,
+// by the transport's shutdown (FuseServer.close), after the last request.
+//
 // Errors: implementations throw ErrnoError (src/util/errors.ts) with the errno Linux file
 // systems return for the same case (ENOENT, EEXIST, ENOTDIR, EISDIR, ENOTEMPTY, EXDEV,
 // EINVAL, EIO, ENODATA for a missing xattr, ERANGE, EROFS, ENOSPC, EFBIG ...); anything
@@ -27,8 +40,6 @@ export interface FileAttr {
   readonly atime: TimeNs;
   readonly mtime: TimeNs;
   readonly ctime: TimeNs;
-  /** Stable for the life of the object at this path where the store can tell (0 when not). */
-  readonly version?: string;
 }
 
 export interface DirEntry {
@@ -56,12 +67,20 @@ export interface Caller {
   readonly pid: number;
 }
 
+/** open(2) flags as the engine decoded them (O_ACCMODE, O_TRUNC, O_APPEND). */
 export interface OpenFlags {
   readonly read: boolean;
   readonly write: boolean;
-  /** O_TRUNC (with ATOMIC_O_TRUNC the engine passes it here rather than as a SETATTR). */
+  /** O_TRUNC of a writable open (with ATOMIC_O_TRUNC the engine passes it here rather than as a SETATTR). */
   readonly truncate: boolean;
+  /** O_APPEND: the engine sends every write at the end of file. */
   readonly append: boolean;
+}
+
+/** open(2) flags of a CREATE: O_EXCL too. */
+export interface CreateFlags extends OpenFlags {
+  /** O_EXCL: EEXIST when something is at the path. */
+  readonly exclusive: boolean;
 }
 
 /**
@@ -116,10 +135,16 @@ export interface Vfs {
   rename(from: string, to: string, noReplace: boolean): Promise<void>;
   symlink(path: string, target: string, caller: Caller): Promise<FileAttr>;
   readlink(path: string): Promise<string>;
+  /** SETATTR by path. One that carries a handle (ftruncate), or whose file has no path left, goes to OpenFile.setattr instead. */
   setattr(path: string, changes: AttrChanges): Promise<FileAttr>;
   open(path: string, flags: OpenFlags): Promise<OpenFile>;
-  /** Creates (EEXIST if `exclusive` and it exists) and opens for writing. */
-  create(path: string, mode: number, caller: Caller, exclusive: boolean): Promise<{ attr: FileAttr; file: OpenFile }>;
+  /**
+   * Creates a file and opens it with `flags` (a new file is empty whatever they say). When a
+   * file is already there (the kernel's negative entry was stale): EEXIST if
+   * `flags.exclusive`, EISDIR for a directory, else that file is opened as open() would
+   * (truncated with `flags.truncate`). `attr` is the file's as opened.
+   */
+  create(path: string, mode: number, caller: Caller, flags: CreateFlags): Promise<{ attr: FileAttr; file: OpenFile }>;
   getxattr(path: string, name: string): Promise<Uint8Array>;
   setxattr(path: string, name: string, value: Uint8Array, flags: { create: boolean; replace: boolean }): Promise<void>;
   listxattr(path: string): Promise<string[]>;
@@ -129,4 +154,11 @@ export interface Vfs {
   sync(): Promise<void>;
   /** Forget cached knowledge of `path` (and below): the engine's TTLs ran out or it was told. */
   invalidate?(path: string): void;
+  /**
+   * The end: stores everything buffered (as sync()) and frees what the Vfs holds. Called once
+   * by the transport's shutdown, after the last request and the release of every open
+   * file; a second call waits for the first and does nothing more. Rejects (EIO) if
+   * something could not be stored.
+   */
+  close(): Promise<void>;
 }

@@ -184,6 +184,26 @@ describe('FUSE engine over vhost-user-fs', function () {
       for (const h of [ro, ap, tr]) await cl.release(e.nodeid, h.fh);
     });
 
+    it('CREATE hands the Vfs its open flags decoded (access mode, O_TRUNC, O_APPEND, O_EXCL); the handle honours them', async () => {
+      const cl = await start();
+      const ro = await cl.create(1, 'ro', O_CREAT | O_EXCL | O_RDONLY);
+      const ap = await cl.create(1, 'ap', O_CREAT | O_WRONLY | O_APPEND | O_TRUNC);
+      const rw = await cl.create(1, 'rw', O_CREAT | O_RDWR);
+      await cl.mknod(1, 'nod', S_IFREG | 0o644);
+      expect(vfs.createFlags).to.deep.equal([
+        { read: true, write: false, truncate: false, append: false, exclusive: true },
+        { read: false, write: true, truncate: true, append: true, exclusive: false },
+        { read: true, write: true, truncate: false, append: false, exclusive: false },
+        { read: false, write: false, truncate: false, append: false, exclusive: true },
+      ]);
+      expect(await errno(cl.write(ro.entry.nodeid, ro.fh, 0, te.encode('x')))).to.equal('EBADF');
+      expect(await errno(cl.read(ap.entry.nodeid, ap.fh, 0, 1))).to.equal('EBADF');
+      await cl.write(ap.entry.nodeid, ap.fh, 0, te.encode('ab'));
+      await cl.write(ap.entry.nodeid, ap.fh, 0, te.encode('cd'));
+      expect(td.decode(vfs.get('ap')!)).to.equal('abcd');
+      for (const h of [ro, ap, rw]) await cl.release(h.entry.nodeid, h.fh);
+    });
+
     it('keeps an unlinked open file usable through its handle', async () => {
       const cl = await start();
       const { entry, fh } = await cl.create(1, 'tmp', O_CREAT | O_RDWR);
@@ -738,15 +758,22 @@ describe('FUSE engine over vhost-user-fs', function () {
       expect(await errno(cl.releasedir(1, d.fh))).to.equal('EBADF');
     });
 
-    it('close() of the export releases open files and syncs', async () => {
+    it('close() of the export releases open files, then closes the Vfs once; the server takes no new session', async () => {
       const cl = await start();
       await cl.create(1, 'f', O_CREAT | O_RDWR);
+      let openAtClose = -1;
+      vfs.hooks = { before: (op) => void (op === 'close' && (openAtClose = vfs.openFiles)) };
       await cl.close();
       c = null;
+      const server = exp!.server;
       await exp!.close();
       exp = null;
       expect(vfs.openFiles).to.equal(0);
-      expect(vfs.syncs).to.be.greaterThan(0);
+      expect([vfs.closes, openAtClose]).to.deep.equal([1, 0]);
+      await server.close();
+      expect(vfs.closes).to.equal(1);
+      const init = await server.handle(encodeRequest({ opcode: Opcode.INIT, unique: 1n, nodeid: 0 }, [encode.init(7, 38, 0, 0)]));
+      expect(init!.error).to.equal(-E.ENODEV);
     });
   });
 

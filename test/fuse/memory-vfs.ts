@@ -4,7 +4,7 @@
 // can slow a call down, hold it until it says so, or make it fail.
 import { ErrnoError } from '../../src/util/errors.js';
 import type {
-  AttrChanges, Caller, DirEntry, FileAttr, OpenFile, OpenFlags, StatFs, Vfs,
+  AttrChanges, Caller, CreateFlags, DirEntry, FileAttr, OpenFile, OpenFlags, StatFs, Vfs,
 } from '../../src/fuse/vfs.js';
 
 const S_IFREG = 0o100000;
@@ -41,7 +41,7 @@ function err(code: ConstructorParameters<typeof ErrnoError>[0]): never {
 
 export type VfsOp =
   | 'stat' | 'list' | 'mkdir' | 'rmdir' | 'unlink' | 'rename' | 'symlink' | 'readlink' | 'setattr' | 'open' | 'create'
-  | 'getxattr' | 'setxattr' | 'listxattr' | 'removexattr' | 'statfs' | 'sync'
+  | 'getxattr' | 'setxattr' | 'listxattr' | 'removexattr' | 'statfs' | 'sync' | 'close'
   | 'read' | 'write' | 'fileAttr' | 'fileSetattr' | 'flush' | 'fsync' | 'allocate' | 'release';
 
 export interface MemoryVfsHooks {
@@ -58,6 +58,9 @@ export class MemoryVfs implements Vfs {
   openFiles = 0;
   syncs = 0;
   flushes = 0;
+  closes = 0;
+  /** The flags of every create() call, in order. */
+  readonly createFlags: CreateFlags[] = [];
 
   private async enter(op: VfsOp, path: string): Promise<void> {
     this.calls.set(op, (this.calls.get(op) ?? 0) + 1);
@@ -260,14 +263,16 @@ export class MemoryVfs implements Vfs {
     return this.fileFor(n, path);
   }
 
-  async create(path: string, mode: number, caller: Caller, exclusive: boolean): Promise<{ attr: FileAttr; file: OpenFile }> {
+  async create(path: string, mode: number, caller: Caller, flags: CreateFlags): Promise<{ attr: FileAttr; file: OpenFile }> {
     await this.enter('create', path);
+    this.createFlags.push(flags);
     const { dir, name } = this.parent(path);
     let n = dir.children.get(name);
     if (n !== undefined) {
-      if (exclusive) err('EEXIST');
+      if (flags.exclusive) err('EEXIST');
       if (n.kind === 'dir') err('EISDIR');
       if (n.kind !== 'file') err('ELOOP');
+      if (flags.truncate) resize(n, 0);
     } else {
       n = { kind: 'file', meta: meta(S_IFREG, mode, caller), data: new Uint8Array(0), size: 0 };
       dir.children.set(name, n);
@@ -359,6 +364,11 @@ export class MemoryVfs implements Vfs {
   async sync(): Promise<void> {
     await this.enter('sync', '');
     this.syncs++;
+  }
+
+  async close(): Promise<void> {
+    await this.enter('close', '');
+    this.closes++;
   }
 }
 

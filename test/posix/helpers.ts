@@ -128,6 +128,8 @@ export const CALLER: Caller = { uid: 1000, gid: 1000, pid: 1 };
 
 export const RW = { read: true, write: true, truncate: false, append: false } as const;
 export const RO = { read: true, write: false, truncate: false, append: false } as const;
+/** create() flags of O_CREAT|O_EXCL|O_RDWR. */
+export const NEW = { read: true, write: true, truncate: false, append: false, exclusive: true } as const;
 
 export const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 export const str = (b: Uint8Array): string => new TextDecoder().decode(b);
@@ -146,7 +148,7 @@ export async function expectErrno(p: Promise<unknown>, code: keyof typeof consta
 
 /** Creates `path` with `data` and closes it. */
 export async function writeFile(vfs: Vfs, path: string, data: Uint8Array | string, mode = 0o644): Promise<void> {
-  const { file } = await vfs.create(path, mode, CALLER, true);
+  const { file } = await vfs.create(path, mode, CALLER, NEW);
   try {
     const bytes = typeof data === 'string' ? text(data) : data;
     if (bytes.length > 0) expect(await file.write(0, bytes)).to.equal(bytes.length);

@@ -15,7 +15,7 @@ import type { ObjectStore } from '../../src/backends/object-store.js';
 import type { OpenFile } from '../../src/fuse/vfs.js';
 import { ErrnoError } from '../../src/util/errors.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
-import { CALLER, RW, equalBytes } from './helpers.js';
+import { CALLER, NEW, RW, equalBytes } from './helpers.js';
 
 const KiB = 1024;
 
@@ -162,7 +162,7 @@ async function runSequence(store: ObjectStore, seed: number, steps: number, tmp:
           model = await open(m, 'wx+');
         });
         const b = await outcome(async () => {
-          mine = (await vfs.create(p, 0o644, CALLER, true)).file;
+          mine = (await vfs.create(p, 0o644, CALLER, NEW)).file;
         });
         if (model && mine) open_.push({ path: p, mine, model });
         else {

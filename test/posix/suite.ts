@@ -6,7 +6,7 @@ import { BucketVfs, type BucketVfsOptions } from '../../src/backends/posix/bucke
 import { S_IFDIR, S_IFLNK, S_IFREG } from '../../src/backends/posix/metadata.js';
 import type { ObjectStore } from '../../src/backends/object-store.js';
 import { patternBytes, TmpDir } from '../support/tmp.js';
-import { CALLER, CountingStore, RO, RW, equalBytes, expectErrno, names, readAll, readFile, sleep, str, text, writeFile } from './helpers.js';
+import { CALLER, CountingStore, NEW, RO, RW, equalBytes, expectErrno, names, readAll, readFile, sleep, str, text, writeFile } from './helpers.js';
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -65,7 +65,7 @@ export function bucketVfsSuite(target: VfsTarget): void {
     describe('files', () => {
       it('creates, writes, reads back, and stores the object with s3fs metadata', async () => {
         const { vfs, store, prefix } = mk();
-        const { attr, file } = await vfs.create('hello.txt', 0o640, CALLER, true);
+        const { attr, file } = await vfs.create('hello.txt', 0o640, CALLER, NEW);
         expect(attr.kind).to.equal('file');
         expect(attr.mode).to.equal(S_IFREG | 0o640);
         expect(attr.uid).to.equal(CALLER.uid);
@@ -86,14 +86,43 @@ export function bucketVfsSuite(target: VfsTarget): void {
         expect(str(await readFile(vfs, 'hello.txt'))).to.equal('hello, world');
       });
 
+      it('create honours its open flags: read-only and append handles, O_TRUNC of a file that is there, O_EXCL', async () => {
+        const { vfs, prefix } = mk();
+        const ro = await vfs.create('ro', 0o644, CALLER, { ...NEW, write: false });
+        await expectErrno(ro.file.write(0, text('x')), 'EBADF');
+        await ro.file.release();
+        expect((await shared.store.head(`${prefix}ro`))!.size).to.equal(0);
+        await writeFile(vfs, 'there', 'existing');
+        await expectErrno(vfs.create('there', 0o644, CALLER, NEW), 'EEXIST');
+        const keep = await vfs.create('there', 0o644, CALLER, { ...NEW, exclusive: false });
+        expect(keep.attr.size).to.equal(8);
+        const trunc = await vfs.create('there', 0o644, CALLER, { ...NEW, exclusive: false, truncate: true });
+        expect(trunc.attr.size).to.equal(0);
+        await trunc.file.write(0, text('new'));
+        await keep.file.release();
+        await trunc.file.release();
+        expect(str((await shared.store.get(`${prefix}there`)).body)).to.equal('new');
+      });
+
+      it('close() stores what open files buffered, once; a second call does nothing more', async () => {
+        const { vfs, store, prefix } = mk();
+        const { file } = await vfs.create('f', 0o644, CALLER, NEW);
+        await file.write(0, text('buffered'));
+        const [a, b] = [vfs.close(), vfs.close()];
+        await Promise.all([a, b]);
+        await vfs.close();
+        expect(store.count('put')).to.equal(1);
+        expect(str((await shared.store.get(`${prefix}f`)).body)).to.equal('buffered');
+      });
+
       it('shows a created file that is not stored yet in stat and in its directory', async () => {
         const { vfs } = mk();
         await vfs.mkdir('d', 0o755, CALLER);
-        const { file } = await vfs.create('d/new', 0o600, CALLER, true);
+        const { file } = await vfs.create('d/new', 0o600, CALLER, NEW);
         expect((await vfs.stat('d/new'))!.size).to.equal(0);
         expect(await names(vfs, 'd')).to.deep.equal(['new']);
         await expectErrno(vfs.rmdir('d'), 'ENOTEMPTY');
-        await expectErrno(vfs.create('d/new', 0o600, CALLER, true), 'EEXIST');
+        await expectErrno(vfs.create('d/new', 0o600, CALLER, NEW), 'EEXIST');
         await file.release();
         expect(await names(vfs, 'd')).to.deep.equal(['new']);
       });
@@ -159,7 +188,7 @@ export function bucketVfsSuite(target: VfsTarget): void {
         const { vfs, store } = mk({ multipartThreshold: 6 * MiB, partSize: 5 * MiB, spillThreshold: 2 * MiB, blockSize: 256 * KiB, readAheadBytes: MiB });
         const part = Math.max(5 * MiB, shared.store.capabilities.minPartSize);
         const body = patternBytes(3, 2 * part + 123_457);
-        const { file } = await vfs.create('big', 0o644, CALLER, true);
+        const { file } = await vfs.create('big', 0o644, CALLER, NEW);
         for (let off = 0; off < body.length; off += 1 * MiB) await file.write(off, body.subarray(off, Math.min(body.length, off + MiB)));
         expect(vfs.stats.spilledFiles).to.equal(1);
         await file.release();
@@ -259,7 +288,7 @@ export function bucketVfsSuite(target: VfsTarget): void {
         store.reset();
         const tooLong = `${dir}/${'y'.repeat(250)}`;
         expect(Buffer.byteLength(vfs.keys.fileKey(tooLong))).to.be.above(1024);
-        await expectErrno(vfs.create(tooLong, 0o644, CALLER, true), 'ENAMETOOLONG');
+        await expectErrno(vfs.create(tooLong, 0o644, CALLER, NEW), 'ENAMETOOLONG');
         await expectErrno(vfs.mkdir(tooLong, 0o755, CALLER), 'ENAMETOOLONG');
         await expectErrno(vfs.symlink(tooLong, 'target', CALLER), 'ENAMETOOLONG');
         expect(store.count('put')).to.equal(0);
@@ -316,7 +345,7 @@ export function bucketVfsSuite(target: VfsTarget): void {
         await vfs.mkdir('d', 0o755, CALLER);
         await vfs.setattr('d', { mode: 0o2775, gid: 1234 });
         const sub = await vfs.mkdir('d/sub', 0o755, CALLER);
-        const { attr: f, file } = await vfs.create('d/f', 0o644, CALLER, true);
+        const { attr: f, file } = await vfs.create('d/f', 0o644, CALLER, NEW);
         await file.release();
         const l = await vfs.symlink('d/l', 'f', CALLER);
         expect([sub.mode, sub.uid, sub.gid]).to.deep.equal([S_IFDIR | 0o2755, CALLER.uid, 1234]);
@@ -376,7 +405,7 @@ export function bucketVfsSuite(target: VfsTarget): void {
 
       it('renames an open file that has unstored writes', async () => {
         const { vfs } = mk();
-        const { file } = await vfs.create('w', 0o644, CALLER, true);
+        const { file } = await vfs.create('w', 0o644, CALLER, NEW);
         await file.write(0, text('pending'));
         await vfs.rename('w', 'w2', false);
         await file.write(7, text('+more'));
@@ -392,7 +421,7 @@ export function bucketVfsSuite(target: VfsTarget): void {
         await writeFile(vfs, 'src/f1', 'one');
         await writeFile(vfs, 'src/sub/f2', 'two');
         await shared.store.put(`${prefix}src/implicit/f3`, text('three'));
-        const { file } = await vfs.create('src/sub/open', 0o644, CALLER, true);
+        const { file } = await vfs.create('src/sub/open', 0o644, CALLER, NEW);
         await file.write(0, text('unstored'));
         await vfs.rename('src', 'dst', false);
         await file.release();
@@ -652,7 +681,7 @@ export function bucketVfsSuite(target: VfsTarget): void {
     describe('failures and memory', () => {
       it('reports an upload failure on fsync with EIO, keeps the data, and stores it on retry', async () => {
         const { vfs, store, prefix } = mk();
-        const { file } = await vfs.create('f', 0o644, CALLER, true);
+        const { file } = await vfs.create('f', 0o644, CALLER, NEW);
         await file.write(0, text('precious'));
         store.failWrites = true;
         await expectErrno(file.fsync(false), 'EIO');
@@ -672,7 +701,7 @@ export function bucketVfsSuite(target: VfsTarget): void {
       it('a failed multipart upload is reported and retried', async () => {
         const { vfs, store, prefix } = mk({ multipartThreshold: 64 * KiB, partSize: 64 * KiB });
         const body = patternBytes(6, Math.max(3 * shared.store.capabilities.minPartSize, 200 * KiB) + 5);
-        const { file } = await vfs.create('f', 0o644, CALLER, true);
+        const { file } = await vfs.create('f', 0o644, CALLER, NEW);
         await file.write(0, body);
         store.failWrites = true;
         await expectErrno(file.fsync(false), 'EIO');
@@ -688,7 +717,7 @@ export function bucketVfsSuite(target: VfsTarget): void {
         const files = [];
         const bodies: Uint8Array[] = [];
         for (let i = 0; i < 24; i++) {
-          const { file } = await vfs.create(`f${i}`, 0o644, CALLER, true);
+          const { file } = await vfs.create(`f${i}`, 0o644, CALLER, NEW);
           const body = patternBytes(100 + i, 200 * KiB + i);
           for (let off = 0; off < body.length; off += 32 * KiB) await file.write(off, body.subarray(off, Math.min(body.length, off + 32 * KiB)));
           files.push(file);
@@ -708,8 +737,8 @@ export function bucketVfsSuite(target: VfsTarget): void {
         const s = await vfs.statfs();
         expect(s.blocks).to.be.greaterThan(2 ** 30);
         expect(s.nameMax).to.equal(255);
-        const a = await vfs.create('a', 0o644, CALLER, true);
-        const b = await vfs.create('b', 0o644, CALLER, true);
+        const a = await vfs.create('a', 0o644, CALLER, NEW);
+        const b = await vfs.create('b', 0o644, CALLER, NEW);
         await a.file.write(0, text('A'));
         await b.file.write(0, text('B'));
         await vfs.sync();
