@@ -673,7 +673,7 @@ export class BackendSession extends EventEmitter {
       return;
     }
     const r = v.queue.trackInflight(slice);
-    if (r.resubmit.length > 0 || r.repaired > 0 || r.lastAvailIdx !== v.base) {
+    if (!r.fresh) {
       this.log.info('ring recovered from the inflight region', {
         queue: v.index, resubmit: r.resubmit.length, repaired: r.repaired, base: v.base, lastAvailIdx: r.lastAvailIdx,
       });
@@ -837,7 +837,7 @@ export class BackendSession extends EventEmitter {
     this.dropInflight();
     fds[0] = -1; // kept for the session's life
     this.inflight = { fd, mapping, region, queueSize: req.queueSize };
-    this.log.debug('inflight region set', { queues: req.numQueues, queueSize: req.queueSize });
+    this.log.info('inflight region set', { queues: req.numQueues, queueSize: req.queueSize });
     return undefined;
   }
 

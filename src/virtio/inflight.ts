@@ -43,6 +43,8 @@ export function inflightRegionBytes(numQueues: number, queueSize: number): numbe
 
 /** What recovering a queue found (for logs and tests). */
 export interface InflightRecovery {
+  /** The region was never used (version 0): nothing could be recovered. */
+  readonly fresh: boolean;
   /** Heads to serve again before anything new, oldest first. */
   readonly resubmit: number[];
   /** Heads whose completion was published but not yet cleared when the backend died. */
@@ -106,7 +108,7 @@ export class InflightQueue {
       this.u16[OFF_DESC_NUM >>> 1] = this.descNum;
       this.u16[OFF_USED_IDX >>> 1] = ringUsedIdx;
       this.counter = 0;
-      return { resubmit: [], repaired: 0, lastAvailIdx: ringUsedIdx };
+      return { fresh: true, resubmit: [], repaired: 0, lastAvailIdx: ringUsedIdx };
     }
     this.u16[OFF_DESC_NUM >>> 1] = this.descNum;
     let repaired = 0;
@@ -126,7 +128,7 @@ export class InflightQueue {
     for (let i = 0; i < this.descNum; i++) if (this.isInflight(i)) heads.push(i);
     heads.sort((a, b) => this.counterOf(a) - this.counterOf(b));
     this.counter = heads.length > 0 ? this.counterOf(heads[heads.length - 1]!) + 1 : 0;
-    return { resubmit: heads, repaired, lastAvailIdx: (ringUsedIdx + heads.length) & 0xffff };
+    return { fresh: false, resubmit: heads, repaired, lastAvailIdx: (ringUsedIdx + heads.length) & 0xffff };
   }
 
   /** The device took head i (< descNum) from the avail ring. */

@@ -66,7 +66,7 @@ describe('virtio/inflight: tracking requests across a backend crash', () => {
   it('a never-used region is initialized: version 1, nothing resubmitted, avail index from used.idx', () => {
     const pair = makeRingPair({ size: SIZE, ops: jsRingOps });
     const r = pair.device.trackInflight(region);
-    expect(r).to.deep.equal({ resubmit: [], repaired: 0, lastAvailIdx: 0 });
+    expect(r).to.deep.equal({ fresh: true, resubmit: [], repaired: 0, lastAvailIdx: 0 });
     expect(region.version).to.equal(1);
     addRequests(pair.driver, [1]);
     const [h] = popHeads(pair.device, 1);
@@ -186,6 +186,6 @@ describe('virtio/inflight: tracking requests across a backend crash', () => {
     pair.device.setAddresses(pair.memory, pair.driver.ringAddresses);
     region.recover(5); // initialize with a used_idx far away
     const r = pair.device.trackInflight(region);
-    expect(r).to.deep.equal({ resubmit: [], repaired: 0, lastAvailIdx: 1000 });
+    expect(r).to.deep.equal({ fresh: false, resubmit: [], repaired: 0, lastAvailIdx: 1000 });
   });
 });
