@@ -89,6 +89,8 @@ interface Slot {
   readonly inBuf: SharedBuffer;
   readonly outBuf: SharedBuffer;
   done: ((len: number) => void) | null;
+  /** Fails the request in flight (the backend went away). */
+  fail: ((err: Error) => void) | null;
 }
 
 function sub(b: SharedBuffer, off: number, len: number): SharedBuffer {
@@ -101,6 +103,8 @@ export class FuseClient {
   private slotsMade = 0;
   private uniqueNext = 2n;
   private rr = 0;
+  /** Slots whose request is in the rings. */
+  private readonly inFlight = new Set<Slot>();
   /** Set by init(). */
   initOut: InitOut | null = null;
 
@@ -109,7 +113,13 @@ export class FuseClient {
     private readonly opts: Required<Omit<FuseClientOptions, 'log' | 'segmentSize' | 'indirect' | 'eventIdx'>> & { segmentSize: number },
     private readonly argsRoom: number,
     private readonly replyRoomMax: number,
-  ) {}
+  ) {
+    // A backend that dies (kill -9) never answers what it had: those requests fail with
+    // ENOTCONN, as Linux fails them when a FUSE connection is gone.
+    client.onDisconnect(() => {
+      for (const slot of [...this.inFlight]) slot.fail?.(new ErrnoError('ENOTCONN', 'the backend closed the connection'));
+    });
+  }
 
   static async connect(path: string, options: FuseClientOptions = {}): Promise<FuseClient> {
     const maxIo = options.maxIo ?? 1 << 20;
@@ -194,6 +204,7 @@ export class FuseClient {
         inBuf: mem.alloc(IN_HEADER_SIZE + this.argsRoom, 64),
         outBuf: mem.alloc(OUT_HEADER_SIZE + this.replyRoomMax, 64),
         done: null,
+        fail: null,
       });
     }
     return new Promise((resolve) => this.waiting.push(resolve));
@@ -208,6 +219,8 @@ export class FuseClient {
   private complete(slot: Slot, len: number): void {
     const done = slot.done;
     slot.done = null;
+    slot.fail = null;
+    this.inFlight.delete(slot);
     done?.(len);
   }
 
@@ -247,8 +260,16 @@ export class FuseClient {
       const readable = message.length > 0 ? this.splitRequest(sub(slot.inBuf, 0, message.length)) : [];
       const writable = replyRoom > 0 ? this.splitReply(sub(slot.outBuf, 0, replyRoom)) : [];
       if (readable.length + writable.length > MAX_INDIRECT) throw new RangeError('too many descriptors for one request');
-      const len = await new Promise<number>((resolve) => {
+      if (this.client.disconnected) throw new ErrnoError('ENOTCONN', 'the backend closed the connection');
+      const len = await new Promise<number>((resolve, reject) => {
         slot.done = resolve;
+        slot.fail = (err) => {
+          slot.done = null;
+          slot.fail = null;
+          this.inFlight.delete(slot);
+          reject(err);
+        };
+        this.inFlight.add(slot);
         this.client.submit(this.pickQueue(queue), readable, writable, slot);
       });
       const n = Math.min(len, replyRoom);

@@ -13,7 +13,7 @@ import { ErrnoError } from '../../src/util/errors.js';
 import { patternBytes } from '../support/tmp.js';
 import type { Rng } from './blk-workload.js';
 
-const ROOT = 1;
+export const ROOT = 1;
 /** Largest request the workload sends (the client is connected with maxIo ≥ this). */
 export const FS_MAX_IO = 128 * 1024;
 
@@ -87,7 +87,7 @@ let seed = 1000;
 /** Over the fs gateway's multipart threshold (32 MiB). */
 export const BIG_FILE = 33 * 1024 * 1024 + 4321;
 
-async function writeAll(w: FsWorkload, nodeid: number, fh: number, offset: number, data: Uint8Array): Promise<void> {
+export async function writeAll(w: FsWorkload, nodeid: number, fh: number, offset: number, data: Uint8Array): Promise<void> {
   for (let p = 0; p < data.length; p += FS_MAX_IO) {
     const piece = data.subarray(p, Math.min(p + FS_MAX_IO, data.length));
     const n = await w.client.write(nodeid, fh, offset + p, piece);
@@ -164,28 +164,32 @@ export async function fsRound(w: FsWorkload, label: string, creates = 2, reads =
   }
   for (let k = 0; k < reads && existing.length > 0; k++) {
     const name = existing[rng.int(0, existing.length)]!;
-    await attempt(w, `read ${name}`, async () => {
-      const e = await client.lookup(ROOT, name);
-      const want = model.files.get(name)!;
-      expect(e.attr.size, `size of ${name}`).to.equal(want.length);
-      const { fh } = await client.open(e.nodeid, O_RDONLY);
-      try {
-        for (let p = 0; p < want.length; p += FS_MAX_IO) {
-          const got = await client.read(e.nodeid, fh, p, FS_MAX_IO);
-          const exp = want.subarray(p, Math.min(p + FS_MAX_IO, want.length));
-          expect(got.length, `read of ${name} at ${p}`).to.equal(exp.length);
-          expect(Buffer.from(got).equals(Buffer.from(exp)), `read of ${name} at ${p}`).to.equal(true);
-          w.tally.bytesVerified += got.length;
-        }
-      } finally {
-        await client.release(e.nodeid, fh);
-      }
-    });
+    await attempt(w, `read ${name}`, () => readBack(w, name));
   }
   await attempt(w, 'list /', async () => {
     const names = (await client.listdir(ROOT)).map((d) => d.name).filter((n) => n !== '.' && n !== '..');
     expect(names.sort(), 'a listing is complete or an error').to.deep.equal([...model.files.keys()].sort());
   });
+}
+
+/** Reads a file through the gateway (lookup, open, read, release) and compares it with the model. */
+export async function readBack(w: FsWorkload, name: string): Promise<void> {
+  const { client } = w;
+  const e = await client.lookup(ROOT, name);
+  const want = w.model.files.get(name)!;
+  expect(e.attr.size, `size of ${name}`).to.equal(want.length);
+  const { fh } = await client.open(e.nodeid, O_RDONLY);
+  try {
+    for (let p = 0; p < want.length; p += FS_MAX_IO) {
+      const got = await client.read(e.nodeid, fh, p, FS_MAX_IO);
+      const exp = want.subarray(p, Math.min(p + FS_MAX_IO, want.length));
+      expect(got.length, `read of ${name} at ${p}`).to.equal(exp.length);
+      expect(Buffer.from(got).equals(Buffer.from(exp)), `read of ${name} at ${p}`).to.equal(true);
+      w.tally.bytesVerified += got.length;
+    }
+  } finally {
+    await client.release(e.nodeid, fh);
+  }
 }
 
 /** Without faults: every file whose fsync failed is fsync'ed again (must succeed), then every file is compared in the store. */
