@@ -165,7 +165,7 @@ export const schemas = {
   demo: { ...common,
     dataDir: { doc: 'directory for the demo store and disk, kept afterwards (default: a temporary directory, removed)', format: String, default: '', env: 'VHOST_S3_DEMO_DATA_DIR', arg: 'data-dir' },
     diskSize: { doc: 'size of the demo disk, created on first use', format: 'size', default: 64 * 2 ** 20, env: 'VHOST_S3_DEMO_DISK_SIZE', arg: 'disk-size' },
-    timeout: { doc: 'seconds the guest may take before it is stopped', format: 'non-negative', default: 600, env: 'VHOST_S3_DEMO_TIMEOUT', arg: 'timeout' },
+    timeout: { doc: 'seconds the guest may take before it is stopped', format: 'positive-int', default: 600, env: 'VHOST_S3_DEMO_TIMEOUT', arg: 'timeout' },
   },
   doctor: { ...common, ...storage,
     bucket: { doc: 'store to check: s3://bucket[/prefix] or file:/path (a probe key is written, read and deleted)', format: String, default: '', env: 'VHOST_S3_BUCKET', arg: 'bucket' },

@@ -57,6 +57,16 @@ describe('cli: vhost-s3 demo (npm run demo)', function () {
     expect(existsSync(dir.file('never')), 'no data directory created').to.equal(false);
   });
 
+  it('bad options: one line, exit 2, before anything starts', async () => {
+    for (const args of [['--timeout', '0'], ['--disk-size', '1M'], ['--no-such-option']]) {
+      const r = await runCli(['demo', '--data-dir', dir.file('never'), ...args]);
+      expect(r.code, explain(r)).to.equal(2);
+      expect(r.stderr.trim().split('\n'), explain(r)).to.have.length(1);
+      expect(r.stdout, explain(r)).to.equal('');
+    }
+    expect(existsSync(dir.file('never'))).to.equal(false);
+  });
+
   it('formats the empty disk, shows the sample files and both file systems, and stops everything', async () => {
     const data = dir.file('data');
     const r = await runCli(['demo', '--data-dir', data], { timeoutMs: 400_000 });
