@@ -27,9 +27,9 @@ import { DEFAULT_LIMITS } from '../../src/blk/config-space.js';
 import { BlkStatus, BlkType, ID_BYTES } from '../../src/blk/protocol.js';
 import { DeviceQueue } from '../../src/virtio/queue.js';
 import { DriverQueue, type GuestBuffer } from '../../src/virtio/driver-queue.js';
-import { VIRTQ_DESC_F_INDIRECT as IND, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE } from '../../src/virtio/layout.js';
 import { silentLogger } from '../../src/util/log.js';
 import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
+import { MALFORMED_DESCRIPTORS, MALFORMED_SHAPES, writeMalformedChain, type MalformedShape } from '../support/hostile-chains.js';
 import { GuardedGuestRam } from './guest-ram.js';
 import { check, fuzzTests, type FuzzTarget } from './runner.js';
 
@@ -77,11 +77,9 @@ export interface BlkRequestStep {
   readonly indirect: boolean;
 }
 
-export type RawShape = 'loop' | 'outside' | 'overflow' | 'order' | 'nested' | 'odd-table' | 'next' | 'past-end' | 'self-table';
-
 export type BlkStep =
   | BlkRequestStep
-  | { readonly kind: 'raw'; readonly shape: RawShape }
+  | { readonly kind: 'raw'; readonly shape: MalformedShape }
   | { readonly kind: 'bad-head' };
 
 export interface BlkInput {
@@ -132,7 +130,7 @@ const requestArb: fc.Arbitrary<BlkRequestStep> = fc.record({
 
 const stepArb: fc.Arbitrary<BlkStep> = fc.oneof(
   { weight: 12, arbitrary: requestArb },
-  { weight: 2, arbitrary: fc.record({ kind: fc.constant('raw' as const), shape: fc.constantFrom<RawShape>('loop', 'outside', 'overflow', 'order', 'nested', 'odd-table', 'next', 'past-end', 'self-table') }) },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('raw' as const), shape: fc.constantFrom(...MALFORMED_SHAPES) }) },
   { weight: 1, arbitrary: fc.constant({ kind: 'bad-head' as const }) },
 );
 
@@ -362,54 +360,11 @@ export function makeBlkTarget(ram: GuardedGuestRam, h: BlkHarness): FuzzTarget<B
     exp.apply?.(model);
   }
 
-  async function raw(q: number, shape: RawShape): Promise<void> {
+  async function raw(q: number, shape: MalformedShape): Promise<void> {
     const p = pairs[q]!;
     const ring = p.driver;
-    const d = ring.takeRaw(3);
-    const hdr = DATA0;
-    const data = DATA0 + 64;
-    const status = DATA0 + 1024;
-    const t0 = ring.indirectTableAddr(d[0]!);
-    switch (shape) {
-      case 'loop':
-        ring.writeRawDescriptor(d[0]!, hdr, 16, NEXT, d[1]!);
-        ring.writeRawDescriptor(d[1]!, data, 512, WRITE | NEXT, d[0]!);
-        break;
-      case 'outside':
-        ring.writeRawDescriptor(d[0]!, hdr, 16, NEXT, d[1]!);
-        ring.writeRawDescriptor(d[1]!, 0x7000_0000_0000, 512, WRITE | NEXT, d[2]!);
-        ring.writeRawDescriptor(d[2]!, status, 1, WRITE, 0);
-        break;
-      case 'overflow':
-        ring.writeRawDescriptor(d[0]!, 0xffff_ffff_ffff_ff00n, 0x1000, NEXT, d[1]!);
-        ring.writeRawDescriptor(d[1]!, status, 1, WRITE, 0);
-        break;
-      case 'order':
-        ring.writeRawDescriptor(d[0]!, status, 1, WRITE | NEXT, d[1]!);
-        ring.writeRawDescriptor(d[1]!, hdr, 16, 0, 0);
-        break;
-      case 'nested':
-        ring.writeRawIndirect(d[0]!, 0, hdr, 16, NEXT, 1);
-        ring.writeRawIndirect(d[0]!, 1, ring.indirectTableAddr(d[1]!), 32, IND, 0);
-        ring.writeRawDescriptor(d[0]!, t0, 32, IND, 0);
-        break;
-      case 'self-table':
-        ring.writeRawIndirect(d[0]!, 0, hdr, 16, NEXT, 1);
-        ring.writeRawIndirect(d[0]!, 1, t0, 32, IND, 0);
-        ring.writeRawDescriptor(d[0]!, t0, 32, IND, 0);
-        break;
-      case 'odd-table':
-        ring.writeRawDescriptor(d[0]!, t0, 17, IND, 0);
-        break;
-      case 'next':
-        ring.writeRawDescriptor(d[0]!, hdr, 16, NEXT, 60000);
-        break;
-      case 'past-end':
-        ring.writeRawDescriptor(d[0]!, hdr, 16, NEXT, d[1]!);
-        ring.writeRawDescriptor(d[1]!, R2.guestAddr + R2.size - 256, 512, WRITE | NEXT, d[2]!);
-        ring.writeRawDescriptor(d[2]!, status, 1, WRITE, 0);
-        break;
-    }
+    const d = ring.takeRaw(MALFORMED_DESCRIPTORS);
+    writeMalformedChain(ring, d, shape, { request: { addr: DATA0, len: 16 }, reply: { addr: DATA0 + 1024, len: 1 }, end: R2.guestAddr + R2.size });
     const bad = device.counters.badChains;
     ring.publishRawHead(d[0]!);
     ring.kick();

@@ -9,7 +9,7 @@
 // VHOST_S3_FUZZ_SAVE_CORPUS=1 adds inputs that reach new features (and counterexamples)
 // to test/fuzz/corpus/<target>/.
 //
-//   VHOST_S3_FUZZ_SECONDS=60       time budget per target (default 6)
+//   VHOST_S3_FUZZ_SECONDS=60       time budget per target (default 5)
 //   VHOST_S3_FUZZ_SEED=<n>         fast-check seed, to replay a failure it printed
 //   VHOST_S3_FUZZ_SAVE_CORPUS=1    write new-feature inputs and counterexamples to the corpus
 //   VHOST_S3_FUZZ_STATS=<file>     append one JSON line of figures per target run
@@ -42,8 +42,8 @@ export interface FuzzFigures {
 }
 
 export function fuzzSeconds(): number {
-  const v = Number(process.env['VHOST_S3_FUZZ_SECONDS'] ?? '6');
-  return Number.isFinite(v) && v >= 0 ? v : 6;
+  const v = Number(process.env['VHOST_S3_FUZZ_SECONDS'] ?? '5');
+  return Number.isFinite(v) && v >= 0 ? v : 5;
 }
 
 /** A cheap assertion for the hot paths of the targets (chai's chains cost more than the code under test). */
