@@ -33,6 +33,7 @@ import { FileStore } from '../src/backends/file-store.js';
 import { S3Store } from '../src/backends/s3-store.js';
 import { ROOT_MARKER } from '../src/backends/store-config.js';
 import { round3 } from './lib/cpu.js';
+import { diffCounts, fetchS3Counts, fmtCounts, type S3Counts } from './lib/s3-counts.js';
 import { cleanupNow, removeAtExit, removeNow, startChild, tail, waitForSocket, type Child } from './lib/procs.js';
 import { fmtBytesRate, fmtNum, median, table } from './lib/report.js';
 import {
@@ -69,6 +70,8 @@ interface FsMeasurement {
   count: number;
   seconds: number;
   cpu: { wall_s: number; cores: Record<string, number>; other_cores: number };
+  /** S3 requests s3rver served during the measurement, by kind (s3 part). */
+  s3_requests?: S3Counts | null;
   error?: string;
 }
 
@@ -333,6 +336,7 @@ export async function runFsSuite(o: FsSuiteOptions): Promise<StorageSuiteResult>
               if (w === 'randread-4k') await sh(`cat ${mnt}/rand.bin > /dev/null`);
               if (w === 'create-1000') await sh(`mkdir ${mnt}/create-${target}-${round}`);
               const s = scripts[w](mnt, target, round);
+              const countsBefore = await fetchS3Counts(s3.endpoint);
               const probe = new CpuProbe({ daemon: child.pid, s3rver: s3.child.pid });
               let m: FsMeasurement;
               try {
@@ -349,13 +353,13 @@ export async function runFsSuite(o: FsSuiteOptions): Promise<StorageSuiteResult>
                   value = j.jobs[0]!.read.iops;
                   count = j.jobs[0]!.read.total_ios;
                 }
-                m = { part: 's3', round, workload: w, target, value, unit: s.unit, count, seconds: round3(seconds), cpu };
+                m = { part: 's3', round, workload: w, target, value, unit: s.unit, count, seconds: round3(seconds), cpu, s3_requests: diffCounts(countsBefore, await fetchS3Counts(s3.endpoint)) };
               } catch (err) {
                 const msg = err instanceof Error ? err.message.split('\n').slice(0, 6).join(' | ') : String(err);
                 m = { part: 's3', round, workload: w, target, value: NaN, unit: s.unit, count: 0, seconds: 0, cpu: probe.end(), error: msg };
               }
               measurements.push(m);
-              log(`s3 round ${round + 1} ${target.padEnd(14)} ${w.padEnd(11)} ${m.error ? `FAILED: ${m.error}` : `${fmtVal(m.unit, m.value)} (${m.seconds} s), cores: daemon ${m.cpu.cores.daemon} s3rver ${m.cpu.cores.s3rver}, other ${m.cpu.other_cores}`}`);
+              log(`s3 round ${round + 1} ${target.padEnd(14)} ${w.padEnd(11)} ${m.error ? `FAILED: ${m.error}` : `${fmtVal(m.unit, m.value)} (${m.seconds} s), cores: daemon ${m.cpu.cores.daemon} s3rver ${m.cpu.cores.s3rver}, other ${m.cpu.other_cores}, ${fmtCounts(m.s3_requests ?? null)}`}`);
             }
           } catch (err) {
             log(`s3 round ${round + 1} ${target}: FAILED: ${err instanceof Error ? err.message : String(err)}`);

@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { readdirSync, readFileSync } from 'node:fs';
 import { machineBusy, machineCpu, procCores, procCpu, round3, type ProcCpu } from './cpu.js';
 import { removeAtExit, startChild, tail, type Child } from './procs.js';
+import { writeCountingPreload } from './s3-counts.js';
 
 export const S3RVER_KEYS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } as const;
 
@@ -36,7 +37,10 @@ export async function startS3rver(buckets: readonly string[], baseDir: string | 
   const bin = join(require.resolve('s3rver/package.json'), '..', 'bin', 's3rver.js');
   const directory = mkdtempSync(join(baseDir ?? tmpdir(), 'vhost-s3-bench-s3rver-'));
   removeAtExit(directory);
-  const args = ['--openssl-legacy-provider', bin, '-d', directory, '-a', '127.0.0.1', '-p', '0', '-s'];
+  // Requests are counted by kind (bench/lib/s3-counts.ts); the preload lives beside the data directory.
+  const preloadDir = mkdtempSync(join(baseDir ?? tmpdir(), 'vhost-s3-bench-s3rver-preload-'));
+  removeAtExit(preloadDir);
+  const args = ['--openssl-legacy-provider', '-r', writeCountingPreload(preloadDir), bin, '-d', directory, '-a', '127.0.0.1', '-p', '0', '-s'];
   for (const b of buckets) args.push('--configure-bucket', b);
   const env = { ...process.env };
   delete env.NODE_OPTIONS;

@@ -29,6 +29,8 @@ export interface DevFuseOptions {
 
 export class DevFuseMount {
   private readonly buf = new Uint8Array(READ_BUFFER_SIZE);
+  private readonly hdr = new Uint8Array(OUT_HEADER_SIZE);
+  private readonly hdrView = new DataView(this.hdr.buffer);
   private readonly poller: Poller;
   private closed = false;
   /** Resolves when the kernel ends the session (unmounted, by us or by someone else). */
@@ -61,33 +63,40 @@ export class DevFuseMount {
     return new DevFuseMount(fd, server, opts);
   }
 
-  /** Reads every pending request and hands each to the engine. */
+  /**
+   * Reads one request and hands it to the engine. The poll is level-triggered: requests
+   * still pending wake us again at once, and the event loop's next poll is a system call it
+   * makes anyway, whereas reading until EAGAIN costs a read that finds nothing on every
+   * wake-up (one per request when a single synchronous reader sends them one at a time).
+   */
   private drain(): void {
-    while (!this.closed) {
-      let n: number;
-      try {
-        n = native.readFd(this.fd, this.buf);
-      } catch (err) {
-        // ENODEV: unmounted; anything else: the session is unusable either way.
-        if ((err as { code?: string }).code !== 'ENODEV') this.opts.log.error('reading /dev/fuse failed', { error: err });
-        this.end();
-        return;
-      }
-      if (n < 0) return;
-      // The engine may keep the request (a WRITE's data) after this call: give it its own copy.
-      this.server.dispatch(this.buf.slice(0, n), READ_BUFFER_SIZE, (reply) => this.send(reply));
+    if (this.closed) return;
+    let n: number;
+    try {
+      n = native.readFd(this.fd, this.buf);
+    } catch (err) {
+      // ENODEV: unmounted; anything else: the session is unusable either way.
+      if ((err as { code?: string }).code !== 'ENODEV') this.opts.log.error('reading /dev/fuse failed', { error: err });
+      this.end();
+      return;
     }
+    if (n < 0) return;
+    // The engine may keep the request (a WRITE's data) after this call: give it its own copy.
+    this.server.dispatch(this.buf.slice(0, n), READ_BUFFER_SIZE, this.reply);
   }
+
+  private readonly reply = (reply: FuseReply | null): void => this.send(reply);
 
   private send(reply: FuseReply | null): void {
     if (reply === null || this.closed) return;
-    const hdr = new Uint8Array(OUT_HEADER_SIZE);
-    const v = new DataView(hdr.buffer);
-    v.setUint32(0, OUT_HEADER_SIZE + reply.length, true);
-    v.setInt32(4, reply.error, true);
-    v.setBigUint64(8, reply.unique, true);
+    // writev is synchronous: one header buffer serves every reply.
+    const hdr = this.hdr;
+    this.hdrView.setUint32(0, OUT_HEADER_SIZE + reply.length, true);
+    this.hdrView.setInt32(4, reply.error, true);
+    this.hdrView.setBigUint64(8, reply.unique, true);
+    const parts = reply.parts;
     try {
-      native.writevFd(this.fd, [hdr, ...reply.parts]);
+      native.writevFd(this.fd, parts.length === 1 ? [hdr, parts[0]!] : [hdr, ...parts]);
     } catch (err) {
       // ENOENT: the request was interrupted and the kernel no longer waits for it.
       if ((err as { code?: string }).code !== 'ENOENT') this.opts.log.warn('writing a FUSE reply failed', { error: err });

@@ -66,11 +66,63 @@ describe('posix page cache', () => {
     expect(cache.peek(v, 3)).to.not.equal(null);
   });
 
-  it('concurrent readers and read-ahead share fetches', async () => {
+  it('concurrent readers and read-ahead share fetches; read-ahead fetches a run of blocks with one GET', async () => {
     const { store, cache, etag, body } = await setup();
     const v = { key: 'obj', etag, size: body.length };
     cache.prefetch(v, 0, body.length);
     await Promise.all(Array.from({ length: 5 }, () => cache.read(v, 0, new Uint8Array(body.length))));
-    expect(store.count('getInto')).to.equal(11);
+    expect(store.count('getInto')).to.equal(1);
+    expect(cache.cachedBytes).to.equal(body.length);
+    for (let b = 0; b * 4 * KiB < body.length; b++) {
+      const block = cache.peek(v, b)!;
+      expect(equalBytes(block, body.subarray(b * 4 * KiB, (b + 1) * 4 * KiB))).to.equal(true);
+    }
+  });
+
+  it('read-ahead runs stop at runBytes, at cached blocks and at the end of the object', async () => {
+    const store = new CountingStore(new MemoryStore());
+    const body = patternBytes(3, 40 * KiB + 5);
+    const { etag } = await store.put('obj', body);
+    const cache = new PageCache({ store, blockSize: 4 * KiB, maxBytes: 1 << 20, fetchConcurrency: 4, runBytes: 12 * KiB });
+    const v = { key: 'obj', etag, size: body.length };
+    await cache.read(v, 16 * KiB, new Uint8Array(10)); // block 4 cached
+    store.reset();
+    cache.prefetch(v, 0, 100 * KiB); // blocks 0-2, 3, 5-7, 8-10
+    await cache.read(v, 0, new Uint8Array(body.length));
+    expect(store.count('getInto')).to.equal(4);
+    const out = new Uint8Array(body.length);
+    await cache.read(v, 0, out);
+    expect(equalBytes(out, body)).to.equal(true);
+    expect(store.count('getInto')).to.equal(4);
+  });
+
+  it('view() is the cached block itself for a range inside one block, a copy across blocks', async () => {
+    const { store, cache, etag, body } = await setup();
+    const v = { key: 'obj', etag, size: body.length };
+    const a = await cache.view(v, 4 * KiB + 10, 100);
+    expect(equalBytes(a, body.subarray(4 * KiB + 10, 4 * KiB + 110))).to.equal(true);
+    expect(a.buffer).to.equal(cache.peek(v, 1)!.buffer);
+    const b = await cache.view(v, 4 * KiB - 10, 100);
+    expect(equalBytes(b, body.subarray(4 * KiB - 10, 4 * KiB + 90))).to.equal(true);
+    expect(b.buffer).to.not.equal(cache.peek(v, 1)!.buffer);
+    expect((await cache.view(v, body.length - 3, 100)).length).to.equal(3);
+    expect((await cache.view(v, body.length, 100)).length).to.equal(0);
+    expect(store.count('getInto')).to.equal(3);
+  });
+
+  it('a read-ahead run of a changed object fails with ESTALE for its readers and caches nothing; forget() during a run caches nothing', async () => {
+    const { store, cache, etag, body } = await setup();
+    const v = { key: 'obj', etag, size: body.length };
+    await store.put('obj', patternBytes(2, body.length));
+    cache.prefetch(v, 0, body.length);
+    let err: unknown;
+    await cache.read(v, 0, new Uint8Array(10)).catch((e: unknown) => (err = e));
+    expect(err).to.be.instanceOf(StaleVersionError);
+    expect(cache.cachedBytes).to.equal(0);
+    const fresh = { key: 'obj', etag: (await store.head('obj'))!.etag, size: body.length };
+    cache.prefetch(fresh, 0, body.length);
+    cache.forget('obj');
+    await cache.read(fresh, 0, new Uint8Array(10));
+    expect(cache.peek(fresh, 5)).to.equal(null);
   });
 });

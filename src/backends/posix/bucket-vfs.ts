@@ -105,9 +105,9 @@ export interface BucketVfsOptions {
   readonly blockSize?: number;
   /** Page cache size in bytes. Default 256 MiB. */
   readonly pageCacheBytes?: number;
-  /** Largest read-ahead window of a sequential reader. Default 8 MiB (0: none). */
+  /** Largest read-ahead window of a sequential reader (at most a quarter of the page cache is used). Default 64 MiB (0: none). */
   readonly readAheadBytes?: number;
-  /** Ranged GETs in flight (reads, read-ahead, fetches before an upload). Default 8. */
+  /** Ranged GETs in flight (reads, read-ahead, fetches before an upload). Default 16. */
   readonly fetchConcurrency?: number;
   /** A file's in-memory write buffer moves to a temporary file beyond this. Default 8 MiB. */
   readonly spillThreshold?: number;
@@ -203,6 +203,8 @@ export interface BucketVfsStats {
 }
 
 const EMPTY = new Uint8Array(0);
+/** How far from where the last read ended a read still counts as sequential. */
+const SEQUENTIAL_SLACK = 256 * 1024;
 const DIR_CONTENT_TYPE = 'application/x-directory';
 /** st_size of a directory (as s3fs reports). */
 const DIR_SIZE = 4096;
@@ -268,8 +270,8 @@ export class BucketVfs implements Vfs {
       listCacheEntries: opts.listCacheEntries ?? 1000,
       blockSize: opts.blockSize ?? MiB,
       pageCacheBytes: opts.pageCacheBytes ?? 256 * MiB,
-      readAheadBytes: opts.readAheadBytes ?? 8 * MiB,
-      fetchConcurrency: opts.fetchConcurrency ?? 8,
+      readAheadBytes: opts.readAheadBytes ?? 64 * MiB,
+      fetchConcurrency: opts.fetchConcurrency ?? 16,
       spillThreshold: opts.spillThreshold ?? 8 * MiB,
       memoryBudget: opts.memoryBudget ?? 128 * MiB,
       tempDir: opts.tempDir ?? tmpdir(),
@@ -1294,17 +1296,18 @@ export class BucketVfs implements Vfs {
     const size = n.size;
     if (offset >= size || length === 0) return EMPTY;
     const len = Math.min(length, size - offset);
-    const out = new Uint8Array(len);
     const buf = n.buf;
     const base = n.base;
     const v: ObjectVersion | null = base ? { key: base.key, etag: base.etag, size: base.size } : null;
     if (!buf) {
-      if (v) {
-        await this.pages.read(v, offset, out);
-        this.readAhead(h, v, offset, len);
-      }
-      return out;
+      if (!v) return new Uint8Array(len);
+      // Straight from the page cache (a view of the block when the range lies in one);
+      // read-ahead starts before waiting for the demand fetch.
+      const data = this.pages.view(v, offset, len);
+      this.readAhead(h, v, offset, len);
+      return data;
     }
+    const out = new Uint8Array(len);
     const parts: Promise<unknown>[] = [];
     for (const [s, e] of buf.extents.present(offset, offset + len)) parts.push(buf.readLocal(s, out.subarray(s - offset, e - offset)));
     if (v) for (const [s, e] of buf.baseGaps(offset, offset + len)) parts.push(this.pages.read(v, s, out.subarray(s - offset, e - offset)));
@@ -1314,12 +1317,30 @@ export class BucketVfs implements Vfs {
     return out;
   }
 
+  /**
+   * Read-ahead of a sequential reader: a window that doubles with every sequential read up
+   * to `readAheadBytes` (at most a quarter of the page cache, so that read-ahead does not
+   * evict what the reader has yet to read), refilled once less than half of it is left
+   * ahead of the reader, so that it is fetched in long runs (one GET per run of blocks).
+   */
   private readAhead(h: Handle, v: ObjectVersion, offset: number, len: number): void {
-    if (this.o.readAheadBytes <= 0) return;
-    if (offset === h.nextOffset) h.window = Math.min(this.o.readAheadBytes, Math.max(h.window * 2, this.o.blockSize));
-    else h.window = 0;
-    h.nextOffset = offset + len;
-    if (h.window > 0) this.pages.prefetch(v, offset + len, h.window);
+    const max = Math.min(this.o.readAheadBytes, Math.floor(this.o.pageCacheBytes / 4));
+    if (max <= 0) return;
+    const end = offset + len;
+    // The kernel keeps several READs of one reader in flight: they may arrive a little out of order.
+    const sequential = Math.abs(offset - h.nextOffset) <= SEQUENTIAL_SLACK;
+    h.nextOffset = sequential ? Math.max(h.nextOffset, end) : end;
+    if (!sequential) {
+      h.window = 0;
+      h.ahead = 0;
+      return;
+    }
+    h.window = Math.min(max, Math.max(h.window * 2, 4 * this.o.blockSize));
+    const from = Math.max(h.ahead, end);
+    const to = end + h.window;
+    if (to - from < h.window / 2) return;
+    this.pages.prefetch(v, from, to - from);
+    h.ahead = to;
   }
 
   /** The stored object changed under a reader: learn its new version. */
@@ -1369,6 +1390,8 @@ class Handle implements OpenFile {
   /** Read-ahead state: where a sequential reader reads next, and how far ahead we fetch. */
   nextOffset = 0;
   window = 0;
+  /** Read-ahead has been started up to here. */
+  ahead = 0;
   private released = false;
 
   constructor(

@@ -10,7 +10,10 @@
 // overwrites a key): the writer calls `forget(key)`, which drops every block of the key.
 //
 // Demand fetches go before read-ahead in one bounded queue; a block is fetched at most
-// once at a time (concurrent readers share the fetch).
+// once at a time (concurrent readers share the fetch). Read-ahead fetches runs of
+// consecutive blocks with one ranged GET each (up to `runBytes`): per-request costs (of
+// the client and of the server) are what limit a sequential reader, not bandwidth. The
+// blocks of a run are views of one buffer, which lives until its last block is evicted.
 import { LRUCache } from 'lru-cache';
 import PQueue from 'p-queue';
 import { ErrnoError } from '../../util/errors.js';
@@ -31,6 +34,8 @@ export interface PageCacheOptions {
   readonly maxBytes: number;
   /** Ranged GETs in flight. */
   readonly fetchConcurrency: number;
+  /** Largest read-ahead GET in bytes (rounded down to whole blocks, at least one). Default 8 MiB. */
+  readonly runBytes?: number;
 }
 
 export interface PageCacheStats {
@@ -53,6 +58,8 @@ const READ_AHEAD = 0;
 
 export class PageCache {
   readonly blockSize: number;
+  /** Blocks per read-ahead GET at most. */
+  readonly runBlocks: number;
   readonly stats: PageCacheStats = { hits: 0, misses: 0, fetches: 0, prefetches: 0, stale: 0 };
   private readonly store: ObjectStore;
   private readonly blocks: LRUCache<string, Uint8Array>;
@@ -65,6 +72,7 @@ export class PageCache {
     if (!Number.isSafeInteger(opts.blockSize) || opts.blockSize <= 0) throw new RangeError('page cache block size must be a positive integer');
     this.store = opts.store;
     this.blockSize = opts.blockSize;
+    this.runBlocks = Math.max(1, Math.floor((opts.runBytes ?? 8 * 1024 * 1024) / opts.blockSize));
     this.blocks = new LRUCache<string, Uint8Array>({
       maxSize: Math.max(1, opts.maxBytes),
       sizeCalculation: (b) => Math.max(1, b.byteLength),
@@ -106,6 +114,25 @@ export class PageCache {
     return end - offset;
   }
 
+  /**
+   * The bytes of [offset, offset + length) of `v` (clipped at v.size): a view of the cached
+   * block when the range lies in one block (no copy; never to be written to), else a new
+   * buffer.
+   */
+  async view(v: ObjectVersion, offset: number, length: number): Promise<Uint8Array> {
+    const end = Math.min(v.size, offset + length);
+    if (end <= offset) return new Uint8Array(0);
+    const b = Math.floor(offset / this.blockSize);
+    if (Math.floor((end - 1) / this.blockSize) === b) {
+      const data = await this.block(v, b, DEMAND);
+      const start = b * this.blockSize;
+      return data.subarray(offset - start, end - start);
+    }
+    const out = new Uint8Array(end - offset);
+    await this.read(v, offset, out);
+    return out;
+  }
+
   /** A cached block's bytes without fetching (null when not cached). */
   peek(v: ObjectVersion, index: number): Uint8Array | null {
     return this.blocks.get(this.cacheKey(v, index)) ?? null;
@@ -115,11 +142,16 @@ export class PageCache {
   prefetch(v: ObjectVersion, offset: number, length: number): void {
     const end = Math.min(v.size, offset + length);
     if (end <= offset) return;
-    for (let b = Math.floor(offset / this.blockSize); b <= Math.floor((end - 1) / this.blockSize); b++) {
-      const k = this.cacheKey(v, b);
-      if (this.blocks.has(k) || this.inflight.has(k)) continue;
-      this.stats.prefetches++;
-      this.block(v, b, READ_AHEAD).catch(() => undefined);
+    const last = Math.floor((end - 1) / this.blockSize);
+    let runStart = -1;
+    for (let b = Math.floor(offset / this.blockSize); b <= last + 1; b++) {
+      const k = b <= last ? this.cacheKey(v, b) : '';
+      const missing = b <= last && !this.blocks.has(k) && !this.inflight.has(k);
+      if (missing && runStart < 0) runStart = b;
+      if (runStart >= 0 && (!missing || b - runStart === this.runBlocks)) {
+        this.fetchRun(v, runStart, b - runStart);
+        runStart = missing ? b : -1;
+      }
     }
   }
 
@@ -145,6 +177,55 @@ export class PageCache {
     return `${v.key}\0${v.etag}\0${v.size}\0${index}`;
   }
 
+  /** One read-ahead GET of blocks [first, first + count), none of them cached or in flight. */
+  private fetchRun(v: ObjectVersion, first: number, count: number): void {
+    this.stats.prefetches += count;
+    const start = first * this.blockSize;
+    const end = Math.min(v.size, (first + count) * this.blockSize);
+    const run = this.queue.add(async () => {
+      const buf = new Uint8Array(end - start);
+      await this.fetchInto(v, start, buf, (i) => this.cacheKey(v, first + i), count);
+      return buf;
+    }, { priority: READ_AHEAD });
+    for (let i = 0; i < count; i++) {
+      const k = this.cacheKey(v, first + i);
+      const p = run.then((buf) => buf.subarray(i * this.blockSize, Math.min(buf.length, (i + 1) * this.blockSize)));
+      p.catch(() => undefined).finally(() => {
+        if (this.inflight.get(k) === p) this.inflight.delete(k);
+      });
+      this.inflight.set(k, p);
+    }
+  }
+
+  /**
+   * GETs [start, start + buf.length) of `v` into `buf` and caches it as `count` blocks
+   * (keys from `keyOf`) unless forget() ran meanwhile; ESTALE when the object is not `v`.
+   */
+  private async fetchInto(v: ObjectVersion, start: number, buf: Uint8Array, keyOf: (i: number) => string, count: number): Promise<void> {
+    let f = this.fetching.get(v.key);
+    if (!f) this.fetching.set(v.key, (f = { count: 0, gen: 0 }));
+    f.count++;
+    const gen = f.gen;
+    try {
+      this.stats.fetches++;
+      const r = await this.store.getInto(v.key, start, buf);
+      if (r.etag !== v.etag || r.bytesRead !== buf.length) {
+        this.stats.stale++;
+        throw new StaleVersionError(v.key);
+      }
+      if (f.gen !== gen) return;
+      let set = this.byObject.get(v.key);
+      if (!set) this.byObject.set(v.key, (set = new Set()));
+      for (let i = 0; i < count; i++) {
+        const k = keyOf(i);
+        this.blocks.set(k, buf.subarray(i * this.blockSize, Math.min(buf.length, (i + 1) * this.blockSize)));
+        set.add(k);
+      }
+    } finally {
+      if (--f.count === 0) this.fetching.delete(v.key);
+    }
+  }
+
   private block(v: ObjectVersion, index: number, priority: number): Promise<Uint8Array> {
     const k = this.cacheKey(v, index);
     const hit = this.blocks.get(k);
@@ -159,29 +240,12 @@ export class PageCache {
       .add(async () => {
         const start = index * this.blockSize;
         const buf = new Uint8Array(Math.min(this.blockSize, v.size - start));
-        let f = this.fetching.get(v.key);
-        if (!f) this.fetching.set(v.key, (f = { count: 0, gen: 0 }));
-        f.count++;
-        const gen = f.gen;
-        try {
-          this.stats.fetches++;
-          const r = await this.store.getInto(v.key, start, buf);
-          if (r.etag !== v.etag || r.bytesRead !== buf.length) {
-            this.stats.stale++;
-            throw new StaleVersionError(v.key);
-          }
-          if (f.gen === gen) {
-            this.blocks.set(k, buf);
-            let set = this.byObject.get(v.key);
-            if (!set) this.byObject.set(v.key, (set = new Set()));
-            set.add(k);
-          }
-          return buf;
-        } finally {
-          if (--f.count === 0) this.fetching.delete(v.key);
-        }
+        await this.fetchInto(v, start, buf, () => k, 1);
+        return buf;
       }, { priority })
-      .finally(() => this.inflight.delete(k));
+      .finally(() => {
+        if (this.inflight.get(k) === p) this.inflight.delete(k);
+      });
     this.inflight.set(k, p);
     return p;
   }
