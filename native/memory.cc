@@ -8,6 +8,7 @@
 // finalizers that run later only drop their reference. Without an explicit unmap the
 // last reference to go (Mapping or any window) munmaps.
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -157,7 +158,11 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   std::string name = info[0].As<Napi::String>().Utf8Value();
   uint64_t size;
   if (!ArgU64(info, 1, "size", &size)) return env.Undefined();
-  int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
+  // Optional third argument: seal the size (grow, shrink, and the seals themselves), so
+  // that whoever the fd is handed to cannot truncate it under a mapping (SIGBUS).
+  bool seal = false;
+  if (info.Length() > 2 && !info[2].IsUndefined() && !ArgBool(info, 2, "seal", &seal)) return env.Undefined();
+  int fd = memfd_create(name.c_str(), MFD_CLOEXEC | (seal ? MFD_ALLOW_SEALING : 0));
   if (fd < 0) {
     ThrowErrno(env, errno, "memfd_create");
     return env.Undefined();
@@ -168,7 +173,28 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
     ThrowErrno(env, err, "ftruncate");
     return env.Undefined();
   }
+  if (seal && fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0) {
+    int err = errno;
+    close(fd);
+    ThrowErrno(env, err, "fcntl(F_ADD_SEALS)");
+    return env.Undefined();
+  }
   return Napi::Number::New(env, fd);
+}
+
+// The seals of a memfd (F_GET_SEALS): 0 for a memfd without any, -1 for a file that
+// cannot carry seals (EINVAL: not a memfd or shmem file).
+Napi::Value MemfdSeals(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!ArgFd(info, 0, &fd)) return env.Undefined();
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0) {
+    if (errno == EINVAL) return Napi::Number::New(env, -1);
+    ThrowErrno(env, errno, "fcntl(F_GET_SEALS)");
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, seals);
 }
 
 // Test support (fuzzing the guest-facing parsers): the same MAP_SHARED mapping with
@@ -220,6 +246,7 @@ void InitMemory(Napi::Env env, Napi::Object exports) {
   GetAddonData(env)->mappingClass = Napi::Persistent(Mapping::Define(env));
   exports.Set("WINDOW_SIZE", Napi::Number::New(env, static_cast<double>(kWindowSize)));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
+  exports.Set("memfdSeals", Napi::Function::New(env, MemfdSeals, "memfdSeals"));
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
   exports.Set("mmapGuarded", Napi::Function::New(env, MmapGuarded, "mmapGuarded"));
 }

@@ -135,7 +135,14 @@ export interface NativeAddon {
   eventfdWrite(fd: number, value: number): void;
 
   // memory
-  memfdCreate(name: string, size: number): number;
+  /**
+   * memfd_create + ftruncate. With `seal`, the size is sealed (F_SEAL_GROW | F_SEAL_SHRINK |
+   * F_SEAL_SEAL, as libvhost-user seals its inflight region): nobody it is handed to can
+   * truncate it under a mapping.
+   */
+  memfdCreate(name: string, size: number, seal?: boolean): number;
+  /** F_GET_SEALS of an fd: the seal bits (F_SEAL_SHRINK = 0x2, ...), -1 if the file cannot carry seals. */
+  memfdSeals(fd: number): number;
   /**
    * MAP_SHARED mapping; offset must be page-aligned (else EINVAL). With writable false
    * the pages are PROT_READ only: a JS store into such a window kills the process.

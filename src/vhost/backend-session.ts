@@ -117,6 +117,9 @@ interface InflightArea {
   readonly queueSize: number;
 }
 
+/** fcntl seal bit: the file cannot shrink. */
+const F_SEAL_SHRINK = 0x2;
+
 /** Largest num_queues accepted in GET/SET_INFLIGHT_FD (besides the device's own limit). */
 const MAX_INFLIGHT_QUEUES = 1024;
 
@@ -797,7 +800,7 @@ export class BackendSession extends EventEmitter {
     const req = decodeInflight(p);
     this.checkInflightShape('GET_INFLIGHT_FD', req.numQueues, req.queueSize);
     const size = inflightRegionBytes(req.numQueues, req.queueSize);
-    const fd = native.memfdCreate('vhost-s3-inflight', size);
+    const fd = native.memfdCreate('vhost-s3-inflight', size, true);
     this.log.debug('inflight region created', { queues: req.numQueues, queueSize: req.queueSize, size });
     return {
       payload: encodeInflight({ mmapSize: BigInt(size), mmapOffset: 0n, numQueues: req.numQueues, queueSize: req.queueSize }),
@@ -831,6 +834,10 @@ export class BackendSession extends EventEmitter {
     // A mapping past the end of the file faults (SIGBUS) on first access: refuse it.
     if (offset + need > fileSize) {
       throw new ProtocolError('EINVAL', `SET_INFLIGHT_FD: [${offset}, +${need}) is past the end of a ${fileSize}-byte file`);
+    }
+    if ((native.memfdSeals(fd) & F_SEAL_SHRINK) === 0) {
+      // Not one of ours (ours are sealed): a frontend that truncated it would kill us with SIGBUS.
+      this.log.warn('the inflight region can be shrunk by the frontend (not a size-sealed memfd)');
     }
     const mapping = native.mmap(fd, offset, need, true);
     const region = new InflightRegion(mapping.windows[0]!, 0, req.numQueues, req.queueSize);

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { readFileSync, readSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readFileSync, readSync } from 'node:fs';
 import { native } from '../../src/native/index.js';
 import { collectGarbage as collect, nativeError } from './helpers.js';
 
@@ -121,5 +121,30 @@ describe('native: memfd and mmap', () => {
     expect(nativeError(() => native.mmap(fd, 0, 0, true)).code).to.equal('EINVAL');
     expect(nativeError(() => native.mmap(fd, 100, 4096, true)).code).to.equal('EINVAL');
     native.close(fd);
+  });
+
+  it('seals a memfd against growing, shrinking and further sealing when asked', () => {
+    const F_SEAL_SEAL = 0x1, F_SEAL_SHRINK = 0x2, F_SEAL_GROW = 0x4;
+    const sealed = native.memfdCreate('sealed', 8192, true);
+    const plain = native.memfdCreate('plain', 8192);
+    try {
+      expect(native.memfdSeals(sealed)).to.equal(F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW);
+      expect(native.memfdSeals(plain), 'a memfd created without sealing carries F_SEAL_SEAL only').to.equal(F_SEAL_SEAL);
+      expect(() => ftruncateSync(sealed, 4096)).to.throw(/EPERM/);
+      expect(() => ftruncateSync(sealed, 16384)).to.throw(/EPERM/);
+      ftruncateSync(plain, 4096);
+      const m = native.mmap(sealed, 0, 8192, true);
+      new Uint8Array(m.windows[0]!).fill(7); // still an ordinary writable mapping
+      m.unmap();
+    } finally {
+      native.close(sealed);
+      native.close(plain);
+    }
+    const file = openSync('/proc/self/stat', 'r');
+    try {
+      expect(native.memfdSeals(file), 'a file that cannot carry seals').to.equal(-1);
+    } finally {
+      closeSync(file);
+    }
   });
 });

@@ -63,7 +63,7 @@ describe('vhost-user backend session: INFLIGHT_SHMFD', function () {
     return r;
   }
 
-  it('GET_INFLIGHT_FD hands out a zeroed memfd sized as libvhost-user sizes it, offset 0', async () => {
+  it('GET_INFLIGHT_FD hands out a zeroed, size-sealed memfd sized as libvhost-user sizes it, offset 0', async () => {
     const fe = await connect();
     expect(fe.has(ProtocolFeature.INFLIGHT_SHMFD)).to.equal(true);
     const r = keep(await fe.getInflightFd(2, 128));
@@ -72,6 +72,7 @@ describe('vhost-user backend session: INFLIGHT_SHMFD', function () {
     expect(r.numQueues).to.equal(2);
     expect(r.queueSize).to.equal(128);
     expect(fstatSync(r.fd).size).to.equal(inflightRegionBytes(2, 128));
+    expect(native.memfdSeals(r.fd), 'sealed: grow, shrink, seal (as libvhost-user)').to.equal(0x7);
     const m = native.mmap(r.fd, 0, Number(r.mmapSize), false);
     expect(new Uint8Array(m.windows[0]!).every((b) => b === 0)).to.equal(true);
     m.unmap();
