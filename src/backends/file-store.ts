@@ -46,7 +46,7 @@ import { dirname, join, resolve } from 'node:path';
 import { errnoOf } from '../util/errors.js';
 import { forEachLimit } from './posix/locks.js';
 import { listPage, isAfter, type ListPosition, type SeekSource } from './listing.js';
-import { classifyName, encodeSegment, keyToPath, DIR_TAG, NAME_MAX, OBJECT_TAG, TEMP_TAG, UPLOAD_TAG } from './file-keys.js';
+import { classifyName, encodeSegment, keyPathFits, keyToPath, DIR_TAG, NAME_MAX, OBJECT_TAG, TEMP_TAG, UPLOAD_TAG } from './file-keys.js';
 import {
   DELETE_BATCH,
   MAX_PART_SIZE,
@@ -86,6 +86,15 @@ const COPY_CHUNK = 8 * 1024 * 1024;
 const SYNC_IO_MAX = 256 * 1024;
 /** Files and directories remembered for the next sync(); beyond this a write syncs them first. */
 const MAX_UNSYNCED = 8192;
+/**
+ * How long the sorted entries of a directory read for a listing are reused (the pages of
+ * one listing read it once). Our own writes drop them at once; changes made behind the
+ * store's back (one gateway owns a store directory) show after this.
+ */
+const DIR_CACHE_MS = 1000;
+const DIR_CACHE_ENTRIES = 256;
+/** A missing store directory is noticed within this (checkRoot). */
+const ROOT_CHECK_MS = 1000;
 const errno = osc.errno;
 
 interface Header {
@@ -123,6 +132,10 @@ export class FileStore implements ObjectStore {
   /** Written since the last sync(): object files, and directories whose entries changed. */
   private unsyncedFiles = new Set<string>();
   private unsyncedDirs = new Set<string>();
+  /** When checkRoot last found the store directory. */
+  private rootSeenAt = -Infinity;
+  /** Directory → its key-space entries in listing order (see DIR_CACHE_MS). */
+  private readonly dirCache = new Map<string, { readonly entries: DirEntry[]; readonly at: number }>();
 
   constructor(root: string, opts: FileStoreOptions = {}) {
     this.root = resolve(root);
@@ -143,6 +156,11 @@ export class FileStore implements ObjectStore {
     }
     if (!st.isDirectory()) throw new StoreError('ENOTDIR', `${store.description} is not a directory`, { op: 'open', missingContainer: true });
     return store;
+  }
+
+  /** Every segment must fit in a file name once encoded (see file-keys.ts). */
+  keyFits(key: string): boolean {
+    return keyPathFits(key);
   }
 
   /** The file holding `key` (its bytes start at HEADER_SIZE). */
@@ -414,6 +432,12 @@ export class FileStore implements ObjectStore {
 
   /** @internal HEAD with synchronous calls: open, fstat, one read of the header, close. */
   headSync(key: string, path: string, op: string): ObjectHead | null {
+    // A missing key is common (a lookup asks for the file and the directory marker): stat
+    // first, since a throwing openSync costs more (an Error with a stack) than the stat.
+    if (statSync(path, { throwIfNoEntry: false }) === undefined) {
+      this.checkRoot(op, key);
+      return null;
+    }
     let fd: number;
     try {
       fd = this.openObject(path, key, op);
@@ -507,6 +531,7 @@ export class FileStore implements ObjectStore {
     }
     this.unsyncedFiles.add(path);
     this.unsyncedDirs.add(dirname(path));
+    this.dirCache.delete(dirname(path));
   }
 
   /** Too much remembered for the next sync(): sync now (bounds the memory, and the work of a later sync). */
@@ -516,9 +541,16 @@ export class FileStore implements ObjectStore {
 
   /** Opens a fresh temp file in `dir`, creating the directories (remembered for sync()). */
   private createTempSync(dir: string, op: string, key: string): { fd: number; tmp: string } {
+    // Usually the directory exists: try that first (one system call), make it on ENOENT.
+    const first = join(dir, TEMP_TAG + randomBytes(12).toString('hex'));
+    try {
+      return { fd: openSync(first, 'wx', 0o644), tmp: first };
+    } catch (err) {
+      if (errnoOf(err) !== errno.ENOENT) throw this.fsError(err, op, key);
+    }
     for (let attempt = 0; ; attempt++) {
       if (dir !== this.root) {
-        this.checkRoot(op, key);
+        this.checkRoot(op, key, true);
         let first: string | undefined;
         try {
           first = mkdirSync(dir, { recursive: true });
@@ -530,6 +562,7 @@ export class FileStore implements ObjectStore {
           // parent from the first created one up.
           for (let d = dir; ; d = dirname(d)) {
             this.unsyncedDirs.add(dirname(d));
+            this.dirCache.delete(dirname(d));
             if (d === first) break;
           }
         }
@@ -562,9 +595,16 @@ export class FileStore implements ObjectStore {
   }
 
   /** @internal Throws ENOENT (missingContainer) if the store directory itself is gone. */
-  checkRoot(op: string, key: string | undefined): void {
+  checkRoot(op: string, key: string | undefined, fresh = false): void {
+    // Asked on every miss (a lookup of a new name misses three times): a second's grace,
+    // except before making directories (`fresh`), which must never recreate the root.
+    const now = performance.now();
+    if (!fresh && now - this.rootSeenAt < ROOT_CHECK_MS) return;
     try {
-      if (statSync(this.root).isDirectory()) return;
+      if (statSync(this.root).isDirectory()) {
+        this.rootSeenAt = now;
+        return;
+      }
     } catch {
       /* reported below */
     }
@@ -590,6 +630,7 @@ export class FileStore implements ObjectStore {
   /** Removes now-empty key directories from `dir` up to (not including) the root; the removals and the last entry removed are remembered for sync(). */
   private pruneDirs(dir: string): void {
     this.unsyncedDirs.add(dir);
+    this.dirCache.delete(dir);
     for (let d = dir; d !== this.root && d.startsWith(this.root + '/'); d = dirname(d)) {
       try {
         rmdirSync(d);
@@ -598,7 +639,32 @@ export class FileStore implements ObjectStore {
       }
       this.unsyncedDirs.delete(d);
       this.unsyncedDirs.add(dirname(d));
+      this.dirCache.delete(dirname(d));
     }
+  }
+
+  /** @internal The key-space entries of `dir` in listing order ([] when it does not exist). */
+  async dirEntries(dir: string): Promise<DirEntry[]> {
+    const now = performance.now();
+    const hit = this.dirCache.get(dir);
+    if (hit && now - hit.at < DIR_CACHE_MS) return hit.entries;
+    let names: string[];
+    try {
+      names = await readdir(dir);
+    } catch (err) {
+      if (dir === this.root) throw this.fsError(err, 'list', undefined);
+      names = []; // removed concurrently, or never made
+    }
+    const entries: DirEntry[] = [];
+    for (const name of names) {
+      const c = classifyName(name);
+      if (c) entries.push({ name, isDir: c.isDir, sortKey: c.isDir ? c.segment + '/' : c.segment });
+    }
+    entries.sort((a, b) => compareKeys(a.sortKey, b.sortKey));
+    this.dirCache.delete(dir);
+    if (this.dirCache.size >= DIR_CACHE_ENTRIES) this.dirCache.delete(this.dirCache.keys().next().value!);
+    this.dirCache.set(dir, { entries, at: now });
+    return entries;
   }
 
   private async withLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
@@ -637,6 +703,7 @@ interface DirEntry {
 type Found = ObjectHead | null | 'stop';
 
 class TreeSeeker implements SeekSource {
+  /** The directories read for this page (each read once per page even when the store's cache expires meanwhile). */
   private readonly dirs = new Map<string, DirEntry[]>();
   constructor(private readonly store: FileStore) {}
 
@@ -652,7 +719,7 @@ class TreeSeeker implements SeekSource {
       // A segment too long for a file name holds no key of this store.
       if (names.some((n) => Buffer.byteLength(n, 'utf8') > NAME_MAX)) return null;
       dir = join(this.store.root, ...names);
-      if (!isDirSync(dir)) {
+      if (!this.dirs.has(dir) && !isDirSync(dir)) {
         this.store.checkRoot('list', undefined); // a missing store directory is an error, not an empty listing
         return null;
       }
@@ -663,21 +730,10 @@ class TreeSeeker implements SeekSource {
 
   private async entries(dir: string): Promise<DirEntry[]> {
     let cached = this.dirs.get(dir);
-    if (cached) return cached;
-    let names: string[];
-    try {
-      names = await readdir(dir);
-    } catch (err) {
-      if (dir === this.store.root) throw this.store.fsError(err, 'list', undefined);
-      names = []; // removed concurrently, or never made
+    if (!cached) {
+      cached = await this.store.dirEntries(dir);
+      this.dirs.set(dir, cached);
     }
-    cached = [];
-    for (const name of names) {
-      const c = classifyName(name);
-      if (c) cached.push({ name, isDir: c.isDir, sortKey: c.isDir ? c.segment + '/' : c.segment });
-    }
-    cached.sort((a, b) => compareKeys(a.sortKey, b.sortKey));
-    this.dirs.set(dir, cached);
     return cached;
   }
 

@@ -149,6 +149,21 @@ export function objectStoreConformance(target: ConformanceTarget): void {
         expect(await store.head('sync/a')).to.equal(null);
       });
 
+      it('a listing sees writes and deletes made just before it', async () => {
+        const keys = async (): Promise<string[]> => (await store.list({ prefix: 'fresh/' })).objects.map((o) => o.key);
+        await store.put('fresh/d/a', text('a'));
+        expect(await keys()).to.deep.equal(['fresh/d/a']);
+        await store.put('fresh/d/b', text('b'));
+        await store.put('fresh/e/c', text('c'));
+        expect(await keys()).to.deep.equal(['fresh/d/a', 'fresh/d/b', 'fresh/e/c']);
+        await store.copy('fresh/d/a', 'fresh/d/0');
+        await store.delete('fresh/d/b');
+        await store.delete('fresh/e/c');
+        expect(await keys()).to.deep.equal(['fresh/d/0', 'fresh/d/a']);
+        await store.deleteMany(['fresh/d/0', 'fresh/d/a']);
+        expect(await keys()).to.deep.equal([]);
+      });
+
       it('listings carry the metadata only when the store had it at hand, and then the right one', async () => {
         await store.put('listmeta/x', text('x'), { metadata: { mode: '33188' }, contentType: 'text/plain' });
         const page = await store.list({ prefix: 'listmeta/' });

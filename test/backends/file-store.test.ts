@@ -165,6 +165,18 @@ describe('FileStore', () => {
       expect(readdirSync(d.file('s'))).to.deep.equal([]);
     });
 
+    it('a store directory removed while in use is reported as missing, never made again by a write', async () => {
+      const d = tmp();
+      const root = d.file('s');
+      const store = await FileStore.open(root, { create: true });
+      await store.put('a/b', patternBytes(1, 10));
+      expect(await store.head('zz')).to.equal(null); // the root was just seen
+      execFileSync('rm', ['-rf', root]);
+      const e = await expectErrno(store.put('a/c', patternBytes(2, 10)), 'ENOENT');
+      expect(e.missingContainer).to.equal(true);
+      expect(existsSync(root)).to.equal(false);
+    });
+
     it('reports a foreign file in the key space as EIO, not as data', async () => {
       const d = tmp();
       const store = await FileStore.open(d.file('s'), { create: true });

@@ -774,8 +774,15 @@ export class BucketVfs implements Vfs {
     for (const name of files.keys()) if (dirs.delete(name)) shadowed.add(name);
     const names = [...files.keys(), ...dirs].sort(compareKeys);
     const found = new Map<string, Entry>();
+    // Files listed with their metadata (the file store) need no request: no queueing.
+    const asks: string[] = [];
+    for (const name of names) {
+      const info = files.get(name);
+      if (info?.metadata) found.set(name, this.entryOf({ ...info, metadata: info.metadata }, 'object'));
+      else asks.push(name);
+    }
     await Promise.all(
-      names.map((name) =>
+      asks.map((name) =>
         this.metaQueue.add(async () => {
           const child = joinPath(path, name);
           const info = files.get(name);
