@@ -91,7 +91,7 @@ for (const kind of ['s3', 'file'] as BackendKind[]) {
       /** The disk as of the last completed FLUSH, and the sectors written (or in flight) since. */
       let durable = model.bytes.slice();
       const since = new Uint8Array(SIZE / SECTOR);
-      const crashes = scaled(3);
+      const crashes = scaled(2);
       const t = { flushes: 0, writes: 0, bytesVerified: 0, lostUnflushed: 0, leaseTakeovers: 0 };
       let seed = 1;
       let deadPid = 0;

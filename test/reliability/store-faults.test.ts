@@ -22,7 +22,7 @@ import { FAULT_CLASSES, FaultProxy, type FaultClass } from '../support/fault-pro
 import { startS3rver, type S3rver } from '../support/s3rver.js';
 import { TmpDir } from '../support/tmp.js';
 import { allocBlkBuffers, blkRound, DiskModel, newBlkTally, readWholeDisk, Rng, verifyStoredChunks } from './blk-workload.js';
-import { FS_MAX_IO, FsModel, fsRound, newFsTally, settleAndVerify, type FsWorkload } from './fs-workload.js';
+import { FS_MAX_IO, FsModel, fsRound, newFsTally, readBack, settleAndVerify, type FsWorkload } from './fs-workload.js';
 import { report, scaled, type Row } from './report.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
@@ -91,7 +91,7 @@ describe('reliability: the store fails (fault proxy between the gateway and s3rv
       clients.push(client);
       const bufs = allocBlkBuffers(client, 8, 6);
       const model = new DiskModel(SIZE);
-      const rounds = scaled(3);
+      const rounds = scaled(2);
       const rows: Row[] = [];
       const pending = new Set<number>();
       for (const [k, cls] of FAULT_CLASSES.entries()) {
@@ -182,8 +182,8 @@ describe('reliability: the store fails (fault proxy between the gateway and s3rv
           }
         } else {
           proxy.inject(cls, FAULT_PLANS[cls]);
-          // A multipart upload under resets (parts cut off, answers lost) and truncated answers.
-          for (let r = 0; r < rounds; r++) await fsRound(w, `${cls}-${r}`, 2, 2, r === 0 && (cls === 'reset' || cls === 'truncate'));
+          // A multipart upload under resets (parts cut off on their way, answers lost: CompleteMultipartUpload repeated).
+          for (let r = 0; r < rounds; r++) await fsRound(w, `${cls}-${r}`, 2, 2, r === 0 && cls === 'reset');
           proxy.inject(null);
         }
         expect(proc.running, `the gateway is up after ${cls}\n${proc.describe()}`).to.equal(true);
@@ -198,8 +198,9 @@ describe('reliability: the store fails (fault proxy between the gateway and s3rv
       expect((await proc.stop('SIGTERM')).code, proc.describe()).to.equal(0);
       const fresh = await startFs(dir.file('fresh.sock'), s3.endpoint);
       const check: FsWorkload = { client: fresh.client, model, rng: new Rng(1), tally: newFsTally(), store: direct, prefix: 'fs/' };
-      await fsRound(check, 'fresh', 0, model.known().length);
-      expect(check.tally.opsFailed).to.equal(0);
+      const names = (await fresh.client.listdir(1)).map((d) => d.name).filter((n) => n !== '.' && n !== '..');
+      expect(names.sort()).to.deep.equal([...model.files.keys()].sort());
+      for (const name of model.known()) await readBack(check, name);
     });
   });
 });
