@@ -60,6 +60,11 @@ export function keyToPath(key: string): KeyPath {
   return { dirs, file: component(OBJECT_TAG, last, key) };
 }
 
+/** Whether every segment of `key` fits in a file name once encoded (what keyToPath would accept). */
+export function keyPathFits(key: string): boolean {
+  return key.split('/').every((s) => Buffer.byteLength(encodeSegment(s), 'utf8') < NAME_MAX);
+}
+
 function component(tag: string, segment: string, key: string): string {
   const name = tag + encodeSegment(segment);
   if (Buffer.byteLength(name, 'utf8') > NAME_MAX)

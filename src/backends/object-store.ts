@@ -145,6 +145,12 @@ export interface ObjectStore {
   /** For logs and error messages, e.g. `s3://bucket (http://127.0.0.1:9000)`. */
   readonly description: string;
   readonly capabilities: StoreCapabilities;
+  /**
+   * Whether the store can hold `key`, a valid key (at most 1024 bytes): a file store cannot
+   * hold a path segment over 254 bytes once encoded. Absent: every valid key fits. Lets the
+   * file system refuse a name (ENAMETOOLONG) before it buffers data it could never store.
+   */
+  keyFits?(key: string): boolean;
 
   /** The object, or `range` of it (clipped at the end; empty at or past the end). One allocation. */
   get(key: string, opts?: { readonly range?: ByteRange }): Promise<GetResult>;

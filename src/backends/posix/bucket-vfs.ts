@@ -665,9 +665,9 @@ export class BucketVfs implements Vfs {
   private async fetchEntry(path: string): Promise<Entry | null> {
     const fk = this.keys.fileKey(path);
     const dk = this.keys.dirKey(path);
-    if (!keyFits(dk)) {
+    if (!keyFits(this.store, dk)) {
       // The directory key does not fit; the file key may (by one byte).
-      const file = path !== '' && keyFits(fk) ? await this.store.head(fk) : null;
+      const file = path !== '' && keyFits(this.store, fk) ? await this.store.head(fk) : null;
       return file ? this.entryOf(file, 'object') : null;
     }
     const [file, marker] = await Promise.all([path === '' ? null : this.store.head(fk), this.store.head(dk)]);
@@ -818,7 +818,7 @@ export class BucketVfs implements Vfs {
     const c = this.attrCache.get(child);
     if (c && c.attr.kind === 'dir') return c;
     const dk = this.keys.dirKey(child);
-    const marker = keyFits(dk) ? await this.store.head(dk) : null;
+    const marker = keyFits(this.store, dk) ? await this.store.head(dk) : null;
     return marker ? this.entryOf(marker, 'dir') : this.implicitDir();
   }
 
@@ -951,9 +951,9 @@ export class BucketVfs implements Vfs {
     });
   }
 
-  /** ENAMETOOLONG for a key the store cannot hold (S3: 1024 bytes), before anything is written. */
+  /** ENAMETOOLONG for a key the store cannot hold (S3: 1024 bytes; file: 254-byte names), before anything is written. */
   private checkKeyFits(key: string): void {
-    if (!keyFits(key)) throw errno('ENAMETOOLONG', `path too long for the store's ${MAX_KEY_BYTES}-byte keys`);
+    if (!keyFits(this.store, key)) throw errno('ENAMETOOLONG', `path too long for the store (${MAX_KEY_BYTES}-byte keys; a file store's names are shorter)`);
   }
 
   private entryOfNode(n: FileNode): Entry {
@@ -1456,8 +1456,9 @@ class Handle implements OpenFile {
   }
 }
 
-function keyFits(key: string): boolean {
-  return Buffer.byteLength(key, 'utf8') <= MAX_KEY_BYTES;
+/** Whether `store` can hold `key`: S3's 1024 bytes, and what the store itself adds (a file store's segment limit). */
+function keyFits(store: ObjectStore, key: string): boolean {
+  return Buffer.byteLength(key, 'utf8') <= MAX_KEY_BYTES && (store.keyFits?.(key) ?? true);
 }
 
 function checkXattrName(name: string): void {
