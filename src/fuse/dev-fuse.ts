@@ -5,6 +5,7 @@
 // Mounting uses mount(2) directly and therefore needs root (CAP_SYS_ADMIN). The mount is
 // made with default_permissions (the kernel checks modes, as on virtio-fs) and
 // allow_other (other users see the files, subject to those modes).
+import { readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import { native, POLL_READABLE, type Poller } from '../native/index.js';
 import type { Logger } from '../util/log.js';
 import { ErrnoError } from '../util/errors.js';
@@ -18,6 +19,8 @@ const MNT_DETACH = 2;
 const OUT_HEADER_SIZE = 16;
 /** Requests are at most max_write (1 MiB) plus headers; the kernel wants room for a whole one. */
 const READ_BUFFER_SIZE = (1 << 20) + 64 * 1024;
+/** Kernel read-ahead of the mount, in KiB (see above). */
+export const READ_AHEAD_KB = 4096;
 
 export interface DevFuseOptions {
   readonly mountpoint: string;
@@ -33,6 +36,8 @@ export class DevFuseMount {
   private readonly hdrView = new DataView(this.hdr.buffer);
   private readonly poller: Poller;
   private closed = false;
+  /** The mount's device (major:minor) while its read-ahead is still to be raised. */
+  private raiseReadAhead: string | null;
   /** Resolves when the kernel ends the session (unmounted, by us or by someone else). */
   readonly ended: Promise<void>;
   private resolveEnded!: () => void;
@@ -41,14 +46,23 @@ export class DevFuseMount {
     private readonly fd: number,
     private readonly server: FuseServer,
     private readonly opts: DevFuseOptions,
+    device: string | null,
   ) {
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
+    this.raiseReadAhead = device;
     this.poller = native.createPoller(fd, () => this.drain());
     this.poller.start(POLL_READABLE);
   }
 
   static mount(server: FuseServer, opts: DevFuseOptions): DevFuseMount {
     if (process.getuid?.() !== 0) throw new ErrnoError('EPERM', 'mounting with /dev/fuse needs root (CAP_SYS_ADMIN)');
+    // Resolved before mounting: afterwards resolving it would ask this very process.
+    let real = opts.mountpoint;
+    try {
+      real = realpathSync(opts.mountpoint);
+    } catch {
+      // mount(2) reports what is wrong with it
+    }
     const fd = native.fuseOpen();
     try {
       const uid = process.getuid?.() ?? 0;
@@ -60,7 +74,7 @@ export class DevFuseMount {
       throw err;
     }
     opts.log.info('mounted', { mountpoint: opts.mountpoint, source: opts.fsName });
-    return new DevFuseMount(fd, server, opts);
+    return new DevFuseMount(fd, server, opts, mountDevice(real));
   }
 
   /**
@@ -101,6 +115,17 @@ export class DevFuseMount {
       // ENOENT: the request was interrupted and the kernel no longer waits for it.
       if ((err as { code?: string }).code !== 'ENOENT') this.opts.log.warn('writing a FUSE reply failed', { error: err });
     }
+    if (this.raiseReadAhead !== null && this.server.isInitialized) this.setReadAhead(this.raiseReadAhead);
+  }
+
+  /** After INIT's reply (the kernel took max_readahead in the writev): the device's read_ahead_kb. */
+  private setReadAhead(dev: string): void {
+    this.raiseReadAhead = null;
+    try {
+      writeFileSync(`/sys/class/bdi/${dev}/read_ahead_kb`, `${READ_AHEAD_KB}\n`);
+    } catch (err) {
+      this.opts.log.debug('could not raise the mount\'s read-ahead', { device: dev, error: err });
+    }
   }
 
   private end(): void {
@@ -124,4 +149,26 @@ export class DevFuseMount {
     await this.server.close();
     this.opts.log.info('unmounted', { mountpoint: this.opts.mountpoint });
   }
+}
+
+/**
+ * The device number (major:minor) of the newest mount on `mountpoint`, from
+ * /proc/self/mountinfo (a stat of the mount point would ask this very process), or null.
+ */
+export function mountDevice(mountpoint: string): string | null {
+  let dev: string | null = null;
+  try {
+    for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+      const f = line.split(' ');
+      if (f.length > 4 && unescapeMountinfo(f[4]!) === mountpoint && /^\d+:\d+$/.test(f[2]!)) dev = f[2]!;
+    }
+  } catch {
+    return null;
+  }
+  return dev;
+}
+
+/** mountinfo escapes space, tab, newline and backslash as \ooo. */
+function unescapeMountinfo(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { FuseServer } from '../../src/fuse/server.js';
-import { DevFuseMount } from '../../src/fuse/dev-fuse.js';
+import { DevFuseMount, READ_AHEAD_KB, mountDevice } from '../../src/fuse/dev-fuse.js';
 import { silentLogger } from '../../src/util/log.js';
 import { MemoryVfs } from './memory-vfs.js';
 
@@ -59,6 +59,14 @@ describe('/dev/fuse transport', function () {
     const err = await sh('rmdir nope 2>&1; mkdir d && touch d/x && rmdir d 2>&1; true', dir);
     expect(err).to.match(/No such file or directory/);
     expect(err).to.match(/Directory not empty/);
+  });
+
+  it('raises the mount\'s kernel read-ahead once INIT is answered (large sequential READs)', async () => {
+    await writeFile(join(dir, 'f'), new Uint8Array(8 << 20));
+    const dev = mountDevice(dir);
+    expect(dev).to.match(/^0:\d+$/);
+    expect((await readFile(`/sys/class/bdi/${dev}/read_ahead_kb`, 'utf8')).trim()).to.equal(String(READ_AHEAD_KB));
+    expect((await sh('cat f | wc -c', dir)).trim()).to.equal(String(8 << 20));
   });
 
   it('ends the session when unmounted from outside', async () => {
