@@ -7,7 +7,8 @@ import { FsExport } from '../../src/fuse/export.js';
 import { FuseClient } from '../../src/frontend/fuse-client.js';
 import { OUT_HEADER_SIZE, Opcode, O_CREAT, O_RDWR, decodeOutHeader, encodeInHeader } from '../../src/fuse/abi.js';
 import { encode, encodeRequest } from '../../src/fuse/requests.js';
-import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtio/layout.js';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtio/layout.js';
+import { MALFORMED_DESCRIPTORS, MALFORMED_SHAPES, writeMalformedChain } from '../support/hostile-chains.js';
 import { silentLogger } from '../../src/util/log.js';
 import { TmpDir } from '../support/tmp.js';
 import { MemoryVfs } from './memory-vfs.js';
@@ -67,37 +68,17 @@ describe('virtio-fs device against a hostile driver', function () {
     const req = c.allocBuffer(64);
     req.bytes.set(encodeRequest({ opcode: Opcode.GETATTR, unique: 2n, nodeid: 1 }, [encode.getattr(0, 0)]));
     const out = c.allocBuffer(256);
-    const outside = 0x7000_0000_0000;
-    const cases: [string, (ring: Ring, d: number[]) => void][] = [
-      ['reply address outside memory', (ring, d) => {
-        ring.writeRawDescriptor(d[0]!, req.gpa, 56, NEXT, d[1]!);
-        ring.writeRawDescriptor(d[1]!, outside, 256, WRITE, 0);
-      }],
-      ['request address overflowing u64', (ring, d) => {
-        ring.writeRawDescriptor(d[0]!, 0xffff_ffff_ffff_ff00n, 0x1000, NEXT, d[1]!);
-        ring.writeRawDescriptor(d[1]!, out.gpa, 256, WRITE, 0);
-      }],
-      ['a loop', (ring, d) => {
-        ring.writeRawDescriptor(d[0]!, req.gpa, 56, NEXT, d[1]!);
-        ring.writeRawDescriptor(d[1]!, out.gpa, 256, WRITE | NEXT, d[0]!);
-      }],
-      ['readable after writable', (ring, d) => {
-        ring.writeRawDescriptor(d[0]!, out.gpa, 256, WRITE | NEXT, d[1]!);
-        ring.writeRawDescriptor(d[1]!, req.gpa, 56, 0, 0);
-      }],
-      ['indirect inside indirect', (ring, d) => {
-        ring.writeRawIndirect(d[0]!, 0, req.gpa, 56, NEXT, 1);
-        ring.writeRawIndirect(d[0]!, 1, ring.indirectTableAddr(d[1]!), 32, VIRTQ_DESC_F_INDIRECT, 0);
-        ring.writeRawDescriptor(d[0]!, ring.indirectTableAddr(d[0]!), 32, VIRTQ_DESC_F_INDIRECT, 0);
-      }],
-    ];
+    const mem = c.virtio.memory;
     for (const queue of [0, 1, 2]) {
-      for (const [name, write] of cases) {
-        expect(await sendRaw(queue, write), `${name} on queue ${queue}`).to.equal(0);
+      for (const shape of MALFORMED_SHAPES) {
+        const len = await sendRaw(queue, (ring, d) => writeMalformedChain(ring, d, shape, {
+          request: { addr: req.gpa, len: 56 }, reply: { addr: out.gpa, len: 256 }, end: mem.guestBase + mem.size,
+        }), MALFORMED_DESCRIPTORS);
+        expect(len, `${shape} on queue ${queue}`).to.equal(0);
         await stillServes(1 + (queue % 2));
       }
     }
-    expect(exp.device.counters.badChains).to.equal(3 * cases.length);
+    expect(exp.device.counters.badChains).to.equal(3 * MALFORMED_SHAPES.length);
     // a well-formed hand-written chain still gets its reply (header split over two descriptors)
     const len = await sendRaw(1, (ring, d) => {
       ring.writeRawDescriptor(d[0]!, req.gpa, 20, NEXT, d[1]!);
