@@ -227,6 +227,13 @@ export const MAX_PARTS = 10000;
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
+/**
+ * Name of the object a gateway writes and deletes under its prefix when it starts, to find
+ * out whether the store honours conditional writes (S3Store.detectCapabilities). A fault
+ * or a kill between the two leaves it behind: file systems must not show it as a file.
+ */
+export const PROBE_NAME_PREFIX = '.vhost-s3-probe-';
+
 /** True when `s` has no lone surrogate, i.e. encodes to UTF-8 and back unchanged. */
 export function isWellFormed(s: string): boolean {
   return !LONE_SURROGATE.test(s);

@@ -63,6 +63,7 @@ import {
   MAX_PART_SIZE,
   MAX_PARTS,
   MIN_PART_SIZE,
+  PROBE_NAME_PREFIX,
   StoreError,
   normalizeMetadata,
   putLarge,
@@ -194,7 +195,7 @@ export class S3Store implements ObjectStore {
    */
   async detectCapabilities(probePrefix = ''): Promise<StoreCapabilities> {
     if (this.conditionalKnown) return this.caps;
-    const key = `${probePrefix}.vhost-s3-probe-${randomBytes(8).toString('hex')}`;
+    const key = `${probePrefix}${PROBE_NAME_PREFIX}${randomBytes(8).toString('hex')}`;
     const put = (extra: { IfNoneMatch?: string; IfMatch?: string }): Promise<unknown> =>
       this.queue.add(() => this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: new Uint8Array(0), ContentLength: 0, ...extra })));
     const refused = (err: unknown): boolean => {

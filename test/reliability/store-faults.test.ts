@@ -12,6 +12,7 @@
 // verified) are printed; VHOST_S3_RELIABILITY_SCALE=<n> runs n times as many rounds.
 import { expect } from 'chai';
 
+import { listKeys } from '../../src/backends/object-store.js';
 import { S3Store } from '../../src/backends/s3-store.js';
 import { createImage } from '../../src/blk/image-admin.js';
 import { ImageKeys } from '../../src/blk/image-format.js';
@@ -161,6 +162,20 @@ describe('reliability: the store fails (fault proxy between the gateway and s3rv
       await client.init();
       return { proc, client };
     }
+
+    it('a capability probe object left behind at startup (its DELETE failed) is not a file', async () => {
+      // The gateway writes and deletes `fs/.vhost-s3-probe-<hex>` when it starts; a store
+      // fault on the DELETE (or a kill -9 between the two) leaves it in the bucket.
+      proxy.inject('error500', { rate: 1, filter: (r) => r.method === 'DELETE' && r.url.includes('vhost-s3-probe') });
+      const { client } = await startFs(dir.file('probe.sock'), proxy.endpoint);
+      proxy.inject(null);
+      const left: string[] = [];
+      for await (const k of listKeys(direct, 'fs/')) if (k.includes('.vhost-s3-probe-')) left.push(k);
+      expect(left, 'the probe object is still in the bucket').to.have.length(1);
+      const names = (await client.listdir(1)).map((d) => d.name);
+      expect(names.filter((n) => n.startsWith('.vhost-s3-probe-')), 'listed as a file').to.deep.equal([]);
+      await direct.delete(left[0]!);
+    });
 
     it('retries within its budget, stays up, answers every request or EIO, and what fsync acknowledged is in s3rver byte for byte', async () => {
       const { proc, client } = await startFs(dir.file('fs.sock'), proxy.endpoint);

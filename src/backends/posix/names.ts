@@ -10,9 +10,12 @@
 //   root             `${prefix}`                 (marker only when prefix is not '')
 //
 // Keys found in a listing whose segment is not a valid POSIX name (empty as in 'a//b',
-// '.', '..', over NAME_MAX bytes, not well-formed UTF-8) are skipped, never an error.
+// '.', '..', over NAME_MAX bytes, not well-formed UTF-8) are skipped, never an error; so
+// are the gateway's own capability probes (`.vhost-s3-probe-…`, left behind when a
+// gateway died or the store failed between writing and deleting one), whose names are
+// reserved (EINVAL).
 import { ErrnoError } from '../../util/errors.js';
-import { isWellFormed } from '../object-store.js';
+import { PROBE_NAME_PREFIX, isWellFormed } from '../object-store.js';
 
 /** Linux NAME_MAX (bytes). */
 export const NAME_MAX = 255;
@@ -23,6 +26,7 @@ export const PATH_MAX = 4096;
 export function isValidName(name: string): boolean {
   if (name === '' || name === '.' || name === '..') return false;
   if (name.includes('/') || name.includes('\0')) return false;
+  if (name.startsWith(PROBE_NAME_PREFIX)) return false;
   if (!isWellFormed(name)) return false;
   return Buffer.byteLength(name, 'utf8') <= NAME_MAX;
 }
