@@ -135,16 +135,25 @@ const fileSystem = {
   tempDir: { doc: 'directory for write buffers that do not fit in memory (default: the system temp dir)', format: String, default: '', env: 'VHOST_S3_TEMP_DIR', arg: 'temp-dir' },
 } satisfies Schema;
 
+/** Commands that serve devices until a signal (blk, fs, serve, run). */
+const lifecycle = {
+  shutdownTimeout: { doc: 'seconds SIGINT/SIGTERM waits for in-flight requests, flushes and closes before exiting 1 anyway', format: 'non-negative', default: 30, env: 'VHOST_S3_SHUTDOWN_TIMEOUT', arg: 'shutdown-timeout' },
+} satisfies Schema;
+
 export const schemas = {
-  blk: { ...common, ...blkDevice, ...imageCache, ...storage },
+  blk: { ...common, ...blkDevice, ...imageCache, ...storage, ...lifecycle },
   serve: {
     ...common,
     dataDir: { doc: 'directory holding the embedded default disk and sockets', format: String, default: './data', env: 'VHOST_S3_DATA_DIR', arg: 'data-dir' },
     diskSize: { doc: 'size of the default disk created on first start', format: 'size', default: 1 << 30, env: 'VHOST_S3_DISK_SIZE', arg: 'disk-size' },
     queues: blkDevice.queues,
     ...imageCache,
+    ...lifecycle,
   },
-  fs: { ...common, ...fileSystem, ...storage,
+  run: { ...common, ...lifecycle,
+    config: { doc: 'JSON file listing the exports (blk and fs devices) to serve; re-read on SIGHUP', format: String, default: '', env: 'VHOST_S3_CONFIG', arg: 'config' },
+  },
+  fs: { ...common, ...fileSystem, ...storage, ...lifecycle,
     socket: { doc: 'vhost-user socket path to listen on', format: String, default: '', env: 'VHOST_S3_SOCKET', arg: 'socket' },
     tag: { doc: 'mount tag the guest uses (QEMU sets it on the device: tag=...; printed in the QEMU arguments)', format: String, default: 'vhost-s3', env: 'VHOST_S3_TAG', arg: 'tag' },
     queues: { doc: 'request queues (QEMU num-request-queues must not exceed it)', format: 'fs-queue-count', default: 1, env: 'VHOST_S3_QUEUES', arg: 'queues' },

@@ -37,7 +37,7 @@
 // another process writing the same store — one gateway process owns a store directory.
 import { randomBytes } from 'node:crypto';
 import {
-  closeSync, constants as fsc, fstatSync, linkSync, mkdirSync, openSync, read as readCb, readSync, renameSync, rmdirSync,
+  closeSync, constants as fsc, type Stats, fstatSync, linkSync, mkdirSync, openSync, read as readCb, readSync, renameSync, rmdirSync,
   statSync, unlinkSync, writevSync,
 } from 'node:fs';
 import { constants as osc } from 'node:os';
@@ -93,6 +93,8 @@ const MAX_UNSYNCED = 8192;
  */
 const DIR_CACHE_MS = 1000;
 const DIR_CACHE_ENTRIES = 256;
+/** Object headers remembered by headSync (~0.5 KiB each). */
+const HEAD_CACHE_ENTRIES = 65536;
 /** A missing store directory is noticed within this (checkRoot). */
 const ROOT_CHECK_MS = 1000;
 const errno = osc.errno;
@@ -132,6 +134,8 @@ export class FileStore implements ObjectStore {
   /** Written since the last sync(): object files, and directories whose entries changed. */
   private unsyncedFiles = new Set<string>();
   private unsyncedDirs = new Set<string>();
+  /** Headers read, by path, with the identity of the file they were read from (headSync). */
+  private readonly heads = new Map<string, { readonly ino: number; readonly size: number; readonly mtimeMs: number; readonly ctimeMs: number; readonly head: ObjectHead }>();
   /** When checkRoot last found the store directory. */
   private rootSeenAt = -Infinity;
   /** Directory → its key-space entries in listing order (see DIR_CACHE_MS). */
@@ -281,6 +285,7 @@ export class FileStore implements ObjectStore {
         throw this.fsError(err, 'delete', key);
       }
       this.unsyncedFiles.delete(path);
+      this.heads.delete(path);
       this.pruneDirs(dirname(path));
     });
   }
@@ -430,13 +435,23 @@ export class FileStore implements ObjectStore {
 
   // ---- internals
 
-  /** @internal HEAD with synchronous calls: open, fstat, one read of the header, close. */
+  /**
+   * @internal HEAD with synchronous calls: a stat, and when the file is not the one whose
+   * header was read last time (same inode, size, mtime and ctime: every write makes a new
+   * inode), open, fstat, one read of the header, close.
+   */
   headSync(key: string, path: string, op: string): ObjectHead | null {
     // A missing key is common (a lookup asks for the file and the directory marker): stat
     // first, since a throwing openSync costs more (an Error with a stack) than the stat.
-    if (statSync(path, { throwIfNoEntry: false }) === undefined) {
+    const st = statSync(path, { throwIfNoEntry: false });
+    if (st === undefined) {
       this.checkRoot(op, key);
       return null;
+    }
+    const known = this.heads.get(path);
+    if (known && known.ino === st.ino && known.size === st.size && known.mtimeMs === st.mtimeMs && known.ctimeMs === st.ctimeMs && known.head.key === key) {
+      const h = known.head;
+      return { ...h, lastModified: new Date(h.lastModified.getTime()), metadata: { ...h.metadata } };
     }
     let fd: number;
     try {
@@ -446,7 +461,12 @@ export class FileStore implements ObjectStore {
       throw err;
     }
     try {
-      return readHead(fd, key, path).head;
+      const got = readHead(fd, key, path);
+      const now = got.stat;
+      this.heads.delete(path);
+      if (this.heads.size >= HEAD_CACHE_ENTRIES) this.heads.delete(this.heads.keys().next().value!);
+      this.heads.set(path, { ino: now.ino, size: now.size, mtimeMs: now.mtimeMs, ctimeMs: now.ctimeMs, head: { ...got.head, metadata: { ...got.head.metadata } } });
+      return got.head;
     } finally {
       closeSync(fd);
     }
@@ -532,6 +552,9 @@ export class FileStore implements ObjectStore {
     this.unsyncedFiles.add(path);
     this.unsyncedDirs.add(dirname(path));
     this.dirCache.delete(dirname(path));
+    // Not only the identity check: a freed inode number may come back at once, and a
+    // timestamp tick is coarser than two writes.
+    this.heads.delete(path);
   }
 
   /** Too much remembered for the next sync(): sync now (bounds the memory, and the work of a later sync). */
@@ -796,7 +819,7 @@ function encodeHeader(h: Header, key: string): Buffer {
 /** Reused by every header read: they are synchronous, so never two at once. */
 const headerScratch = Buffer.alloc(HEADER_SIZE);
 
-function readHead(fd: number, key: string, path: string): { head: ObjectHead; size: number } {
+function readHead(fd: number, key: string, path: string): { head: ObjectHead; size: number; stat: Stats } {
   const st = fstatSync(fd);
   const buf = headerScratch;
   const n = st.size < 12 ? 0 : readSync(fd, buf, 0, Math.min(HEADER_SIZE, st.size), 0);
@@ -814,6 +837,7 @@ function readHead(fd: number, key: string, path: string): { head: ObjectHead; si
   const size = st.size - HEADER_SIZE;
   return {
     size,
+    stat: st,
     head: { key, size, etag: h.etag, lastModified: new Date(h.lastModified), metadata: { ...h.metadata }, ...(h.contentType !== undefined ? { contentType: h.contentType } : {}) },
   };
 }

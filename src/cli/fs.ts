@@ -6,12 +6,13 @@ import { ConfigError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { openStore } from '../backends/store-config.js';
 import { BucketVfs } from '../backends/posix/bucket-vfs.js';
-import { FsExport } from '../fuse/export.js';
 import { FuseServer, type FuseServerOptions } from '../fuse/server.js';
 import { DevFuseMount } from '../fuse/dev-fuse.js';
 import { ReadOnlyVfs } from '../fuse/read-only-vfs.js';
 import type { Vfs } from '../fuse/vfs.js';
-import { holdSignals, serveUntilSignal, stopOnSignals } from './lifecycle.js';
+import { holdSignals, stopOnSignals } from './lifecycle.js';
+import { checkExport, QEMU_MEMORY_ARGS, qemuDeviceArgs } from './exports.js';
+import { runGateway } from './gateway.js';
 
 type FsConfig = ConfigOf<'mount'>;
 
@@ -31,7 +32,7 @@ function checkWritableDir(dir: string, what: string): void {
 }
 
 /** Opens the store and the file system over it, as a command's configuration says. */
-export async function openBucketVfs(cfg: FsConfig, log: Logger): Promise<{ vfs: Vfs; close: () => Promise<void> }> {
+export async function openBucketVfs(cfg: FsConfig, log: Logger): Promise<{ vfs: Vfs; bucket: BucketVfs; close: () => Promise<void> }> {
   if (cfg.bucket === '') throw new ConfigError('no bucket given (--bucket s3://bucket[/prefix] or file:/path)');
   if (cfg.tempDir !== '') checkWritableDir(cfg.tempDir, '--temp-dir');
   const fileMode = octal(cfg.fileMode, '--file-mode');
@@ -44,37 +45,25 @@ export async function openBucketVfs(cfg: FsConfig, log: Logger): Promise<{ vfs: 
     pageCacheBytes: cfg.cacheSize, memoryBudget: cfg.writeBuffer, ...(cfg.tempDir !== '' ? { tempDir: cfg.tempDir } : {}),
   });
   const vfs = cfg.readonly ? new ReadOnlyVfs(bucket) : bucket;
-  return { vfs, close: () => bucket.close().finally(() => store.close()) };
+  return { vfs, bucket, close: () => bucket.close().finally(() => store.close()) };
 }
 
-export function fuseOptions(cfg: FsConfig): Omit<FuseServerOptions, 'log'> {
+export function fuseOptions(cfg: FsConfig): Required<Pick<FuseServerOptions, 'entryTimeoutMs' | 'attrTimeoutMs' | 'negativeTimeoutMs'>> {
   return { entryTimeoutMs: cfg.entryTimeout * 1000, attrTimeoutMs: cfg.attrTimeout * 1000, negativeTimeoutMs: cfg.negativeTimeout * 1000 };
 }
 
 export async function runFs(argv: string[]): Promise<void> {
   const cfg = loadConfig('fs', argv);
-  if (cfg.socket === '') throw new ConfigError('no socket given (--socket /run/vm1-fs.sock)');
+  checkExport({ type: 'fs', config: cfg });
   const log = createLogger(cfg.logLevel);
-  const { vfs, close } = await openBucketVfs(cfg, log);
-  await serveUntilSignal(
+  await runGateway([{ type: 'fs', config: cfg }], {
     log,
-    async () => {
-      try {
-        const exp = await FsExport.start({ socket: cfg.socket, vfs, requestQueues: cfg.queues, fuse: fuseOptions(cfg), locator: cfg.bucket, log });
-        process.stdout.write(
-          `vhost-s3 is serving ${cfg.bucket} as virtio-fs on ${cfg.socket}\n` +
-          `QEMU: -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem -m 1G \\\n` +
-          `      -chardev socket,id=f0,path=${cfg.socket} -device vhost-user-fs-pci,chardev=f0,tag=${cfg.tag}${cfg.queues > 1 ? `,num-request-queues=${cfg.queues}` : ''}\n` +
-          `guest: mount -t virtiofs ${cfg.tag} /mnt\n`,
-        );
-        return exp;
-      } catch (err) {
-        await close();
-        throw err;
-      }
-    },
-    (exp) => exp.close().finally(close),
-  );
+    shutdownTimeoutMs: cfg.shutdownTimeout * 1000,
+    banner: () =>
+      `vhost-s3 is serving ${cfg.bucket} as virtio-fs on ${cfg.socket}\n` +
+      `QEMU: ${QEMU_MEMORY_ARGS.join(' ')} \\\n      ${qemuDeviceArgs({ type: 'fs', config: cfg }, 'f0').join(' ')}\n` +
+      `guest: mount -t virtiofs ${cfg.tag} /mnt\n`,
+  });
 }
 
 export async function runMount(argv: string[]): Promise<void> {

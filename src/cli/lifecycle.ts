@@ -1,5 +1,6 @@
 // Long-running commands stop on SIGINT/SIGTERM: in-flight requests complete, sockets are
-// removed, then the process exits. A second signal exits at once.
+// removed, then the process exits. A second signal exits at once. (The serving commands
+// use these through gateway.ts; mount directly.)
 import type { Logger } from '../util/log.js';
 
 export function stopOnSignals(log: Logger, stop: () => Promise<void>): Promise<void> {
@@ -43,19 +44,4 @@ export function holdSignals(): { release(redeliver: boolean): void } {
       if (redeliver && caught !== null) process.kill(process.pid, caught);
     },
   };
-}
-
-/** Starts a server with signals held, then stops it on SIGINT/SIGTERM (one caught during the start included). */
-export async function serveUntilSignal<T>(log: Logger, start: () => Promise<T>, stop: (started: T) => Promise<void>): Promise<void> {
-  const held = holdSignals();
-  let started: T;
-  try {
-    started = await start();
-  } catch (err) {
-    held.release(false);
-    throw err;
-  }
-  const stopped = stopOnSignals(log, () => stop(started));
-  held.release(true);
-  await stopped;
 }

@@ -5,6 +5,7 @@ import { ConfigError } from '../util/errors.js';
 import { describeSchema, schemas, type CommandName } from '../config.js';
 import { runBlk } from './blk.js';
 import { runServe } from './serve.js';
+import { runRun } from './run.js';
 import { runBenchBlk } from './bench-blk.js';
 import { runFs, runMount } from './fs.js';
 import { runBenchFs } from './bench-fs.js';
@@ -20,6 +21,7 @@ interface Command {
 
 const commands: Partial<Record<CommandName, Command>> = {
   serve: { summary: 'run the gateway on the embedded default store (what `npm start` runs)', usage: 'vhost-s3 serve [options]', run: runServe },
+  run: { summary: 'serve several blk and fs exports from one process, listed in a JSON file (SIGHUP reloads it)', usage: 'vhost-s3 run --config exports.json [--shutdown-timeout 30]', run: runRun },
   blk: { summary: 'serve a disk image over a vhost-user-blk socket', usage: 'vhost-s3 blk --socket PATH --image file:/path/disk.raw [options]', run: runBlk },
   fs: { summary: 'serve a bucket as a virtio-fs device over a vhost-user socket', usage: 'vhost-s3 fs --socket PATH --bucket s3://bucket[/prefix] [--tag data] [options]', run: runFs },
   mount: { summary: 'mount a bucket on the host through /dev/fuse (root)', usage: 'vhost-s3 mount --bucket s3://bucket[/prefix] MOUNTPOINT [options]', run: runMount },

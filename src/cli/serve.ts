@@ -5,19 +5,16 @@
 //     (fs.sock, tag `share`), with the same file system as `vhost-s3 fs`.
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { loadConfig } from '../config.js';
+import { loadConfig, type ConfigOf } from '../config.js';
 import { ConfigError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
-import { BlkExport } from '../blk/export.js';
 import { createImage } from '../blk/image-admin.js';
 import { DEFAULT_CHUNK_SIZE, ImageKeys } from '../blk/image-format.js';
 import { openStore, type StorageConfig } from '../backends/store-config.js';
 import { S_IFDIR, writeMetadata } from '../backends/posix/metadata.js';
-import { FsExport } from '../fuse/export.js';
 import type { Logger } from '../util/log.js';
-import { openConfiguredImage } from './blk.js';
-import { fuseOptions, openBucketVfs } from './fs.js';
-import { holdSignals, stopOnSignals } from './lifecycle.js';
+import { QEMU_MEMORY_ARGS, qemuDeviceArgs, type ExportSpec } from './exports.js';
+import { runGateway } from './gateway.js';
 
 /** Key prefixes in the embedded store. */
 const IMAGE_PREFIX = 'images/disk0/';
@@ -33,14 +30,36 @@ const FS_SOCKET = 'fs.sock';
  * by the demo): the shared guest memory vhost-user needs, and per device its chardev and
  * -device pair.
  */
-export function qemuAttachArgs(dataDir: string): { memory: string[]; devices: string[][] } {
-  return {
-    memory: ['-object', 'memory-backend-memfd,id=mem,size=1G,share=on', '-numa', 'node,memdev=mem', '-m', '1G'],
-    devices: [
-      ['-chardev', `socket,id=d0,path=${join(dataDir, DISK_SOCKET)}`, '-device', 'vhost-user-blk-pci,chardev=d0'],
-      ['-chardev', `socket,id=f0,path=${join(dataDir, FS_SOCKET)}`, '-device', `vhost-user-fs-pci,chardev=f0,tag=${SHARE_TAG}`],
-    ],
-  };
+export function qemuAttachArgs(dataDir: string, cfg: ConfigOf<'serve'> = loadConfig('serve', [], {})): { memory: string[]; devices: string[][] } {
+  return { memory: [...QEMU_MEMORY_ARGS], devices: serveExports(dataDir, cfg).map((s, i) => qemuDeviceArgs(s, i === 0 ? 'd0' : 'f0')) };
+}
+
+const STORAGE = { endpoint: '', region: '', pathStyle: 'auto', checksums: 'when-required', s3Concurrency: 8 } as const;
+
+/**
+ * serve's two exports in `dataDir`: the disk with serve's image settings, and the share
+ * with `vhost-s3 fs`'s defaults (not the VHOST_S3_* variables of fs).
+ */
+function serveExports(dataDir: string, cfg: ConfigOf<'serve'>): [ExportSpec & { type: 'blk' }, ExportSpec & { type: 'fs' }] {
+  const storeDir = join(dataDir, 'store');
+  return [
+    {
+      type: 'blk',
+      config: {
+        ...loadConfig('blk', [], {}), ...STORAGE, logLevel: cfg.logLevel,
+        cacheSize: cfg.cacheSize, dirtySize: cfg.dirtySize, writethrough: cfg.writethrough, writebackDelay: cfg.writebackDelay,
+        uploads: cfg.uploads, readahead: cfg.readahead, force: cfg.force,
+        socket: join(dataDir, DISK_SOCKET), image: `file:${storeDir}/${IMAGE_PREFIX.slice(0, -1)}`, queues: cfg.queues, serial: 'vhost-s3-disk0',
+      },
+    },
+    {
+      type: 'fs',
+      config: {
+        ...loadConfig('fs', [], {}), ...STORAGE, logLevel: cfg.logLevel,
+        socket: join(dataDir, FS_SOCKET), bucket: `file:${storeDir}/${SHARE_PREFIX.slice(0, -1)}`, tag: SHARE_TAG,
+      },
+    },
+  ];
 }
 
 export async function runServe(argv: string[]): Promise<void> {
@@ -54,68 +73,24 @@ export async function runServe(argv: string[]): Promise<void> {
   } catch (err) {
     throw new ConfigError(`cannot create data directory ${dir}: ${(err as NodeJS.ErrnoException).code}`);
   }
-  const storage = { endpoint: '', region: '', pathStyle: 'auto', checksums: 'when-required', s3Concurrency: 8 } as const;
-  const storeDir = join(dir, 'store');
-  await prepareStore(storeDir, cfg.diskSize, storage, log);
-
-  // Everything that takes time (opening the image and the share) comes first; the
-  // sockets are created last, with SIGINT/SIGTERM already caught (a signal sent as soon
-  // as a socket exists must not kill the process before it removed its sockets).
-  const locator = `file:${storeDir}/${IMAGE_PREFIX.slice(0, -1)}`;
-  const socket = join(dir, DISK_SOCKET);
-  const shareLocator = `file:${storeDir}/${SHARE_PREFIX.slice(0, -1)}`;
-  const fsSocket = join(dir, FS_SOCKET);
-  // The share is `vhost-s3 fs` with its defaults (not the VHOST_S3_* variables of fs).
-  const fsCfg = { ...loadConfig('mount', [], {}), ...storage, bucket: shareLocator, logLevel: cfg.logLevel };
-  const image = await openConfiguredImage(locator, false, { ...cfg, ...storage }, log);
-  let share: Awaited<ReturnType<typeof openBucketVfs>>;
-  try {
-    share = await openBucketVfs(fsCfg, log);
-  } catch (err) {
-    await image.close();
-    throw err;
-  }
-  const held = holdSignals();
-  let exp: BlkExport;
-  let fsExp: FsExport;
-  try {
-    try {
-      exp = await BlkExport.start({ socket, image, locator, queues: cfg.queues, serial: 'vhost-s3-disk0', log });
-    } catch (err) {
-      await share.close();
-      throw err;
-    }
-    try {
-      fsExp = await FsExport.start({ socket: fsSocket, vfs: share.vfs, fuse: fuseOptions(fsCfg), locator: shareLocator, log });
-    } catch (err) {
-      await Promise.allSettled([exp.close(), share.close()]);
-      throw err;
-    }
-  } catch (err) {
-    held.release(false);
-    throw err;
-  }
-
-  const qemu = qemuAttachArgs(dir);
-  process.stdout.write(
-    `vhost-s3 is serving the disk image ${locator} (${exp.image.size} bytes) on ${socket}\n` +
-    `and the directory ${shareLocator} as virtio-fs (tag ${SHARE_TAG}) on ${fsSocket}\n` +
-    `Attach them to QEMU with:\n` +
-    `  ${[qemu.memory, ...qemu.devices].map((a) => a.join(' ')).join(' \\\n  ')}\n` +
-    `In the guest the disk is /dev/vda; mount the share with: mount -t virtiofs ${SHARE_TAG} /mnt\n` +
-    `Press Ctrl-C to stop.\n`,
-  );
-  const stopped = stopOnSignals(log, async () => {
-    // Both stop at once; the first failure is reported after both are done.
-    const results = await Promise.allSettled([
-      exp.close(),
-      fsExp.close().finally(() => share.close()),
-    ]);
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
+  await prepareStore(join(dir, 'store'), cfg.diskSize, STORAGE, log);
+  const [disk, share] = serveExports(dir, cfg);
+  // The sockets are created last, with SIGINT/SIGTERM already caught (runGateway): a
+  // signal sent as soon as a socket exists must not kill the process before it removed them.
+  await runGateway([disk, share], {
+    log,
+    shutdownTimeoutMs: cfg.shutdownTimeout * 1000,
+    banner: (g) => {
+      const qemu = qemuAttachArgs(dir, cfg);
+      const size = g.exports[0]!.type === 'blk' ? g.exports[0]!.exp.image.size : 0;
+      return `vhost-s3 is serving the disk image ${disk.config.image} (${size} bytes) on ${disk.config.socket}\n` +
+        `and the directory ${share.config.bucket} as virtio-fs (tag ${SHARE_TAG}) on ${share.config.socket}\n` +
+        `Attach them to QEMU with:\n` +
+        `  ${[qemu.memory, ...qemu.devices].map((a) => a.join(' ')).join(' \\\n  ')}\n` +
+        `In the guest the disk is /dev/vda; mount the share with: mount -t virtiofs ${SHARE_TAG} /mnt\n` +
+        `Press Ctrl-C to stop.\n`;
+    },
   });
-  held.release(true);
-  await stopped;
 }
 
 /**

@@ -177,6 +177,27 @@ describe('FileStore', () => {
       expect(existsSync(root)).to.equal(false);
     });
 
+    it('never serves a remembered header of an earlier version (rapid same-size rewrites, another writer)', async () => {
+      const d = tmp();
+      const store = await FileStore.open(d.file('s'), { create: true });
+      for (let i = 0; i < 200; i++) {
+        const { etag } = await store.put('k', patternBytes(i, 100), { metadata: { v: String(i % 10) } });
+        const h = await store.head('k');
+        expect(h!.etag).to.equal(etag);
+        expect(h!.metadata).to.deep.equal({ v: String(i % 10) });
+      }
+      // Another store object on the same directory (what another process would do).
+      const other = new FileStore(d.file('s'));
+      const { etag } = await other.put('k', patternBytes(1, 100), { metadata: { v: 'other' } });
+      const h = await store.head('k');
+      expect(h!.etag).to.equal(etag);
+      expect(h!.metadata).to.deep.equal({ v: 'other' });
+      const listed = (await store.list({ prefix: 'k' })).objects[0]!;
+      expect(listed.etag).to.equal(etag);
+      await other.delete('k');
+      expect(await store.head('k')).to.equal(null);
+    });
+
     it('reports a foreign file in the key space as EIO, not as data', async () => {
       const d = tmp();
       const store = await FileStore.open(d.file('s'), { create: true });

@@ -45,4 +45,22 @@ describe('TtlCache', () => {
     c.set('f', { v: 1 });
     expect(c.get('f')).to.deep.equal({ v: 1 });
   });
+
+  it('a changed TTL (configuration reload) applies at once to entries stored before', () => {
+    let now = 0;
+    const c = new TtlCache<{ v: number }>(100, 10, () => now);
+    c.set('a', { v: 1 });
+    now = 50;
+    c.ttlMs = 30; // shorter: the 50 ms old entry is stale now, not at its old expiry
+    expect(c.get('a')).to.equal(undefined);
+    c.ttlMs = 1000; // longer: the same entry is fresh again, until 1000 ms after it was stored
+    expect(c.get('a')).to.deep.equal({ v: 1 });
+    now = 999;
+    expect(c.peek('a')).to.deep.equal({ value: { v: 1 }, fresh: true });
+    now = 1000;
+    expect(c.get('a')).to.equal(undefined);
+    c.ttlMs = 0; // off: nothing is cached
+    c.set('b', { v: 2 });
+    expect(c.get('b')).to.equal(undefined);
+  });
 });

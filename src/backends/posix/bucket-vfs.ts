@@ -583,6 +583,17 @@ export class BucketVfs implements Vfs {
     }
   }
 
+  /**
+   * New cache lifetimes (a configuration reload, e.g. SIGHUP): they apply at once, to the
+   * entries already cached too. The page cache's size is fixed (its LRU bound is set at
+   * construction).
+   */
+  setTtls(t: { readonly attrTtlMs: number; readonly negativeTtlMs: number; readonly listTtlMs: number }): void {
+    this.attrCache.ttlMs = t.attrTtlMs;
+    this.negCache.ttlMs = t.negativeTtlMs;
+    this.listCache.ttlMs = t.listTtlMs;
+  }
+
   invalidate(path: string): void {
     this.changedTree(path);
     if (path !== '') this.listCache.delete(parentOf(path));

@@ -11,7 +11,8 @@ import { isBelow } from './names.js';
 
 interface Slot<V> {
   readonly value: V;
-  readonly expires: number;
+  /** When it was stored: freshness is judged against the TTL of the moment (see ttlMs). */
+  readonly at: number;
 }
 
 /**
@@ -24,11 +25,18 @@ const KEEP = '\0';
 export class TtlCache<V extends object> {
   private readonly lru: LRUCache<string, Slot<V> | Slot<null>>;
 
+  /**
+   * Changing it (a configuration reload) applies at once to every entry, those stored
+   * before included: a shorter TTL makes old entries stale now rather than at their old expiry.
+   */
+  ttlMs: number;
+
   constructor(
-    readonly ttlMs: number,
+    ttlMs: number,
     maxEntries: number,
     private readonly now: () => number = () => performance.now(),
   ) {
+    this.ttlMs = ttlMs;
     this.lru = new LRUCache<string, Slot<V> | Slot<null>>({ max: Math.max(1, maxEntries) + 1 });
     this.keep();
   }
@@ -38,7 +46,11 @@ export class TtlCache<V extends object> {
   }
 
   private keep(): void {
-    if (!this.lru.has(KEEP)) this.lru.set(KEEP, { value: null, expires: 0 });
+    if (!this.lru.has(KEEP)) this.lru.set(KEEP, { value: null, at: 0 });
+  }
+
+  private fresh(s: Slot<V>): boolean {
+    return s.at + this.ttlMs > this.now();
   }
 
   private slot(path: string, s: Slot<V> | Slot<null> | undefined): Slot<V> | undefined {
@@ -49,19 +61,19 @@ export class TtlCache<V extends object> {
   get(path: string): V | undefined {
     const s = this.slot(path, this.lru.get(path));
     if (!s) return undefined;
-    if (s.expires <= this.now()) return undefined;
+    if (!this.fresh(s)) return undefined;
     return s.value;
   }
 
   /** The entry, fresh or expired (without touching the LRU order). */
   peek(path: string): { value: V; fresh: boolean } | undefined {
     const s = this.slot(path, this.lru.peek(path));
-    return s ? { value: s.value, fresh: s.expires > this.now() } : undefined;
+    return s ? { value: s.value, fresh: this.fresh(s) } : undefined;
   }
 
   set(path: string, value: V): void {
     if (this.ttlMs <= 0 || path === KEEP) return;
-    this.lru.set(path, { value, expires: this.now() + this.ttlMs });
+    this.lru.set(path, { value, at: this.now() });
   }
 
   delete(path: string): void {
