@@ -46,9 +46,9 @@ export class FsModel {
   known(): string[] {
     return [...this.files.keys()].filter((n) => !this.unknown.has(n));
   }
-  /** Files with known content, stored as they are (candidates for unlink and rename). */
+  /** Files with known content, stored as they are, not big (candidates for unlink and rename: a rename copies the object). */
   settled(): string[] {
-    return this.known().filter((n) => !this.unsynced.has(n));
+    return this.known().filter((n) => !this.unsynced.has(n) && this.files.get(n)!.length < BIG_FILE);
   }
 }
 
