@@ -133,6 +133,17 @@ const fileSystem = {
   cacheSize: { doc: 'bytes of file data cached in memory (page cache)', format: 'size', default: 256 * 2 ** 20, env: 'VHOST_S3_CACHE_SIZE', arg: 'cache-size' },
   writeBuffer: { doc: 'bytes of write buffers kept in memory for all open files (beyond: temporary files)', format: 'size', default: 128 * 2 ** 20, env: 'VHOST_S3_WRITE_BUFFER', arg: 'write-buffer' },
   tempDir: { doc: 'directory for write buffers that do not fit in memory (default: the system temp dir)', format: String, default: '', env: 'VHOST_S3_TEMP_DIR', arg: 'temp-dir' },
+  spillThreshold: { doc: 'bytes of one file\'s write buffer kept in memory before it moves to a temporary file', format: 'size', default: 8 * 2 ** 20, env: 'VHOST_S3_SPILL_THRESHOLD', arg: 'spill-threshold' },
+  cacheBlockSize: { doc: 'block of the file data cache, and the unit of ranged GETs (a power of two from 4K to 64M)', format: 'size', default: 2 ** 20, env: 'VHOST_S3_CACHE_BLOCK_SIZE', arg: 'cache-block-size' },
+  readAhead: { doc: 'largest read-ahead window of a sequential reader, in bytes (0: no read-ahead)', format: 'size', default: 64 * 2 ** 20, env: 'VHOST_S3_READ_AHEAD', arg: 'read-ahead' },
+  fetchConcurrency: { doc: 'ranged GETs in flight (reads, read-ahead, fetches before an upload)', format: 'positive-int', default: 16, env: 'VHOST_S3_FETCH_CONCURRENCY', arg: 'fetch-concurrency' },
+  multipartThreshold: { doc: 'files larger than this are stored by multipart upload (at most 5G)', format: 'size', default: 32 * 2 ** 20, env: 'VHOST_S3_MULTIPART_THRESHOLD', arg: 'multipart-threshold' },
+  partSize: { doc: 'part size of multipart uploads (raised to the store\'s minimum, 5M on S3, and where a file needs more than 10000 parts; at most 5G)', format: 'size', default: 16 * 2 ** 20, env: 'VHOST_S3_PART_SIZE', arg: 'part-size' },
+  uploadConcurrency: { doc: 'parts of one multipart upload in flight', format: 'positive-int', default: 4, env: 'VHOST_S3_UPLOAD_CONCURRENCY', arg: 'upload-concurrency' },
+  uploadMemory: { doc: 'bytes that uploads in flight may hold in part buffers, all files together (one larger upload runs alone)', format: 'size', default: 256 * 2 ** 20, env: 'VHOST_S3_UPLOAD_MEMORY', arg: 'upload-memory' },
+  metaConcurrency: { doc: 'HEADs in flight while a directory is listed, copies while one is renamed', format: 'positive-int', default: 16, env: 'VHOST_S3_META_CONCURRENCY', arg: 'meta-concurrency' },
+  attrCacheEntries: { doc: 'names whose attributes (or absence) the gateway caches', format: 'positive-int', default: 100_000, env: 'VHOST_S3_ATTR_CACHE_ENTRIES', arg: 'attr-cache-entries' },
+  listCacheEntries: { doc: 'directories whose listing the gateway caches', format: 'positive-int', default: 1000, env: 'VHOST_S3_LIST_CACHE_ENTRIES', arg: 'list-cache-entries' },
 } satisfies Schema;
 
 /** Commands that serve devices until a signal (blk, fs, serve, run). */

@@ -5,7 +5,7 @@ import { loadCommand, loadConfig, type ConfigOf } from '../config.js';
 import { ConfigError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { openStore } from '../backends/store-config.js';
-import { BucketVfs } from '../backends/posix/bucket-vfs.js';
+import { BucketVfs, type BucketVfsOptions } from '../backends/posix/bucket-vfs.js';
 import { FuseServer, type FuseServerOptions } from '../fuse/server.js';
 import { DevFuseMount } from '../fuse/dev-fuse.js';
 import { ReadOnlyVfs } from '../fuse/read-only-vfs.js';
@@ -31,19 +31,43 @@ function checkWritableDir(dir: string, what: string): void {
   }
 }
 
+const GiB = 2 ** 30;
+
+/** A size option within bounds (ConfigError naming the flag otherwise). */
+function sizeWithin(value: number, flag: string, min: number, max: number, what: string): number {
+  if (value < min || value > max) throw new ConfigError(`${flag} must be ${what}, got ${value} bytes`);
+  return value;
+}
+
+/**
+ * The BucketVfs settings of a command's configuration (all but the store, the prefix and
+ * the logger), checked: ConfigError for values the file system cannot work with.
+ */
+export function bucketVfsOptions(cfg: FsConfig): Omit<BucketVfsOptions, 'store' | 'prefix' | 'logger'> {
+  if (cfg.tempDir !== '') checkWritableDir(cfg.tempDir, '--temp-dir');
+  const block = cfg.cacheBlockSize;
+  if (block < 4096 || block > 64 * 2 ** 20 || (block & (block - 1)) !== 0) throw new ConfigError(`--cache-block-size must be a power of two from 4K to 64M, got ${block} bytes`);
+  return {
+    defaultFileMode: octal(cfg.fileMode, '--file-mode'), defaultDirMode: octal(cfg.dirMode, '--dir-mode'),
+    ...(cfg.uid >= 0 ? { uid: cfg.uid } : {}), ...(cfg.gid >= 0 ? { gid: cfg.gid } : {}),
+    attrTtlMs: cfg.attrTimeout * 1000, negativeTtlMs: cfg.negativeTimeout * 1000, listTtlMs: cfg.listTimeout * 1000,
+    attrCacheEntries: cfg.attrCacheEntries, listCacheEntries: cfg.listCacheEntries,
+    pageCacheBytes: cfg.cacheSize, blockSize: block, readAheadBytes: cfg.readAhead, fetchConcurrency: cfg.fetchConcurrency,
+    memoryBudget: cfg.writeBuffer, spillThreshold: cfg.spillThreshold, ...(cfg.tempDir !== '' ? { tempDir: cfg.tempDir } : {}),
+    // S3: one PUT holds at most 5 GiB, and so does one part.
+    multipartThreshold: sizeWithin(cfg.multipartThreshold, '--multipart-threshold', 0, 5 * GiB, 'at most 5G'),
+    partSize: sizeWithin(cfg.partSize, '--part-size', 1, 5 * GiB, 'from 1 byte (raised to the store\'s minimum) to 5G'),
+    uploadConcurrency: cfg.uploadConcurrency, metaConcurrency: cfg.metaConcurrency,
+    uploadMemory: sizeWithin(cfg.uploadMemory, '--upload-memory', 1, Number.MAX_SAFE_INTEGER, 'more than 0'),
+  };
+}
+
 /** Opens the store and the file system over it, as a command's configuration says. */
 export async function openBucketVfs(cfg: FsConfig, log: Logger): Promise<{ vfs: Vfs; bucket: BucketVfs; close: () => Promise<void> }> {
   if (cfg.bucket === '') throw new ConfigError('no bucket given (--bucket s3://bucket[/prefix] or file:/path)');
-  if (cfg.tempDir !== '') checkWritableDir(cfg.tempDir, '--temp-dir');
-  const fileMode = octal(cfg.fileMode, '--file-mode');
-  const dirMode = octal(cfg.dirMode, '--dir-mode');
+  const options = bucketVfsOptions(cfg);
   const { store, prefix } = await openStore(cfg.bucket.endsWith('/') || cfg.bucket.startsWith('s3://') ? cfg.bucket : `${cfg.bucket}/`, cfg, log, false);
-  const bucket = new BucketVfs({
-    store, prefix, logger: log, defaultFileMode: fileMode, defaultDirMode: dirMode,
-    ...(cfg.uid >= 0 ? { uid: cfg.uid } : {}), ...(cfg.gid >= 0 ? { gid: cfg.gid } : {}),
-    attrTtlMs: cfg.attrTimeout * 1000, negativeTtlMs: cfg.negativeTimeout * 1000, listTtlMs: cfg.listTimeout * 1000,
-    pageCacheBytes: cfg.cacheSize, memoryBudget: cfg.writeBuffer, ...(cfg.tempDir !== '' ? { tempDir: cfg.tempDir } : {}),
-  });
+  const bucket = new BucketVfs({ store, prefix, logger: log, ...options });
   const vfs = cfg.readonly ? new ReadOnlyVfs(bucket) : bucket;
   return { vfs, bucket, close: () => bucket.close().finally(() => store.close()) };
 }

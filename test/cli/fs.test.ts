@@ -18,6 +18,7 @@ import { schemas, type OptionSpec } from '../../src/config.js';
 import { ErrnoError } from '../../src/util/errors.js';
 import { CliProcess, isSocket, runCli, type CliResult } from '../support/cli.js';
 import { startS3rver, type S3rver } from '../support/s3rver.js';
+import { FaultProxy } from '../support/fault-proxy.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
 
 const run = promisify(execFile);
@@ -192,6 +193,15 @@ describe('cli: vhost-s3 fs and mount', function () {
     });
     it('more request queues than virtio allows (--queues 5000)', () =>
       expectConfigError(['fs', '--socket', dir.file('s.sock'), '--bucket', store(), '--queues', '5000'], /queues/, {}, dir.file('s.sock')));
+    it('tuning values the file system cannot work with (--cache-block-size 1000, --part-size 0, --multipart-threshold 6G, --upload-concurrency 0, VHOST_S3_READ_AHEAD=lots)', async () => {
+      const base = ['fs', '--socket', dir.file('s.sock'), '--bucket', store()];
+      await expectConfigError([...base, '--cache-block-size', '1000'], /--cache-block-size must be a power of two/, {}, dir.file('s.sock'));
+      await expectConfigError([...base, '--part-size', '0'], /--part-size must be/, {}, dir.file('s.sock'));
+      await expectConfigError([...base, '--multipart-threshold', '6G'], /--multipart-threshold must be at most 5G/, {}, dir.file('s.sock'));
+      await expectConfigError([...base, '--upload-concurrency', '0'], /--upload-concurrency/, {}, dir.file('s.sock'));
+      await expectConfigError([...base], /invalid size "lots"|--read-ahead|VHOST_S3_READ_AHEAD/, { VHOST_S3_READ_AHEAD: 'lots' }, dir.file('s.sock'));
+      await expectConfigError(['mount', '--bucket', store(), '--meta-concurrency', '1.5', dir.path], /--meta-concurrency/);
+    });
     it('a --temp-dir that does not exist (write buffers would fail later with EIO)', () =>
       expectConfigError(['fs', '--socket', dir.file('s.sock'), '--bucket', store(), '--temp-dir', dir.file('no-such-dir')], /--temp-dir|no-such-dir/, {}, dir.file('s.sock')));
     it('a second gateway on the socket of a running one', async () => {
@@ -325,6 +335,33 @@ describe('cli: vhost-s3 fs and mount', function () {
       expect((await c.getattr(f.nodeid)).attr.size).to.equal(9);
       expect((await c.lookup(1, 'g.txt')).attr.size).to.equal(1);
       expect((await c.listdir(1)).map((e) => e.name).filter((n) => n !== '.' && n !== '..').sort()).to.deep.equal(['f.txt', 'g.txt']);
+    });
+
+    it('--multipart-threshold and --part-size reach the uploads: a 12 MiB file goes up in three 5 MiB parts, a 6 MiB one in one PUT', async () => {
+      const proxy = await FaultProxy.start(s3.port);
+      try {
+        proxy.record = true;
+        const sock = dir.file('mp.sock');
+        await startFs(['--socket', sock, '--bucket', `s3://${BUCKET}/mp`, '--endpoint', proxy.endpoint, '--multipart-threshold', '6M', '--part-size', '5M']);
+        const c = await connect(sock);
+        const big = patternBytes(12, 12 * 1024 * 1024);
+        const small = patternBytes(13, 6 * 1024 * 1024);
+        for (const [name, body] of [['big', big], ['small', small]] as const) {
+          const { entry, fh } = await c.create(1, name, O_CREAT | O_WRONLY, S_IFREG | 0o644);
+          for (let off = 0; off < body.length; off += 256 * 1024) await c.write(entry.nodeid, fh, off, body.subarray(off, off + 256 * 1024));
+          await c.release(entry.nodeid, fh);
+        }
+        const uploads = (name: string): string[] => proxy.seen
+          .filter((r) => (r.method === 'PUT' || r.method === 'POST') && new URL(r.url, 'http://x').pathname === `/${BUCKET}/mp/${name}`)
+          .map((r) => `${r.method} ${[...new URL(r.url, 'http://x').searchParams.keys()].filter((k) => k !== 'x-id').join(',')}`);
+        expect(uploads('big')).to.deep.equal(['POST uploads', 'PUT partNumber,uploadId', 'PUT partNumber,uploadId', 'PUT partNumber,uploadId', 'POST uploadId']);
+        expect(uploads('small')).to.deep.equal(['PUT ']);
+        expect(Buffer.from((await store.get('mp/big')).body).equals(Buffer.from(big))).to.equal(true);
+        expect((await store.get('mp/small')).body.length).to.equal(small.length);
+      } finally {
+        for (const p of procs.splice(0)) await p.kill();
+        await proxy.close();
+      }
     });
 
     it('serves only the prefix: keys outside it are neither shown nor touched; new files land under it', async () => {

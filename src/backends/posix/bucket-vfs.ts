@@ -294,6 +294,11 @@ export class BucketVfs implements Vfs {
     this.rootEntry = this.implicitDir();
   }
 
+  /** The settings in effect, defaults filled in. */
+  get options(): Readonly<Required<Omit<BucketVfsOptions, 'store' | 'logger'>>> {
+    return this.o;
+  }
+
   get stats(): BucketVfsStats {
     let dirty = 0;
     let spilled = 0;
