@@ -19,6 +19,9 @@ import { FuseServer } from '../../src/fuse/server.js';
 import { VirtioFsDevice } from '../../src/fuse/virtiofs-device.js';
 import { BucketVfs } from '../../src/backends/posix/bucket-vfs.js';
 import { MemoryStore } from '../../src/backends/memory-store.js';
+import { FileStore } from '../../src/backends/file-store.js';
+import type { ObjectStore } from '../../src/backends/object-store.js';
+import { TmpDir } from '../support/tmp.js';
 import {
   IN_HEADER_SIZE, OUT_HEADER_SIZE, O_CREAT, O_EXCL, O_RDWR, Opcode, encodeInHeader, isNoReply,
 } from '../../src/fuse/abi.js';
@@ -44,7 +47,9 @@ interface QueuePair {
   device: DeviceQueue;
 }
 
-export function makeFuseTarget(ram: GuardedGuestRam, store: MemoryStore, server: FuseServer, device: VirtioFsDevice): FuzzTarget<FuseInput> & { stop(): Promise<void> } {
+export function makeFuseTarget(
+  ram: GuardedGuestRam, store: ObjectStore, vfs: BucketVfs, server: FuseServer, device: VirtioFsDevice, label: string,
+): FuzzTarget<FuseInput> & { stop(): Promise<void> } {
   const pairs: QueuePair[] = [];
   const errors: unknown[] = [];
   const nodes: number[] = [];
@@ -248,6 +253,7 @@ export function makeFuseTarget(ram: GuardedGuestRam, store: MemoryStore, server:
 
   return {
     name: 'fuse',
+    label,
     arbitrary: fuseInputArb,
     async run(input) {
       const features = new Set<string>();
@@ -255,6 +261,13 @@ export function makeFuseTarget(ram: GuardedGuestRam, store: MemoryStore, server:
       check(errors.length === 0, () => `the device threw: ${String(errors[0])}`);
       expect(ram.changedCanaries(), 'canaries between the regions (memfd offsets)').to.deep.equal([]);
       await server.idle();
+      // Whatever the guest was told is written must be storable (a name the store cannot
+      // hold, say, must have been refused, not buffered for ever).
+      try {
+        await vfs.sync();
+      } catch (err) {
+        throw new Error(`the file system cannot store what it accepted: ${(err as Error).message}`);
+      }
       await checkKeys();
       await probe();
       return features;
@@ -267,32 +280,49 @@ export function makeFuseTarget(ram: GuardedGuestRam, store: MemoryStore, server:
   };
 }
 
-describe('fuzz: FUSE messages over virtio-fs (bucket file system on a memory store, guarded guest memory)', function () {
-  this.timeout(120_000);
-  let ram: GuardedGuestRam;
-  let vfs: BucketVfs;
-  let target: ReturnType<typeof makeFuseTarget>;
-  const uncaught: unknown[] = [];
-  const onUncaught = (e: unknown): void => {
-    uncaught.push(e);
-  };
-  before(() => {
-    process.on('uncaughtException', onUncaught);
-    process.on('unhandledRejection', onUncaught);
-    ram = new GuardedGuestRam([R0, R1, R2]);
-    const store = new MemoryStore();
-    vfs = new BucketVfs({ store, logger: silentLogger });
-    const server = new FuseServer(vfs, { log: silentLogger, maxWrite: 64 * 1024 });
-    const device = new VirtioFsDevice({ server, requestQueues: 1, log: silentLogger });
-    target = makeFuseTarget(ram, store, server, device);
+function fuseSuite(title: string, label: string, open: (dir: TmpDir) => Promise<{ store: ObjectStore; prefix: string }>): void {
+  describe(title, function () {
+    this.timeout(120_000);
+    let dir: TmpDir;
+    let ram: GuardedGuestRam;
+    let store: ObjectStore;
+    let vfs: BucketVfs;
+    let target: ReturnType<typeof makeFuseTarget>;
+    const uncaught: unknown[] = [];
+    const onUncaught = (e: unknown): void => {
+      uncaught.push(e);
+    };
+    before(async () => {
+      process.on('uncaughtException', onUncaught);
+      process.on('unhandledRejection', onUncaught);
+      dir = new TmpDir('vhost-s3-fuzz-fuse-');
+      ram = new GuardedGuestRam([R0, R1, R2]);
+      const opened = await open(dir);
+      store = opened.store;
+      vfs = new BucketVfs({ store, prefix: opened.prefix, logger: silentLogger });
+      const server = new FuseServer(vfs, { log: silentLogger, maxWrite: 64 * 1024 });
+      const device = new VirtioFsDevice({ server, requestQueues: 1, log: silentLogger });
+      target = makeFuseTarget(ram, store, vfs, server, device, label);
+    });
+    after(async () => {
+      process.off('uncaughtException', onUncaught);
+      process.off('unhandledRejection', onUncaught);
+      await target?.stop();
+      await vfs?.close();
+      await store?.close();
+      ram?.close();
+      dir?.remove();
+      expect(uncaught, 'exceptions that escaped').to.deep.equal([]);
+    });
+    fuzzTests(() => target);
   });
-  after(async () => {
-    process.off('uncaughtException', onUncaught);
-    process.off('unhandledRejection', onUncaught);
-    await target?.stop();
-    await vfs?.close();
-    ram?.close();
-    expect(uncaught, 'exceptions that escaped').to.deep.equal([]);
-  });
-  fuzzTests(() => target);
-});
+}
+
+fuseSuite('fuzz: FUSE messages over virtio-fs (bucket file system on a memory store, guarded guest memory)', 'fuse (memory store)', async () => ({
+  store: new MemoryStore(), prefix: '',
+}));
+
+// The store of `npm start` (and `vhost-s3 fs --bucket file:`): a directory, with its own limits on names.
+fuseSuite('fuzz: FUSE messages over virtio-fs (bucket file system on a file store, as npm start serves)', 'fuse (file store)', async (dir) => ({
+  store: await FileStore.open(dir.file('store'), { create: true, noSync: true }), prefix: 'share/',
+}));
