@@ -14,24 +14,12 @@ import { FuseClient } from '../../src/frontend/fuse-client.js';
 import { O_CREAT, O_RDONLY, O_WRONLY, S_IFREG } from '../../src/fuse/abi.js';
 import { BlkStatus } from '../../src/blk/protocol.js';
 import { createObjectStore } from '../../src/backends/locator.js';
-import { CliProcess, runCli } from '../support/cli.js';
+import { CliProcess, runCli, startRunServer as startRun } from '../support/cli.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { startS3rver, type S3rver } from '../support/s3rver.js';
 import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
 
 const MiB = 1 << 20;
-
-/** Starts `vhost-s3 run --config <file>` and waits for its banner. */
-export async function startRun(file: string, o: { env?: Record<string, string>; extra?: string[] } = {}): Promise<CliProcess> {
-  const p = new CliProcess(['run', '--config', file, ...(o.extra ?? [])], { env: o.env });
-  try {
-    await p.waitFor('the banner', (out) => out.includes('QEMU:'), 20_000);
-  } catch (err) {
-    await p.kill();
-    throw err;
-  }
-  return p;
-}
 
 function configError(doc: unknown): string {
   try {

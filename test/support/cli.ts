@@ -221,3 +221,15 @@ export async function startBlkServer(o: BlkServerOptions): Promise<CliProcess> {
   }
   return p;
 }
+
+/** `vhost-s3 run --config <file> ...` as a child process, resolved once it printed its exports. */
+export async function startRunServer(file: string, o: CliOptions & { extra?: readonly string[] } = {}): Promise<CliProcess> {
+  const p = new CliProcess(['run', '--config', file, ...(o.extra ?? [])], o);
+  try {
+    await p.waitFor('the list of exports', (out) => out.includes('QEMU:'), 20_000);
+  } catch (err) {
+    await p.kill();
+    throw err;
+  }
+  return p;
+}
