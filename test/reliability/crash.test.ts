@@ -28,7 +28,7 @@ import { startBackend, type Backend, type BackendKind } from '../support/mount.j
 import { TmpDir, patternBytes } from '../support/tmp.js';
 import { allocBlkBuffers, DiskModel, MAX_IO, readWholeDisk, Rng } from './blk-workload.js';
 import { BIG_FILE, FS_MAX_IO, FsModel, newFsTally, readBack, ROOT, writeAll, type FsWorkload } from './fs-workload.js';
-import { report, scaled } from './report.js';
+import { report, scaled, seedOffset } from './report.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
@@ -85,7 +85,7 @@ for (const kind of ['s3', 'file'] as BackendKind[]) {
       const CS = 64 * KiB;
       const keys = new ImageKeys(be.prefix);
       await createImage(be.store, keys, SIZE, CS);
-      const rng = new Rng(kind === 's3' ? 7 : 8);
+      const rng = new Rng((kind === 's3' ? 7 : 8) + seedOffset());
       /** What the client was told is written (acknowledged writes). */
       const model = new DiskModel(SIZE);
       /** The disk as of the last completed FLUSH, and the sectors written (or in flight) since. */
@@ -176,7 +176,7 @@ for (const kind of ['s3', 'file'] as BackendKind[]) {
     it('fs: files fsync\'ed before the kill have their content; files being written are absent or complete; nothing half-written is visible', async () => {
       const be = await startBackend(kind, 'fs');
       cleanups.push(() => be.close());
-      const rng = new Rng(kind === 's3' ? 17 : 18);
+      const rng = new Rng((kind === 's3' ? 17 : 18) + seedOffset());
       /** Name → content as of its last completed fsync (or as found in the store after a crash). */
       const durable = new Map<string, Uint8Array>();
       /** Name → content written since, not yet fsync'ed: after a crash the file holds this or its durable content (or is absent when it has none). */

@@ -23,3 +23,9 @@ export function scaled(n: number): number {
   const f = Number(process.env.VHOST_S3_RELIABILITY_SCALE ?? 1);
   return Math.max(1, Math.round(n * (Number.isFinite(f) && f > 0 ? f : 1)));
 }
+
+/** Added to every seed of the reliability tests: $VHOST_S3_RELIABILITY_SEED explores other fault and workload sequences (default 0). */
+export function seedOffset(): number {
+  const n = Number(process.env.VHOST_S3_RELIABILITY_SEED ?? 0);
+  return Number.isSafeInteger(n) ? n : 0;
+}

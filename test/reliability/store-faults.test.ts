@@ -24,7 +24,7 @@ import { startS3rver, type S3rver } from '../support/s3rver.js';
 import { TmpDir } from '../support/tmp.js';
 import { allocBlkBuffers, blkRound, DiskModel, newBlkTally, readWholeDisk, Rng, verifyStoredChunks } from './blk-workload.js';
 import { FS_MAX_IO, FsModel, fsRound, newFsTally, readBack, settleAndVerify, type FsWorkload } from './fs-workload.js';
-import { report, scaled, type Row } from './report.js';
+import { report, scaled, seedOffset, type Row } from './report.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
@@ -52,7 +52,7 @@ describe('reliability: the store fails (fault proxy between the gateway and s3rv
 
   before(async () => {
     s3 = await startS3rver({ buckets: [BUCKET] });
-    proxy = await FaultProxy.start(s3.port, { seed: 42 });
+    proxy = await FaultProxy.start(s3.port, { seed: 42 + seedOffset() });
     direct = new S3Store({ bucket: BUCKET, endpoint: s3.endpoint, credentials: s3.credentials });
     dir = new TmpDir('vhost-s3-faults-');
   });
@@ -98,7 +98,7 @@ describe('reliability: the store fails (fault proxy between the gateway and s3rv
       for (const [k, cls] of FAULT_CLASSES.entries()) {
         const tally = newBlkTally();
         const before = { injected: proxy.counts[cls], requests: proxy.requests, t: Date.now() };
-        const w = { client, model, chunkSize: CS, rng: new Rng(100 + k), tally, verifyStore: (chunks: Iterable<number>) => verifyStoredChunks(direct, keys, CS, model, chunks) };
+        const w = { client, model, chunkSize: CS, rng: new Rng(100 + k + seedOffset()), tally, verifyStore: (chunks: Iterable<number>) => verifyStoredChunks(direct, keys, CS, model, chunks) };
         if (cls === 'down') {
           // An outage (more with a scale); the first round starts inside it, so its FLUSH (and uncached reads) must fail.
           for (let o = 0; o < scaled(1); o++) {
@@ -185,7 +185,7 @@ describe('reliability: the store fails (fault proxy between the gateway and s3rv
       for (const [k, cls] of FAULT_CLASSES.entries()) {
         const tally = newFsTally();
         const before = { injected: proxy.counts[cls], requests: proxy.requests, t: Date.now() };
-        const w: FsWorkload = { client, model, rng: new Rng(200 + k), tally, store: direct, prefix: 'fs/' };
+        const w: FsWorkload = { client, model, rng: new Rng(200 + k + seedOffset()), tally, store: direct, prefix: 'fs/' };
         if (cls === 'down') {
           for (let o = 0; o < scaled(1); o++) {
             const outage = proxy.down(OUTAGE_MS);
