@@ -28,6 +28,8 @@ export interface BlkClientOptions {
   readonly indirect?: boolean;
   readonly eventIdx?: boolean;
   readonly log?: VhostLogger;
+  /** Negotiate INFLIGHT_SHMFD when offered, as QEMU (default true; see VirtioClientOptions). */
+  readonly inflight?: boolean;
   /** Reconnect to a restarted backend and have it finish outstanding requests (see VirtioClientOptions). */
   readonly reconnectMs?: number;
 }
@@ -113,6 +115,7 @@ export class BlkClient implements BlkIo {
         indirect: opts.indirect,
         eventIdx: opts.eventIdx,
         log: opts.log,
+        inflight: opts.inflight,
         reconnectMs: opts.reconnectMs,
       },
       (queue, slot, len) => self!.complete(queue, slot, len),

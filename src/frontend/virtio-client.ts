@@ -26,6 +26,12 @@ export interface VirtioClientOptions {
   readonly eventIdx?: boolean;
   readonly log?: VhostLogger;
   /**
+   * Negotiate INFLIGHT_SHMFD when the backend offers it and keep its region, as QEMU's
+   * vhost-user-blk does (default true), so that the backend pays for the tracking as it
+   * does under QEMU. Needed for reconnectMs.
+   */
+  readonly inflight?: boolean;
+  /**
    * What QEMU does with `-chardev socket,reconnect=N` and INFLIGHT_SHMFD: when the backend
    * goes away, requests stay outstanding, the client connects again (for up to this many
    * ms) and replays the device state — inflight region, features, memory, rings with
@@ -186,10 +192,9 @@ export class VirtioClient<T> {
     const session = await FrontendSession.connect(path, { log: opts.log });
     let memory: FrontendMemory | null = null;
     let inflight: InflightFd | null = null;
-    const reconnect = (opts.reconnectMs ?? 0) > 0;
     try {
       const neg = await session.negotiate(
-        reconnect ? { protocolFeatures: FRONTEND_PROTOCOL_FEATURES | ProtocolFeature.INFLIGHT_SHMFD } : {},
+        opts.inflight === false ? {} : { protocolFeatures: FRONTEND_PROTOCOL_FEATURES | ProtocolFeature.INFLIGHT_SHMFD },
       );
       const want = opts.deviceFeatures | VIRTIO_F_VERSION_1
         | (opts.indirect === false ? 0n : VIRTIO_RING_F_INDIRECT_DESC)

@@ -1,6 +1,7 @@
 // Backend restart without the frontend noticing (INFLIGHT_SHMFD): our frontend keeps a
 // verified read/write load on a `vhost-s3 blk` child, the child is killed with SIGKILL
-// while requests are in flight and a new one is started on the same socket; the frontend
+// while requests are in flight (stopped, woken, killed a few ms later; restarted until a
+// kill found requests to resubmit) and a new one is started on the same socket; the frontend
 // reconnects, replays the inflight region and the ring state (base = used.idx, as QEMU),
 // and every request completes exactly once with the right data.
 import { expect } from 'chai';
@@ -10,12 +11,14 @@ import { BlkStatus } from '../../src/blk/protocol.js';
 import type { SharedBuffer } from '../../src/frontend/memory.js';
 import { CliProcess, startBlkServer } from '../support/cli.js';
 import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
-import { waitFor } from '../support/wait.js';
+import { sleep, waitFor } from '../support/wait.js';
 
 const BLOCK = 4096;
 const BLOCKS = 2048; // 8 MiB disk
 const DEPTH = 48; // requests kept in flight (over 2 queues)
+/** Restarts at least this many times, and on until a restart had requests to resubmit (at most MAX_RESTARTS). */
 const RESTARTS = 3;
+const MAX_RESTARTS = 8;
 
 interface Op {
   readonly id: number;
@@ -33,10 +36,14 @@ describe('vhost: backend restart with requests in flight (INFLIGHT_SHMFD)', func
   beforeEach(() => {
     dir = new TmpDir('vhost-s3-restart-');
   });
-  afterEach(async () => {
+  afterEach(async function () {
+    const failed = this.currentTest?.state === 'failed';
     await client?.close();
     client = null;
-    for (const s of servers.splice(0)) await s.kill();
+    for (const s of servers.splice(0)) {
+      if (failed) console.log(s.describe());
+      await s.kill();
+    }
     dir.remove();
   });
 
@@ -102,23 +109,30 @@ describe('vhost: backend restart with requests in flight (INFLIGHT_SHMFD)', func
     issue();
 
     let resubmitted = 0;
-    for (let r = 0; r < RESTARTS; r++) {
+    const state = (): string => `(${done} done, ${outstanding} outstanding, ${c.virtio.reconnects} reconnects, failures: ${failures.slice(0, 3).join('; ')})`;
+    for (let r = 0; r < RESTARTS || (resubmitted === 0 && r < MAX_RESTARTS); r++) {
       const before = done;
-      await waitFor(() => done >= before + 300, 30_000, 'the load to make progress');
+      await waitFor(() => done >= before + 300, 30_000, `the load to make progress ${state()}`);
       const old = servers[servers.length - 1]!;
+      // Stopped while the frontend fills the rings, woken, and killed while it serves what
+      // piled up: requests are then in flight at the kill by design rather than by luck.
+      old.proc.kill('SIGSTOP');
+      await sleep(100);
+      old.proc.kill('SIGCONT');
+      await sleep(1 + (r % 4) * 3);
       old.proc.kill('SIGKILL');
       const st = await old.exited;
       expect(st.signal).to.equal('SIGKILL');
       const fresh = await start();
-      await waitFor(() => c.virtio.reconnects === r + 1, 30_000, 'the frontend to reconnect');
-      await waitFor(() => done >= before + 600, 30_000, 'the load to go on after the restart');
+      await waitFor(() => c.virtio.reconnects === r + 1, 30_000, `the frontend to reconnect ${state()}`);
+      await waitFor(() => done >= before + 600, 30_000, `the load to go on after the restart ${state()}`);
       for (const l of fresh.logLines()) {
         if (l.msg === 'ring recovered from the inflight region') resubmitted += l.resubmit as number;
       }
       expect(failures, failures.slice(0, 5).join('\n')).to.deep.equal([]);
     }
     issuing = false;
-    await waitFor(() => outstanding === 0, 30_000, 'outstanding requests to complete');
+    await waitFor(() => outstanding === 0, 30_000, `outstanding requests to complete ${state()}`);
     expect(failures, failures.slice(0, 5).join('\n')).to.deep.equal([]);
     expect(c.disconnected).to.equal(false);
     expect(c.broken, 'no impossible completion (a duplicate would be one)').to.equal(false);
@@ -137,7 +151,7 @@ describe('vhost: backend restart with requests in flight (INFLIGHT_SHMFD)', func
     const raw = makeRawFile(dir.file('disk.raw'), BLOCKS * BLOCK);
     const sock = dir.file('blk.sock');
     servers.push(await startBlkServer({ socket: sock, image: `file:${raw}` }));
-    const c = await BlkClient.connect(sock);
+    const c = await BlkClient.connect(sock, { inflight: false });
     client = c;
     expect(c.virtio.inflightRegion).to.equal(null);
     const buf = c.allocBuffer(BLOCK);
