@@ -27,7 +27,7 @@ const MiB = 1024 * KiB;
  * What the gateway holds beyond its configured caches and buffers: the idle process (Node,
  * V8 and the loaded code, AWS SDK included: ~78 MiB, of which ~40 MiB file-backed), requests
  * in flight (up to 1 MiB each), tables, and garbage V8 has not collected yet (freed buffers
- * are returned at its next GC). Measured under this load: 49–84 MiB above idle plus caches,
+ * are returned at its next GC). Measured under this load: 41–84 MiB above idle plus caches,
  * not growing with a three times longer load; the figures are in docs/reliability.md,
  * "Load and limits".
  */
