@@ -19,9 +19,23 @@ interface Command {
   readonly run: (argv: string[]) => Promise<void>;
 }
 
+const RUN_USAGE = `vhost-s3 run --config exports.json [--shutdown-timeout 30]
+
+exports.json:
+  {
+    "defaults": { "endpoint": "http://127.0.0.1:9000" },
+    "exports": [
+      { "type": "blk", "socket": "/run/vhost-s3/vm1-disk.sock", "image": "s3://bkt/images/vm1", "queues": 2 },
+      { "type": "fs", "socket": "/run/vhost-s3/vm1-fs.sock", "bucket": "s3://bkt/share", "tag": "data" }
+    ]
+  }
+Every field of an export is a flag of \`vhost-s3 blk\` or \`vhost-s3 fs\` without its dashes
+(see their --help); "defaults" go to every export whose type has the field. SIGHUP re-reads
+the file and applies the shares' attr/entry/negative/list timeouts (docs/configuration.md).`;
+
 const commands: Partial<Record<CommandName, Command>> = {
   serve: { summary: 'run the gateway on the embedded default store (what `npm start` runs)', usage: 'vhost-s3 serve [options]', run: runServe },
-  run: { summary: 'serve several blk and fs exports from one process, listed in a JSON file (SIGHUP reloads it)', usage: 'vhost-s3 run --config exports.json [--shutdown-timeout 30]', run: runRun },
+  run: { summary: 'serve several blk and fs exports from one process, listed in a JSON file (SIGHUP reloads it)', usage: RUN_USAGE, run: runRun },
   blk: { summary: 'serve a disk image over a vhost-user-blk socket', usage: 'vhost-s3 blk --socket PATH --image file:/path/disk.raw [options]', run: runBlk },
   fs: { summary: 'serve a bucket as a virtio-fs device over a vhost-user socket', usage: 'vhost-s3 fs --socket PATH --bucket s3://bucket[/prefix] [--tag data] [options]', run: runFs },
   mount: { summary: 'mount a bucket on the host through /dev/fuse (root)', usage: 'vhost-s3 mount --bucket s3://bucket[/prefix] MOUNTPOINT [options]', run: runMount },

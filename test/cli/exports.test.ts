@@ -114,6 +114,7 @@ describe('cli: exports file validation', () => {
       const h = await runCli(['run', '--help']);
       expect(h.code).to.equal(0);
       expect(h.stdout).to.match(/--config/).and.match(/--shutdown-timeout/).and.match(/VHOST_S3_CONFIG/);
+      expect(h.stdout).to.include('"type": "blk"').and.include('"type": "fs"').and.include('SIGHUP');
     } finally {
       dir.remove();
     }
