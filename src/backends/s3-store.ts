@@ -14,6 +14,9 @@
 //   resumed bytes belong to the same version).
 // - Bodies we send are always in memory (Uint8Array), so every attempt can resend them;
 //   large files go through multipart (`putLarge`) part by part.
+// - Per-request CPU: `cacheMiddleware` (the SDK builds the middleware stack once per
+//   command type): a listing of 10,000 files without metadata in the listing is 10,000
+//   HEADs, and the client's CPU per HEAD is what a busy machine makes us wait for.
 // - Concurrency: a p-queue bounds requests in flight (default 32); a request holds its
 //   slot until its response body is consumed. A keep-alive agent with maxSockets equal to
 //   that bound reuses connections instead of paying a handshake per request.
@@ -171,6 +174,9 @@ export class S3Store implements ObjectStore {
       responseChecksumValidation: opts.responseChecksumValidation ?? 'WHEN_REQUIRED',
       maxAttempts: Math.max(1, opts.maxAttempts ?? 5),
       retryMode: 'standard',
+      // The middleware stack resolved once per command type, not on every send (we add no
+      // per-command middleware): about a third less client CPU per small request (HEAD).
+      cacheMiddleware: true,
       requestHandler: {
         httpAgent: this.agents.http,
         httpsAgent: this.agents.https,
