@@ -37,7 +37,7 @@
 // another process writing the same store — one gateway process owns a store directory.
 import { randomBytes } from 'node:crypto';
 import {
-  closeSync, constants as fsc, type Stats, fstatSync, linkSync, mkdirSync, openSync, read as readCb, readSync, renameSync, rmdirSync,
+  closeSync, constants as fsc, type Stats, fstatSync, linkSync, mkdirSync, openSync, read as readCb, readSync, readvSync, renameSync, rmdirSync,
   statSync, unlinkSync, writevSync,
 } from 'node:fs';
 import { constants as osc } from 'node:os';
@@ -84,6 +84,13 @@ const MAGIC = Buffer.from('VHS3OBJ1', 'latin1');
 const COPY_CHUNK = 8 * 1024 * 1024;
 /** Bodies up to this are written and read with synchronous calls (see the top of the file). */
 const SYNC_IO_MAX = 256 * 1024;
+/**
+ * Reads up to this are synchronous too: a read of a local file is mostly a copy out of the
+ * kernel's page cache (~1 ms for 8 MiB), cheaper than two thread hand-offs, which on a busy
+ * machine wait for a CPU each (measured: read-1m 83 MiB/s through the pool with the load
+ * of other processes at 1.6 cores, against virtiofsd's 436 MiB/s).
+ */
+const SYNC_READ_MAX = 8 * 1024 * 1024;
 /** Files and directories remembered for the next sync(); beyond this a write syncs them first. */
 const MAX_UNSYNCED = 8192;
 /**
@@ -205,6 +212,43 @@ export class FileStore implements ObjectStore {
       const want = Math.max(0, Math.min(target.length, size - offset));
       const n = want === 0 ? 0 : await readFully(fd, target.subarray(0, want), HEADER_SIZE + offset);
       return { ...head, bytesRead: n };
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Reads straight into the caller's buffers with one preadv (virtio-fs READ into guest memory). */
+  readIntoSync(key: string, etag: string, offset: number, length: number, targets: readonly Uint8Array[]): number {
+    validateRange(offset, length);
+    const path = this.pathOf(key);
+    const fd = this.openObject(path, key, 'get');
+    try {
+      const { head, size } = readHead(fd, key, path);
+      if (head.etag !== etag) throw new StoreError('ESTALE', `get: ${key} changed (ETag ${head.etag})`, { op: 'get', key });
+      let want = Math.max(0, Math.min(length, size - offset));
+      let views: Uint8Array[] = [];
+      for (const t of targets) {
+        if (want === 0) break;
+        const n = Math.min(t.length, want);
+        views.push(n === t.length ? t : t.subarray(0, n));
+        want -= n;
+      }
+      let done = 0;
+      while (views.length > 0) {
+        let n = readvSync(fd, views, HEADER_SIZE + offset + done);
+        if (n === 0) break;
+        done += n;
+        const rest: Uint8Array[] = [];
+        for (const v of views) {
+          if (n >= v.length) n -= v.length;
+          else {
+            rest.push(n > 0 ? v.subarray(n) : v);
+            n = 0;
+          }
+        }
+        views = rest;
+      }
+      return done;
     } finally {
       closeSync(fd);
     }
@@ -851,7 +895,7 @@ async function readFully(fd: number, target: Uint8Array, position: number): Prom
   let done = 0;
   while (done < target.length) {
     const want = target.length - done;
-    const n = want <= SYNC_IO_MAX ? readSync(fd, target, done, want, position + done) : await readAsync(fd, target, done, want, position + done);
+    const n = want <= SYNC_READ_MAX ? readSync(fd, target, done, want, position + done) : await readAsync(fd, target, done, want, position + done);
     if (n === 0) break;
     done += n;
   }

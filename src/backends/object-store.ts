@@ -176,6 +176,14 @@ export interface ObjectStore {
   /** Makes every write that completed before the call durable (see the top of the file). */
   sync(): Promise<void>;
 
+  /**
+   * Optional, for stores whose reads are local system calls (file): reads up to `length`
+   * bytes at `offset` of version `etag` of `key` straight into `targets` (in order), on the
+   * calling thread. Returns the bytes read (short at the end of the object). ESTALE when
+   * the object is not that version any more, ENOENT when it is gone.
+   */
+  readIntoSync?(key: string, etag: string, offset: number, length: number, targets: readonly Uint8Array[]): number;
+
   /** Releases sockets and timers. */
   close(): Promise<void>;
 }

@@ -17,6 +17,11 @@ export interface FuseReply {
   readonly parts: readonly Uint8Array[];
   /** Sum of the parts' lengths. */
   readonly length: number;
+  /**
+   * The payload (`length` bytes, no parts) is already in the transport's reply buffer:
+   * a READ read straight into it (see PayloadTarget in server.ts).
+   */
+  readonly inPlace?: true;
 }
 
 export function errorReply(unique: bigint, errno: number): FuseReply {

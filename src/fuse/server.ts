@@ -81,6 +81,15 @@ export interface FuseCounters {
 /** Called exactly once per dispatched request: its reply, or null when it takes none. */
 export type ReplyCallback = (reply: FuseReply | null) => void;
 
+/**
+ * Offered by a transport whose reply buffers are memory it can hand out (virtio-fs: the
+ * guest's writable descriptors): views of the first `length` bytes of the reply payload
+ * room (after the out header), or null. A READ of a file that can read in place
+ * (OpenFile.readInto) fills them and answers with an `inPlace` reply: one copy, from the
+ * file into guest memory.
+ */
+export type PayloadTarget = (length: number) => readonly Uint8Array[] | null;
+
 /** INIT flags we turn on when the kernel offers them. */
 const WANTED_FLAGS = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS
   | FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES;
@@ -96,7 +105,7 @@ class Pending {
   settled = false;
   /** Undo what the request did if its reply is not delivered (interrupted, did not fit). */
   readonly undo: (() => void)[] = [];
-  constructor(readonly req: FuseRequest, readonly maxReply: number, readonly done: ReplyCallback) {}
+  constructor(readonly req: FuseRequest, readonly maxReply: number, readonly done: ReplyCallback, readonly payload: PayloadTarget | undefined) {}
 }
 
 /** The open(2) flags of an OPEN or CREATE as the Vfs takes them. */
@@ -195,7 +204,7 @@ export class FuseServer {
    * Handles one request message (header first). `maxReply` is the room for the payload
    * after the out header. `done` may be called before dispatch() returns.
    */
-  dispatch(bytes: Uint8Array, maxReply: number, done: ReplyCallback): void {
+  dispatch(bytes: Uint8Array, maxReply: number, done: ReplyCallback, payload?: PayloadTarget): void {
     this.counters.requests++;
     const d = decodeRequest(bytes);
     if (!d.ok) {
@@ -226,7 +235,7 @@ export class FuseServer {
       this.counters.errors++;
       return done(errorReply(req.h.unique, E.EIO));
     }
-    const p = new Pending(req, maxReply, done);
+    const p = new Pending(req, maxReply, done, payload);
     const unique = req.h.unique;
     this.pending.set(unique, p);
     this.inflight++;
@@ -544,6 +553,12 @@ export class FuseServer {
         if (req.size > Math.max(this.opts.maxWrite, this.opts.maxPages * 4096)) fail('EINVAL', 'read larger than max_pages');
         if (req.size > p.maxReply) fail('EIO', 'no room for the read data');
         if (req.size === 0 || req.offset > MAX_SAFE) return ok();
+        if (p.payload !== undefined && h.file.readInto !== undefined) {
+          // Before any await: the reply buffers are written while nothing else can run.
+          const views = p.payload(req.size);
+          const n = views === null ? null : h.file.readInto(req.offset, req.size, views);
+          if (n !== null) return { unique: u, error: 0, parts: [], length: Math.min(n, req.size), inPlace: true };
+        }
         const data = await h.file.read(req.offset, req.size);
         return ok(data.length > req.size ? data.subarray(0, req.size) : data);
       }

@@ -91,6 +91,14 @@ export interface CreateFlags extends OpenFlags {
 export interface OpenFile {
   /** Reads up to `length` bytes at `offset` (short only at end of file). */
   read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Optional, synchronous: reads up to `length` bytes at `offset` straight into `targets`
+   * (filled in order; their lengths add up to at least `length`) and returns how many
+   * (short only at end of file); null when this file cannot be read that way now (the
+   * engine then calls read()). Synchronous so that nothing can happen to the reply buffers
+   * (an INTERRUPT answered, the chain given back) while they are written.
+   */
+  readInto?(offset: number, length: number, targets: readonly Uint8Array[]): number | null;
   /** Writes `data` at `offset` (for O_APPEND files the engine passes the end of file). Returns bytes written. */
   write(offset: number, data: Uint8Array): Promise<number>;
   /** Current attributes including buffered writes. */

@@ -11,12 +11,15 @@
 // memory into a fresh buffer (write data included: the Vfs may keep it, and a guest must
 // not be able to change it underneath). A reply is written part by part straight into
 // the writable descriptors (READ data goes from the Vfs's buffer to guest memory in one
-// copy). A chain whose writable part cannot hold even an out header is given back with
-// length 0; one with too much readable data is answered EINVAL without being copied.
+// copy; a file that reads in place, as the file store's do, is read by preadv straight
+// into the descriptors: PayloadTarget in server.ts). A chain whose writable part cannot
+// hold even an out header is given back with length 0; one with too much readable data is
+// answered EINVAL without being copied.
 import type { VhostUserDevice } from '../vhost/device.js';
 import type { DeviceQueue } from '../virtio/queue.js';
 import { ServedQueue } from '../virtio/served-queue.js';
 import type { DescriptorChain } from '../virtio/chain.js';
+import type { Segment } from '../virtio/memory.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../virtio/features.js';
 import type { Logger } from '../util/log.js';
 import { E, IN_HEADER_SIZE, OUT_HEADER_SIZE, Opcode, encodeOutHeader, opcodeName } from './abi.js';
@@ -168,7 +171,7 @@ export class VirtioFsDevice implements VhostUserDevice {
       if (reply === null) st.complete(chain.head, 0);
       else this.replyNow(st, chain, reply);
       st.end();
-    });
+    }, (length) => payloadViews(chain, length));
   }
 
   /** Writes out header + parts into the writable part and returns the chain. */
@@ -181,6 +184,11 @@ export class VirtioFsDevice implements VhostUserDevice {
       return;
     }
     chain.write(0, encodeOutHeader({ len: total, error: reply.error, unique: reply.unique }));
+    if (reply.inPlace) {
+      // The payload was read straight into the writable descriptors (PayloadTarget).
+      st.complete(chain.head, total);
+      return;
+    }
     let pos = OUT_HEADER_SIZE;
     for (const part of reply.parts) {
       chain.write(pos, part);
@@ -188,4 +196,13 @@ export class VirtioFsDevice implements VhostUserDevice {
     }
     st.complete(chain.head, total);
   }
+}
+
+/** Views of the guest's writable buffers after the out header (the reply payload room), or null. */
+function payloadViews(chain: DescriptorChain, length: number): Uint8Array[] | null {
+  const room = chain.writableLength - OUT_HEADER_SIZE;
+  if (length <= 0 || length > room) return null;
+  const segs: Segment[] = [];
+  if (!chain.sliceWritable(OUT_HEADER_SIZE, length, segs)) return null;
+  return segs.map((g) => new Uint8Array(g.buf, g.offset, g.length));
 }

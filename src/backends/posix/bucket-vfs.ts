@@ -1303,6 +1303,24 @@ export class BucketVfs implements Vfs {
     });
   }
 
+  /**
+   * A read straight into the caller's buffers, for a store that reads on the calling
+   * thread (the file store: its files are in the kernel's page cache, so ours is skipped).
+   * null when it does not apply: a file with buffered writes, another store, a version that
+   * changed (read() then looks it up again).
+   */
+  readNodeInto(n: FileNode, offset: number, length: number, targets: readonly Uint8Array[]): number | null {
+    const base = n.base;
+    if (n.buf || !base || !this.store.readIntoSync || !Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) return null;
+    if (offset >= base.size || length === 0) return 0;
+    try {
+      return this.store.readIntoSync(base.key, base.etag, offset, Math.min(length, base.size - offset), targets);
+    } catch (err) {
+      if (err instanceof StoreError && (err.code === 'ESTALE' || err.code === 'ENOENT') && !err.missingContainer) return null;
+      throw this.fsError('read', err);
+    }
+  }
+
   async readNode(n: FileNode, offset: number, length: number, h: Handle): Promise<Uint8Array> {
     if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) throw errno('EINVAL');
     for (let attempt = 0; ; attempt++) {
@@ -1430,6 +1448,11 @@ class Handle implements OpenFile {
   async read(offset: number, length: number): Promise<Uint8Array> {
     this.check();
     return this.vfs.guarded('read', () => this.vfs.readNode(this.node, offset, length, this));
+  }
+
+  readInto(offset: number, length: number, targets: readonly Uint8Array[]): number | null {
+    if (this.released) return null; // read() reports EBADF
+    return this.vfs.readNodeInto(this.node, offset, length, targets);
   }
 
   async write(offset: number, data: Uint8Array): Promise<number> {
