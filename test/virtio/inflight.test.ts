@@ -2,6 +2,7 @@
 // queue "crashes" (is abandoned) at each point of a request's life, a new one takes over
 // the same ring with the same region, and every request completes exactly once.
 import { expect } from 'chai';
+import fc from 'fast-check';
 import { DeviceQueue } from '../../src/virtio/queue.js';
 import { InflightQueue, InflightRegion, inflightQueueBytes, inflightRegionBytes } from '../../src/virtio/inflight.js';
 import { jsRingOps, type RingOps } from '../../src/virtio/ring-ops.js';
@@ -177,6 +178,28 @@ describe('virtio/inflight: tracking requests across a backend crash', () => {
     popHeads(device, 1);
     const max = Math.max(...expected.map((h) => region.counterOf(h)));
     expect(region.counterOf(third.get(6)!)).to.be.above(max);
+  });
+
+  it('any region contents (a frontend may hand over garbage): recovery neither throws nor resubmits anything out of range', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: inflightQueueBytes(SIZE), maxLength: inflightQueueBytes(SIZE) }), fc.integer({ min: 0, max: 0xffff }), (bytes, used) => {
+        const buf = new ArrayBuffer(inflightQueueBytes(SIZE));
+        new Uint8Array(buf).set(bytes);
+        const q = new InflightQueue(buf, 0, SIZE);
+        const r = q.recover(used);
+        expect(new Set(r.resubmit).size).to.equal(r.resubmit.length);
+        for (const h of r.resubmit) expect(h).to.be.within(0, SIZE - 1);
+        for (let i = 1; i < r.resubmit.length; i++) expect(q.counterOf(r.resubmit[i - 1]!)).to.be.at.most(q.counterOf(r.resubmit[i]!));
+        expect(r.lastAvailIdx).to.equal((used + r.resubmit.length) & 0xffff);
+        expect(q.usedIdx).to.equal(used);
+        // Tracking goes on from there without touching anything outside the slice.
+        q.popped(SIZE - 1);
+        q.pushed(SIZE - 1);
+        q.published((used + 1) & 0xffff);
+        expect(q.isInflight(SIZE - 1)).to.equal(false);
+      }),
+      { numRuns: 300 },
+    );
   });
 
   it('a region whose used_idx is from a re-created ring (more than a ring apart) walks no batch', () => {
