@@ -64,6 +64,8 @@ import {
   type ByteRange,
   type CompleteOptions,
   type CompletedPart,
+  type PartCopySource,
+  readPartCopySource,
   type CopyOptions,
   type GetResult,
   type ListOptions,
@@ -407,6 +409,11 @@ export class FileStore implements ObjectStore {
     const prefix = `p${partNumber}-`;
     for (const n of await readdir(dir)) if (n.startsWith(prefix) && n !== name && !n.startsWith(TEMP_TAG)) await unlink(join(dir, n)).catch(() => undefined);
     return etag;
+  }
+
+  /** Reads the range and stores it as the part (a local store has nothing to gain from a server-side copy). */
+  async uploadPartCopy(key: string, uploadId: string, partNumber: number, source: PartCopySource): Promise<string> {
+    return this.uploadPart(key, uploadId, partNumber, await readPartCopySource(this, source));
   }
 
   async completeMultipart(key: string, uploadId: string, parts: readonly CompletedPart[], opts: CompleteOptions = {}): Promise<PutResult> {

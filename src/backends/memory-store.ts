@@ -20,6 +20,8 @@ import {
   type ByteRange,
   type CompleteOptions,
   type CompletedPart,
+  type PartCopySource,
+  readPartCopySource,
   type CopyOptions,
   type GetResult,
   type ListOptions,
@@ -144,6 +146,11 @@ export class MemoryStore implements ObjectStore {
     const etag = newEtag();
     u.parts.set(partNumber, { etag, data: body.slice() });
     return etag;
+  }
+
+  /** Reads the range and stores it as the part (a local store has nothing to gain from a server-side copy). */
+  async uploadPartCopy(key: string, uploadId: string, partNumber: number, source: PartCopySource): Promise<string> {
+    return this.uploadPart(key, uploadId, partNumber, await readPartCopySource(this, source));
   }
 
   async completeMultipart(key: string, uploadId: string, parts: readonly CompletedPart[], opts: CompleteOptions = {}): Promise<PutResult> {

@@ -170,6 +170,13 @@ export interface ObjectStore {
   createMultipart(key: string, opts?: MultipartOptions): Promise<string>;
   /** partNumber 1..10000; returns the part's ETag. */
   uploadPart(key: string, uploadId: string, partNumber: number, body: Uint8Array): Promise<string>;
+  /**
+   * UploadPartCopy: the part is a byte range of a stored object (the key being replaced
+   * included), copied inside the store instead of sent. ENOENT without the source, EINVAL
+   * for a range outside it, ESTALE when `source.ifMatch` is not its ETag, ENOTSUP where the
+   * server does not implement it (s3rver answers 501): callers upload the bytes instead.
+   */
+  uploadPartCopy(key: string, uploadId: string, partNumber: number, source: PartCopySource): Promise<string>;
   completeMultipart(key: string, uploadId: string, parts: readonly CompletedPart[], opts?: CompleteOptions): Promise<PutResult>;
   abortMultipart(key: string, uploadId: string): Promise<void>;
 
@@ -371,7 +378,39 @@ export interface PutLargeOptions extends PutOptions {
   readonly concurrency?: number;
 }
 
-export type PartSource = { readonly size: number; read(offset: number, target: Uint8Array): Promise<number> };
+/** A byte range of a stored object, the source of an UploadPartCopy. */
+export interface PartCopySource {
+  readonly key: string;
+  readonly offset: number;
+  /** At least 1 byte. */
+  readonly length: number;
+  /** Copy only from this version (ESTALE otherwise). */
+  readonly ifMatch?: string;
+}
+
+export interface PartSource {
+  readonly size: number;
+  read(offset: number, target: Uint8Array): Promise<number>;
+  /**
+   * Where the bytes of [offset, offset + length) already are, unchanged, in the store: that
+   * part is copied there (UploadPartCopy) rather than read and sent. null: send it.
+   */
+  copySource?(offset: number, length: number): PartCopySource | null;
+  /** The store refused a copy (ENOTSUP: not implemented; ESTALE: the source changed): the part was read and sent instead. */
+  copyRefused?(err: StoreError): void;
+}
+
+/** The bytes of a PartCopySource, checked as UploadPartCopy checks them (for stores that copy parts by reading them). */
+export async function readPartCopySource(store: ObjectStore, source: PartCopySource): Promise<Uint8Array> {
+  const { key, offset, length } = source;
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 1)
+    throw new StoreError('EINVAL', `uploadPartCopy: bad source range ${offset}+${length}`, { op: 'uploadPartCopy', key });
+  const got = await store.get(key, { range: { offset, length } });
+  if (source.ifMatch !== undefined && got.etag !== source.ifMatch)
+    throw new StoreError('ESTALE', `uploadPartCopy: ${key} changed (If-Match failed)`, { op: 'uploadPartCopy', key });
+  if (got.body.length !== length) throw new StoreError('EINVAL', `uploadPartCopy: range ${offset}+${length} outside ${key} (${got.size} bytes)`, { op: 'uploadPartCopy', key, storeCode: 'InvalidRange' });
+  return got.body;
+}
 
 /** Part size for an object of `size` bytes: at least `wanted`, min part size, and ≤ maxParts parts. */
 export function choosePartSize(size: number, caps: StoreCapabilities, wanted = 16 * 1024 * 1024): number {
@@ -385,7 +424,9 @@ export function choosePartSize(size: number, caps: StoreCapabilities, wanted = 1
 
 /**
  * A multipart upload of `source` (read part by part, so memory stays at
- * partSize × concurrency), aborted on failure.
+ * partSize × concurrency), aborted on failure. Parts the source says are unchanged
+ * bytes of a stored object are copied in the store (UploadPartCopy); where the store
+ * refuses that they are read and sent like the others.
  */
 export async function putLarge(store: ObjectStore, key: string, source: PartSource, opts: PutLargeOptions = {}): Promise<PutResult> {
   const partSize = choosePartSize(source.size, store.capabilities, opts.partSize);
@@ -394,12 +435,25 @@ export async function putLarge(store: ObjectStore, key: string, source: PartSour
   const parts: CompletedPart[] = new Array<CompletedPart>(count);
   try {
     let next = 0;
+    let copying = source.copySource !== undefined;
     const worker = async (): Promise<void> => {
       for (;;) {
         const i = next++;
         if (i >= count) return;
         const offset = i * partSize;
-        const buf = new Uint8Array(Math.min(partSize, source.size - offset));
+        const length = Math.min(partSize, source.size - offset);
+        const from = copying ? (source.copySource?.(offset, length) ?? null) : null;
+        if (from !== null) {
+          try {
+            parts[i] = { partNumber: i + 1, etag: await store.uploadPartCopy(key, uploadId, i + 1, from) };
+            continue;
+          } catch (err) {
+            if (!(err instanceof StoreError) || (err.code !== 'ENOTSUP' && err.code !== 'ESTALE')) throw err;
+            if (err.code === 'ENOTSUP') copying = false;
+            source.copyRefused?.(err);
+          }
+        }
+        const buf = new Uint8Array(length);
         const n = await source.read(offset, buf);
         if (n !== buf.length) throw new StoreError('EIO', `putLarge: source shrank while uploading ${key}`, { op: 'putLarge', key });
         parts[i] = { partNumber: i + 1, etag: await store.uploadPart(key, uploadId, i + 1, buf) };

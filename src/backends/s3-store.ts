@@ -55,6 +55,7 @@ import {
   PutObjectCommand,
   S3Client,
   UploadPartCommand,
+  UploadPartCopyCommand,
   type GetObjectCommandOutput,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
@@ -79,6 +80,7 @@ import {
   type ByteRange,
   type CompleteOptions,
   type CompletedPart,
+  type PartCopySource,
   type CopyOptions,
   type GetResult,
   type ListOptions,
@@ -454,6 +456,23 @@ export class S3Store implements ObjectStore {
     );
     if (!out.ETag) throw new StoreError('EIO', 'uploadPart: reply without an ETag', { op: 'uploadPart', key });
     return out.ETag;
+  }
+
+  async uploadPartCopy(key: string, uploadId: string, partNumber: number, source: PartCopySource): Promise<string> {
+    validateKey(key, 'uploadPartCopy');
+    validateKey(source.key, 'uploadPartCopy');
+    validatePartNumber(partNumber);
+    const { offset, length } = source;
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 1 || length > this.caps.maxPartSize)
+      throw new StoreError('EINVAL', `uploadPartCopy: bad source range ${offset}+${length}`, { op: 'uploadPartCopy', key });
+    const out = await this.call('uploadPartCopy', key, () =>
+      this.client.send(new UploadPartCopyCommand({
+        Bucket: this.bucket, Key: key, UploadId: uploadId, PartNumber: partNumber, CopySource: copySource(this.bucket, source.key),
+        CopySourceRange: `bytes=${offset}-${offset + length - 1}`, CopySourceIfMatch: source.ifMatch,
+      })), source.ifMatch !== undefined ? 'ifMatch' : undefined);
+    const etag = out.CopyPartResult?.ETag;
+    if (!etag) throw new StoreError('EIO', 'uploadPartCopy: reply without an ETag', { op: 'uploadPartCopy', key });
+    return etag;
   }
 
   async completeMultipart(key: string, uploadId: string, parts: readonly CompletedPart[], opts: CompleteOptions = {}): Promise<PutResult> {

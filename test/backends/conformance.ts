@@ -34,6 +34,8 @@ export interface ConformanceQuirks {
   readonly rejectsBadTokens?: boolean;
   /** AbortMultipartUpload exists (s3rver: 405, reported as ENOTSUP). Default true. */
   readonly abortMultipart?: boolean;
+  /** UploadPartCopy exists (s3rver: 501, reported as ENOTSUP). Default true. */
+  readonly partCopy?: boolean;
 }
 
 export interface OpenedForTest {
@@ -94,6 +96,7 @@ export function objectStoreConformance(target: ConformanceTarget): void {
     exactListOrder: target.quirks?.exactListOrder ?? true,
     rejectsBadTokens: target.quirks?.rejectsBadTokens ?? true,
     abortMultipart: target.quirks?.abortMultipart ?? true,
+    partCopy: target.quirks?.partCopy ?? true,
   };
 
   describe(`ObjectStore conformance: ${target.name}`, function () {
@@ -511,6 +514,59 @@ export function objectStoreConformance(target: ConformanceTarget): void {
           await store.abortMultipart('mp/strict', id);
         });
       }
+
+      it('uploadPartCopy makes a part of a byte range of a stored object (the key being replaced too), or says ENOTSUP', async function () {
+        this.timeout(120_000);
+        const old = patternBytes(31, 6 * MiB + 11);
+        const { etag } = await store.put('mp/pc', old);
+        const id = await store.createMultipart('mp/pc');
+        try {
+          if (!q.partCopy) {
+            await expectErrno(store.uploadPartCopy('mp/pc', id, 1, { key: 'mp/pc', offset: 0, length: 5 * MiB, ifMatch: etag }), 'ENOTSUP');
+            return;
+          }
+          const e1 = await store.uploadPartCopy('mp/pc', id, 1, { key: 'mp/pc', offset: 0, length: 5 * MiB, ifMatch: etag });
+          const tail = text('a new end');
+          const e2 = await store.uploadPart('mp/pc', id, 2, tail);
+          // Errors: a changed source, a range past its end, a missing source.
+          await expectErrno(store.uploadPartCopy('mp/pc', id, 3, { key: 'mp/pc', offset: 0, length: 5 * MiB, ifMatch: '"0123456789abcdef0123456789abcdef"' }), 'ESTALE');
+          await expectErrno(store.uploadPartCopy('mp/pc', id, 3, { key: 'mp/pc', offset: 6 * MiB, length: MiB }), 'EINVAL');
+          await expectErrno(store.uploadPartCopy('mp/pc', id, 3, { key: 'mp/none', offset: 0, length: 10 }), 'ENOENT');
+          await store.completeMultipart('mp/pc', id, [{ partNumber: 1, etag: e1 }, { partNumber: 2, etag: e2 }]);
+          const g = await store.get('mp/pc');
+          expect(g.size).to.equal(5 * MiB + tail.length);
+          expect(Buffer.from(g.body.subarray(0, 5 * MiB)).equals(Buffer.from(old.subarray(0, 5 * MiB)))).to.equal(true);
+          expect(str(g.body.subarray(5 * MiB))).to.equal('a new end');
+        } finally {
+          await store.abortMultipart('mp/pc', id).catch(() => undefined);
+        }
+      });
+
+      it('putLarge copies the parts its source says are unchanged, and sends them where the store cannot copy', async function () {
+        this.timeout(120_000);
+        const old = patternBytes(32, 10 * MiB + 3);
+        const { etag } = await store.put('mp/append', old);
+        const next = new Uint8Array(12 * MiB);
+        next.set(old);
+        next.set(patternBytes(33, next.length - old.length), old.length);
+        const copied: number[] = [];
+        const refused: string[] = [];
+        const source = {
+          ...bytesSource(next),
+          copySource: (offset: number, length: number) => (offset + length <= 10 * MiB ? { key: 'mp/append', offset, length, ifMatch: etag } : null),
+          copyRefused: (err: StoreError) => refused.push(err.code),
+        };
+        const read = source.read;
+        source.read = (offset: number, target: Uint8Array) => {
+          copied.push(offset);
+          return read(offset, target);
+        };
+        await putLarge(store, 'mp/append', source, { partSize: 5 * MiB, concurrency: 1 });
+        expect(Buffer.from((await store.get('mp/append')).body).equals(Buffer.from(next))).to.equal(true);
+        // Parts 1 and 2 lie in the old object: copied (not read) where the store copies.
+        expect(copied).to.deep.equal(q.partCopy ? [10 * MiB] : [0, 5 * MiB, 10 * MiB]);
+        expect(refused).to.deep.equal(q.partCopy ? [] : ['ENOTSUP']);
+      });
 
       it('putLarge splits a body into parts and reassembles it', async () => {
         const body = patternBytes(21, 11 * MiB + 5);

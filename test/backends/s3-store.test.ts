@@ -60,6 +60,7 @@ describe('S3Store against s3rver', () => {
       exactListOrder: false,
       rejectsBadTokens: false,
       abortMultipart: false,
+      partCopy: false,
     },
   });
 

@@ -22,5 +22,5 @@ bucketVfsSuite({
   },
   // s3rver keeps keys as file paths: no empty, '.' or '..' segments, none over 255 bytes;
   // its delimited listings skip directories below a common prefix.
-  quirks: { pathLikeKeys: false, longSegments: false, deepCommonPrefixes: false },
+  quirks: { pathLikeKeys: false, longSegments: false, deepCommonPrefixes: false, partCopy: false },
 });

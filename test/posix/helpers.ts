@@ -15,6 +15,7 @@ import {
   type MultipartOptions,
   type ObjectHead,
   type ObjectStore,
+  type PartCopySource,
   type PutBody,
   type PutOptions,
   type PutResult,
@@ -22,7 +23,7 @@ import {
 } from '../../src/backends/object-store.js';
 import type { Caller, OpenFile, Vfs } from '../../src/fuse/vfs.js';
 
-export type StoreOp = 'get' | 'getInto' | 'head' | 'put' | 'delete' | 'deleteMany' | 'list' | 'copy' | 'createMultipart' | 'uploadPart' | 'completeMultipart' | 'abortMultipart' | 'sync';
+export type StoreOp = 'get' | 'getInto' | 'head' | 'put' | 'delete' | 'deleteMany' | 'list' | 'copy' | 'createMultipart' | 'uploadPart' | 'uploadPartCopy' | 'completeMultipart' | 'abortMultipart' | 'sync';
 
 /** Delegates to `inner`, counting calls per operation; `failWrites` makes puts, copies and uploads fail with EIO. */
 export class CountingStore implements ObjectStore {
@@ -30,6 +31,8 @@ export class CountingStore implements ObjectStore {
   /** Bytes fetched by get/getInto. */
   bytesRead = 0;
   failWrites = false;
+  /** uploadPartCopy answers ENOTSUP, as a server without it does. */
+  noPartCopy = false;
 
   constructor(readonly inner: ObjectStore) {}
 
@@ -109,6 +112,12 @@ export class CountingStore implements ObjectStore {
     this.hit('uploadPart');
     this.failIfAsked('uploadPart', key);
     return this.inner.uploadPart(key, uploadId, partNumber, body);
+  }
+  async uploadPartCopy(key: string, uploadId: string, partNumber: number, source: PartCopySource): Promise<string> {
+    this.hit('uploadPartCopy');
+    this.failIfAsked('uploadPartCopy', key);
+    if (this.noPartCopy) throw new StoreError('ENOTSUP', 'uploadPartCopy: not implemented (as s3rver)', { op: 'uploadPartCopy', key, httpStatus: 501 });
+    return this.inner.uploadPartCopy(key, uploadId, partNumber, source);
   }
   async completeMultipart(key: string, uploadId: string, parts: readonly CompletedPart[], opts?: CompleteOptions): Promise<PutResult> {
     this.hit('completeMultipart');

@@ -18,6 +18,8 @@ export interface VfsTargetQuirks {
   readonly longSegments?: boolean;
   /** A delimited listing reports `a/` for a key `a/b/c` with nothing at `a/b` (not s3rver: it skips directories below a common prefix). Default true. */
   readonly deepCommonPrefixes?: boolean;
+  /** The store copies parts of multipart uploads (UploadPartCopy; not s3rver: 501). Default true. */
+  readonly partCopy?: boolean;
 }
 
 export interface VfsTarget {
@@ -32,6 +34,7 @@ export function bucketVfsSuite(target: VfsTarget): void {
     pathLikeKeys: target.quirks?.pathLikeKeys ?? true,
     longSegments: target.quirks?.longSegments ?? true,
     deepCommonPrefixes: target.quirks?.deepCommonPrefixes ?? true,
+    partCopy: target.quirks?.partCopy ?? true,
   };
 
   describe(`BucketVfs over ${target.name}`, function () {
@@ -202,6 +205,42 @@ export function bucketVfsSuite(target: VfsTarget): void {
         expect(equalBytes(got, body)).to.equal(true);
         // Sequential reads were served mostly by read-ahead: few demand misses.
         expect(fresh.vfs.stats.pageMisses).to.be.below(fresh.vfs.stats.pageFetches);
+      });
+
+      it('appending to a big file copies its unchanged leading parts in the store (UploadPartCopy) instead of fetching and sending them', async () => {
+        const opts = { multipartThreshold: 6 * MiB, partSize: 5 * MiB, blockSize: 256 * KiB, readAheadBytes: 0 };
+        const part = Math.max(5 * MiB, shared.store.capabilities.minPartSize);
+        const body = patternBytes(41, 2 * part + 100_000);
+        const tail = patternBytes(42, 5000);
+        for (const refuse of [false, true]) {
+          const { vfs, store } = mk(opts);
+          store.noPartCopy = refuse;
+          await writeFile(vfs, 'big', body);
+          const f = await vfs.open('big', RW);
+          store.reset();
+          await f.write(body.length, tail);
+          await f.release();
+          const copies = q.partCopy && !refuse;
+          // Two parts of old bytes; the third holds the last 100,000 old bytes and the append.
+          // (Refused: the parts in flight together each ask before the first refusal is known.)
+          if (copies) expect([store.count('uploadPartCopy'), store.count('uploadPart')]).to.deep.equal([2, 1]);
+          else expect([Math.min(1, store.count('uploadPartCopy')), store.count('uploadPartCopy') <= 2, store.count('uploadPart')], `refuse ${refuse}`).to.deep.equal([1, true, 3]);
+          expect(store.bytesRead, `refuse ${refuse}`).to.equal(copies ? 100_000 : body.length);
+          const want = new Uint8Array(body.length + tail.length);
+          want.set(body);
+          want.set(tail, body.length);
+          expect(equalBytes(await readFile(mk({}, mkPrefixOf(vfs)).vfs, 'big'), want)).to.equal(true);
+          expect(equalBytes(await readFile(vfs, 'big'), want)).to.equal(true);
+          // A change in the second part: the first and the last are copied (a store that
+          // refused is not asked again).
+          const g = await vfs.open('big', RW);
+          store.reset();
+          await g.write(part + 10, text('CHANGED'));
+          await g.release();
+          expect(store.count('uploadPartCopy'), `refuse ${refuse}`).to.equal(copies ? 2 : 0);
+          want.set(text('CHANGED'), part + 10);
+          expect(equalBytes(await readFile(mk({}, mkPrefixOf(vfs)).vfs, 'big'), want)).to.equal(true);
+        }
       });
 
       it('keeps mode, owner, times and xattrs when a file is rewritten', async () => {

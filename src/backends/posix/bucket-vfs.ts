@@ -53,6 +53,7 @@ import {
   type ObjectHead,
   type ObjectInfo,
   type ObjectStore,
+  type PartSource,
   type PutResult,
 } from '../object-store.js';
 import { TtlCache } from './listing-cache.js';
@@ -249,6 +250,8 @@ export class BucketVfs implements Vfs {
   /** Bumped by every change we make: lookups that started before do not fill the caches. */
   private epoch = 0;
   private uploads = 0;
+  /** The store copies parts (UploadPartCopy); false once it said it does not. */
+  private partCopy = true;
   private closing: Promise<void> | null = null;
   /** The root's attributes when the prefix is '' (no key to keep them in): in memory only. */
   private rootEntry: Entry;
@@ -348,7 +351,12 @@ export class BucketVfs implements Vfs {
       this.checkKeyFits(this.keys.dirKey(path));
       const t = nowNs();
       const attrs: StoredAttrs = { ...newObjectOwner(parent, caller, S_IFDIR | (mode & PERM_MASK)), mtime: t, ctime: t, atime: t };
+      const epoch = this.epoch;
       const entry = await this.putMarker(path, attrs, new Map(), {});
+      // Nothing was below it a moment ago (else it would exist): its listing is known, empty,
+      // and kept up to date by our own changes, so that the lookups the kernel sends before
+      // every create in it cost no request while the listing is fresh.
+      if (this.epoch === epoch + 1) this.listCache.set(path, { entries: new Map(), shadowed: new Set() });
       return entry.attr;
     });
   }
@@ -1145,11 +1153,15 @@ export class BucketVfs implements Vfs {
     if (!n.dirty || n.unlinked) return;
     try {
       const buf = (n.buf ??= this.newBuffer(n.base?.size ?? 0));
-      await this.materialize(n, buf);
       const key = this.keys.fileKey(n.path);
-      const metadata = writeMetadata(n.attrs, n.xattrs, n.other);
       const size = buf.size;
       const single = size <= this.o.multipartThreshold;
+      // Parts of a multipart upload that are unchanged bytes of the object being replaced
+      // (an append, a change past some offset) are copied in the store, not fetched and sent.
+      const base = n.base;
+      const copyable = !single && this.partCopy && base !== null && base.key === key ? this.unchangedParts(buf, base, size) : new Map<number, number>();
+      await this.materialize(n, buf, copyable);
+      const metadata = writeMetadata(n.attrs, n.xattrs, n.other);
       // Memory the upload allocates: a copy of a spilled file for one PUT, or part buffers.
       const cost = single ? (buf.inMemory ? 0 : size) : Math.min(size, choosePartSize(size, this.store.capabilities, this.o.partSize) * this.o.uploadConcurrency);
       const release = cost > 0 ? await this.uploadBytes.acquire(cost) : null;
@@ -1157,11 +1169,19 @@ export class BucketVfs implements Vfs {
       try {
         if (single) r = await this.store.put(key, await buf.contents(), { metadata });
         else {
-          const source = {
+          const source: PartSource = {
             size,
             read: async (offset: number, target: Uint8Array): Promise<number> => {
-              await buf.readLocal(offset, target);
+              // A part meant to be copied whose copy was refused: the old object's bytes.
+              if (copyable.get(offset) === target.length) await this.store.getInto(base!.key, offset, target);
+              else await buf.readLocal(offset, target);
               return target.length;
+            },
+            copySource: (offset, length) => (copyable.get(offset) === length ? { key: base!.key, offset, length, ifMatch: base!.etag } : null),
+            copyRefused: (err) => {
+              if (err.code !== 'ENOTSUP' || !this.partCopy) return;
+              this.partCopy = false;
+              this.log.info('the store does not copy parts (UploadPartCopy): changed big files are uploaded whole', { store: this.store.description });
             },
           };
           r = await putLarge(this.store, key, source, { metadata, partSize: this.o.partSize, concurrency: this.o.uploadConcurrency });
@@ -1182,8 +1202,24 @@ export class BucketVfs implements Vfs {
     }
   }
 
-  /** Fetches the bytes of the stored object the buffer still relies on. */
-  private async materialize(n: FileNode, buf: WriteBuffer): Promise<void> {
+  /**
+   * The parts (start → length) of a multipart upload of `size` bytes whose bytes are all
+   * the stored object's (`base`) at the same offsets, none written since.
+   */
+  private unchangedParts(buf: WriteBuffer, base: StoredVersion, size: number): Map<number, number> {
+    const part = choosePartSize(size, this.store.capabilities, this.o.partSize);
+    const limit = Math.min(base.size, buf.baseLimit);
+    const out = new Map<number, number>();
+    for (let s = 0; s < size; s += part) {
+      const e = Math.min(size, s + part);
+      if (e > limit) break;
+      if (buf.extents.present(s, e).length === 0) out.set(s, e - s);
+    }
+    return out;
+  }
+
+  /** Fetches the bytes of the stored object the buffer still relies on (but those of the parts in `skip`, start → length). */
+  private async materialize(n: FileNode, buf: WriteBuffer, skip: ReadonlyMap<number, number> = new Map()): Promise<void> {
     const base = n.base;
     if (!base) {
       buf.baseLimit = 0;
@@ -1191,7 +1227,7 @@ export class BucketVfs implements Vfs {
     }
     const bs = this.o.blockSize;
     const pieces: [number, number][] = [];
-    for (const [s, e] of buf.baseGaps()) {
+    for (const [s, e] of subtractRanges(buf.baseGaps(), skip)) {
       for (let p = s; p < e; ) {
         const q = Math.min(e, (Math.floor(p / bs) + 1) * bs);
         pieces.push([p, q]);
@@ -1498,6 +1534,23 @@ class Handle implements OpenFile {
 /** Whether `store` can hold `key`: S3's 1024 bytes, and what the store itself adds (a file store's segment limit). */
 function keyFits(store: ObjectStore, key: string): boolean {
   return Buffer.byteLength(key, 'utf8') <= MAX_KEY_BYTES && (store.keyFits?.(key) ?? true);
+}
+
+/** `ranges` (sorted, disjoint [start, end) pairs) less the ranges of `cut` (start → length). */
+function subtractRanges(ranges: ReadonlyArray<readonly [number, number]>, cut: ReadonlyMap<number, number>): Array<[number, number]> {
+  if (cut.size === 0) return ranges.map(([s, e]) => [s, e]);
+  const holes = [...cut].map(([s, len]) => [s, s + len] as const).sort((a, b) => a[0] - b[0]);
+  const out: Array<[number, number]> = [];
+  for (const [s0, e] of ranges) {
+    let s = s0;
+    for (const [hs, he] of holes) {
+      if (he <= s || hs >= e) continue;
+      if (hs > s) out.push([s, hs]);
+      s = Math.max(s, he);
+    }
+    if (s < e) out.push([s, e]);
+  }
+  return out;
 }
 
 function checkXattrName(name: string): void {
