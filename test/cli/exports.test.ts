@@ -14,12 +14,17 @@ import { FuseClient } from '../../src/frontend/fuse-client.js';
 import { O_CREAT, O_RDONLY, O_WRONLY, S_IFREG } from '../../src/fuse/abi.js';
 import { BlkStatus } from '../../src/blk/protocol.js';
 import { createObjectStore } from '../../src/backends/locator.js';
+import { S3Store } from '../../src/backends/s3-store.js';
+import { createImage } from '../../src/blk/image-admin.js';
+import { ImageKeys } from '../../src/blk/image-format.js';
 import { CliProcess, runCli, startRunServer as startRun } from '../support/cli.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { startS3rver, type S3rver } from '../support/s3rver.js';
 import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
 
 const MiB = 1 << 20;
+
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 function configError(doc: unknown): string {
   try {
@@ -241,21 +246,29 @@ describe('cli: a sick export does not stall the others', function () {
     dir = new TmpDir('vhost-s3-sick-');
   });
   after(async () => {
-    for (const c of clients.splice(0)) await c.close().catch(() => undefined);
+    // The gateway first: a client's close waits for its requests in flight, which the proxy holds.
     await server?.kill();
+    for (const c of clients.splice(0)) await c.close().catch(() => undefined);
     await proxy?.close();
     await s3?.stop();
     dir?.remove();
   });
 
-  it('while every request of the s3:// share hangs, a disk and a share on local stores keep completing requests', async () => {
+  it('while every request of an s3:// share and an s3:// disk hangs, a disk and a share on local stores keep completing requests', async () => {
     const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
     mkdirSync(dir.file('store/share'), { recursive: true });
-    const socks = { sick: dir.file('sick.sock'), disk: dir.file('disk.sock'), share: dir.file('share.sock') };
+    const direct = new S3Store({ bucket: 'sick', endpoint: s3.endpoint, credentials: s3.credentials });
+    try {
+      await createImage(direct, new ImageKeys('images/x/'), 8 * MiB, MiB);
+    } finally {
+      await direct.close();
+    }
+    const socks = { sick: dir.file('sick.sock'), sickDisk: dir.file('sick-disk.sock'), disk: dir.file('disk.sock'), share: dir.file('share.sock') };
     const file = dir.file('exports.json');
     writeFileSync(file, JSON.stringify({
       exports: [
         { type: 'fs', socket: socks.sick, bucket: 's3://sick/data', endpoint: proxy.endpoint, 'attr-timeout': 0, 'negative-timeout': 0, 'list-timeout': 0 },
+        { type: 'blk', socket: socks.sickDisk, image: 's3://sick/images/x', endpoint: proxy.endpoint },
         { type: 'blk', socket: socks.disk, image: `file:${raw}`, queues: 2 },
         { type: 'fs', socket: socks.share, bucket: `file:${dir.file('store')}/share` },
       ],
@@ -265,13 +278,18 @@ describe('cli: a sick export does not stall the others', function () {
     const sick = await FuseClient.connect(socks.sick);
     clients.push(sick);
     await sick.init();
+    const sickDisk = await BlkClient.connect(socks.sickDisk, { memorySize: 4 * MiB });
+    clients.push(sickDisk);
     // From now on every request to the sick store waits a minute (longer than this test).
     proxy.inject('latency', { rate: 1, latencyMs: 60_000 });
     const before = proxy.counts.latency;
     let sickDone = false;
     const stuck = sick.lookup(1, 'anything').then(() => (sickDone = true), () => (sickDone = true));
     void stuck;
-    while (proxy.counts.latency === before) await new Promise((r) => setTimeout(r, 20));
+    let sickDiskDone = false;
+    void sickDisk.readAsync(0, 3 * MiB, sickDisk.allocBuffer(64 * 1024)).then(() => (sickDiskDone = true));
+    // Both sick exports have a request held by the store.
+    while (proxy.counts.latency - before < 2) await new Promise((r) => setTimeout(r, 20));
 
     // The healthy exports: 400 verified disk writes and reads, 40 files written and read back.
     const disk = await BlkClient.connect(socks.disk, { queues: 2 });
@@ -306,6 +324,7 @@ describe('cli: a sick export does not stall the others', function () {
     expect(diskOps).to.equal(400);
     expect(fileOps).to.equal(240);
     expect(sickDone, 'the sick share answered although its store holds every request').to.equal(false);
+    expect(sickDiskDone, 'the sick disk answered although its store holds every request').to.equal(false);
     expect(server.running).to.equal(true);
   });
 });
