@@ -98,6 +98,31 @@ describe('BucketVfs under concurrency', function () {
     await vfs.close();
   });
 
+  it('a directory just made has a known, empty listing: lookups and creates in it ask the store nothing', async () => {
+    const { vfs, store } = mk();
+    await vfs.mkdir('made', 0o755, CALLER);
+    store.reset();
+    for (let i = 0; i < 5; i++) {
+      expect(await vfs.stat(`made/f${i}`)).to.equal(null);
+      const { file } = await vfs.create(`made/f${i}`, 0o644, CALLER, NEW);
+      await file.write(0, new Uint8Array([120, 10]));
+      await file.flush();
+      await file.release();
+    }
+    expect([...store.counts.entries()].filter(([op]) => op === 'head' || op === 'list')).to.deep.equal([]);
+    expect(store.count('put')).to.equal(5);
+    expect(await names(vfs, 'made')).to.deep.equal(['f0', 'f1', 'f2', 'f3', 'f4']);
+    expect((await vfs.stat('made/f3'))!.size).to.equal(2);
+    // What others put there is seen once the listing has expired (listTtlMs).
+    const short = mk({ listTtlMs: 50 });
+    await short.vfs.mkdir('m2', 0o755, CALLER);
+    await short.inner.put('m2/theirs', new Uint8Array(1));
+    await new Promise((r) => setTimeout(r, 80));
+    expect((await short.vfs.stat('m2/theirs'))!.size).to.equal(1);
+    await short.vfs.close();
+    await vfs.close();
+  });
+
   it('parallel readers of one big file share block fetches', async () => {
     const { vfs, store } = mk({ blockSize: 16 * KiB, readAheadBytes: 64 * KiB });
     const body = patternBytes(9, 512 * KiB);
