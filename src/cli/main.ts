@@ -57,13 +57,18 @@ function version(): string {
 }
 
 function usage(): string {
-  const rows = (Object.entries(commands) as [CommandName, Command][]).map(([name, c]) => `  ${name.padEnd(12)}${c.summary}`);
+  const entries: [string, string][] = [
+    ...(Object.entries(commands) as [CommandName, Command][]).map(([name, c]): [string, string] => [name, c.summary]),
+    ['config', 'print every option of every command with its environment variable'],
+  ];
+  // Two spaces past the longest name, so that no name runs into its summary.
+  const width = Math.max(...entries.map(([name]) => name.length)) + 2;
+  const rows = entries.map(([name, summary]) => `  ${name.padEnd(width)}${summary}`);
   return [
     'usage: vhost-s3 <command> [options]',
     '',
     'commands:',
     ...rows,
-    `  ${'config'.padEnd(12)}print every option of every command with its environment variable`,
     '',
     'Every option can also be given as an environment variable (VHOST_S3_*); flags win.',
     'Run `vhost-s3 <command> --help` for a command\'s options.',

@@ -52,6 +52,18 @@ describe('cli: help and config', function () {
     }
   });
 
+  it('vhost-s3 --help keeps every command name apart from its summary, in one column', async () => {
+    const r = await runCli(['--help']);
+    expect(r.code, explain(r)).to.equal(0);
+    const rows = r.stdout.split('\n').filter((l) => /^  [a-z]/.test(l));
+    // The longest names ("image create", "image export") once ran into their summaries.
+    for (const name of ['image create', 'image import', 'image export', 'bench blk', 'config']) {
+      expect(rows.some((l) => l.startsWith(`  ${name}  `)), `${name} is followed by two spaces\n${r.stdout}`).to.equal(true);
+    }
+    const column = new Set(rows.map((l) => /^  \S+(?: \S+)*?\s{2,}/.exec(l)![0].length));
+    expect([...column], r.stdout).to.have.length(1);
+  });
+
   it('vhost-s3 --version prints the package version', async () => {
     const pkg = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
     const r = await runCli(['--version']);
