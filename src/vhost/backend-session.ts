@@ -246,7 +246,10 @@ export class BackendSession extends EventEmitter {
       // Whatever a handler did not take is closed here.
       closeFds(fds.filter((fd) => fd >= 0));
     }
-    if (this.channel.closed) return;
+    if (this.channel.closed) {
+      if (result !== undefined && !(result instanceof Uint8Array)) closeFds(result.fds);
+      return;
+    }
     if (error !== undefined) {
       this.log.warn('vhost-user request failed', { request: name, code: error.code, error: error.message });
       if (naturalReply && KNOWN_REQUESTS.has(msg.request)) {
