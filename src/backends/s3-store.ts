@@ -6,8 +6,9 @@
 //   aws-chunked bodies, which many S3-compatible servers store as garbage.
 // - Retries: the SDK's own "standard" strategy, `maxAttempts` (default 5). It already does
 //   exponential backoff with full jitter (base delays depend on the SDK version: 50 ms and
-//   1 s for throttling in the one installed; docs/reliability.md), classifies SlowDown/throttling/429, 500/502/503/504, timeouts and connection
-//   resets/refusals as retryable, re-signs every attempt, and has a client-wide retry
+//   1 s for throttling in the one installed; docs/reliability.md), classifies
+//   SlowDown/throttling/429, 500/502/503/504, timeouts and connection resets/refusals as
+//   retryable, re-signs every attempt, and has a client-wide retry
 //   token bucket so a dead endpoint fails fast instead of multiplying load. A second
 //   retry loop of our own would multiply attempts. What the SDK cannot retry — a body
 //   that breaks after the headers arrived — is resumed here (`read`, with If-Match so the
