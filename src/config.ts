@@ -151,8 +151,13 @@ const lifecycle = {
   shutdownTimeout: { doc: 'seconds SIGINT/SIGTERM waits for in-flight requests, flushes and closes before exiting 1 anyway', format: 'non-negative', default: 30, env: 'VHOST_S3_SHUTDOWN_TIMEOUT', arg: 'shutdown-timeout' },
 } satisfies Schema;
 
+/** Commands that serve (blk, fs, mount, serve, run): the Prometheus endpoint. */
+const observability = {
+  metrics: { doc: 'serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464; docs/metrics.md); empty: off', format: String, default: '', env: 'VHOST_S3_METRICS', arg: 'metrics' },
+} satisfies Schema;
+
 export const schemas = {
-  blk: { ...common, ...blkDevice, ...imageCache, ...storage, ...lifecycle },
+  blk: { ...common, ...blkDevice, ...imageCache, ...storage, ...lifecycle, ...observability },
   serve: {
     ...common,
     dataDir: { doc: 'directory holding the embedded default disk and sockets', format: String, default: './data', env: 'VHOST_S3_DATA_DIR', arg: 'data-dir' },
@@ -160,16 +165,17 @@ export const schemas = {
     queues: blkDevice.queues,
     ...imageCache,
     ...lifecycle,
+    ...observability,
   },
-  run: { ...common, ...lifecycle,
+  run: { ...common, ...lifecycle, ...observability,
     config: { doc: 'JSON file listing the exports (blk and fs devices) to serve; re-read on SIGHUP', format: String, default: '', env: 'VHOST_S3_CONFIG', arg: 'config' },
   },
-  fs: { ...common, ...fileSystem, ...storage, ...lifecycle,
+  fs: { ...common, ...fileSystem, ...storage, ...lifecycle, ...observability,
     socket: { doc: 'vhost-user socket path to listen on', format: String, default: '', env: 'VHOST_S3_SOCKET', arg: 'socket' },
     tag: { doc: 'mount tag the guest uses (QEMU sets it on the device: tag=...; printed in the QEMU arguments)', format: String, default: 'vhost-s3', env: 'VHOST_S3_TAG', arg: 'tag' },
     queues: { doc: 'request queues (QEMU num-request-queues must not exceed it)', format: 'fs-queue-count', default: 1, env: 'VHOST_S3_QUEUES', arg: 'queues' },
   },
-  mount: { ...common, ...fileSystem, ...storage },
+  mount: { ...common, ...fileSystem, ...storage, ...observability },
   'image create': { ...common, ...storage,
     size: { doc: 'disk size (e.g. 20G)', format: 'size', default: 0, env: 'VHOST_S3_IMAGE_SIZE', arg: 'size' },
     chunkSize: { doc: 'chunk size: a power of two from 64K to 64M', format: 'size', default: 4 * 2 ** 20, env: 'VHOST_S3_CHUNK_SIZE', arg: 'chunk-size' },

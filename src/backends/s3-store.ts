@@ -63,6 +63,8 @@ import {
 import PQueue from 'p-queue';
 import { silentLogger, type Logger } from '../util/log.js';
 import type { ErrnoName } from '../util/errors.js';
+import type { S3Observer } from '../metrics/observer.js';
+import { observeS3Client } from './s3-metrics.js';
 import {
   DELETE_BATCH,
   MAX_PART_SIZE,
@@ -128,6 +130,8 @@ export interface S3StoreOptions {
   /** Part size for multipart puts. Default 16 MiB. */
   readonly partSize?: number;
   readonly logger?: Logger;
+  /** Reports every request and attempt (metrics). */
+  readonly observer?: S3Observer;
 }
 
 const BODY_RESUMES = 3;
@@ -188,6 +192,7 @@ export class S3Store implements ObjectStore {
       },
     };
     this.client = new S3Client(config);
+    if (opts.observer) observeS3Client(this.client, opts.observer);
     this.caps = { conditionalWrites: opts.conditionalWrites ?? false, minPartSize: MIN_PART_SIZE, maxPartSize: MAX_PART_SIZE, maxParts: MAX_PARTS };
     this.conditionalKnown = opts.conditionalWrites !== undefined;
   }

@@ -8,6 +8,7 @@ import type { S3StoreOptions } from './s3-store.js';
 import { StoreError } from './object-store.js';
 import { ConfigError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
+import type { S3Observer } from '../metrics/observer.js';
 
 export interface StorageConfig {
   readonly endpoint: string;
@@ -15,6 +16,8 @@ export interface StorageConfig {
   readonly pathStyle: 'auto' | 'on' | 'off';
   readonly checksums: 'when-required' | 'when-supported';
   readonly s3Concurrency: number;
+  /** Reports the S3 client's requests (metrics). */
+  readonly s3Observer?: S3Observer;
 }
 
 export function s3Options(cfg: StorageConfig, log: Logger): Omit<S3StoreOptions, 'bucket'> {
@@ -27,6 +30,7 @@ export function s3Options(cfg: StorageConfig, log: Logger): Omit<S3StoreOptions,
     responseChecksumValidation: checksum,
     concurrency: cfg.s3Concurrency,
     logger: log,
+    ...(cfg.s3Observer ? { observer: cfg.s3Observer } : {}),
   };
 }
 

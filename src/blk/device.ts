@@ -9,6 +9,8 @@ import type { Segment } from '../virtio/memory.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../virtio/features.js';
 import type { Logger } from '../util/log.js';
 import type { BlockImage } from './image.js';
+import type { RequestObserver } from '../metrics/observer.js';
+import { BlkRequestMeter, NO_TYPE } from './request-meter.js';
 import { DEFAULT_LIMITS, encodeBlkConfig, type BlkLimits } from './config-space.js';
 import {
   BlkStatus, BlkType, DISCARD_SEGMENT_SIZE, ID_BYTES, OUTHDR_SIZE, SECTOR_SHIFT, SECTOR_SIZE,
@@ -32,6 +34,8 @@ export interface BlkDeviceOptions {
   readonly serial?: string;
   readonly limits?: BlkLimits;
   readonly log: Logger;
+  /** Reports every request (metrics); absent: nothing is measured. */
+  readonly observer?: RequestObserver;
 }
 
 export interface BlkCounters {
@@ -53,8 +57,10 @@ export class BlkDevice implements VhostUserDevice {
   private readonly log: Logger;
   private readonly queues = new Map<number, ServedQueue>();
   private readonly capacitySectors: number;
+  private readonly meter: BlkRequestMeter | undefined;
 
   constructor(opts: BlkDeviceOptions) {
+    this.meter = opts.observer && new BlkRequestMeter(opts.observer);
     this.image = opts.image;
     this.limits = opts.limits ?? DEFAULT_LIMITS;
     this.log = opts.log;
@@ -94,6 +100,14 @@ export class BlkDevice implements VhostUserDevice {
 
   startQueue(queue: DeviceQueue): void {
     this.queues.set(queue.index, new ServedQueue(queue));
+    this.meter?.startQueue(queue.index, queue.size);
+  }
+
+  /** Requests the driver made available and the device has not taken yet, over every queue. */
+  get queueDepth(): number {
+    let n = 0;
+    for (const st of this.queues.values()) n += st.queue.available();
+    return n;
   }
 
   onKick(queue: DeviceQueue): void {
@@ -122,10 +136,15 @@ export class BlkDevice implements VhostUserDevice {
 
   private handle(st: ServedQueue, chain: DescriptorChain): void {
     this.counters.requests++;
+    if (this.meter !== undefined) {
+      const known = chain.readableLength >= OUTHDR_SIZE;
+      this.meter.begin(st.queue.index, chain.head, known ? chain.readU32(0) : NO_TYPE, known ? chain.readableLength - OUTHDR_SIZE : 0);
+    }
     const wlen = chain.writableLength;
     if (wlen < 1) {
       // No room for a status byte: nothing can be reported; hand the buffers back.
       this.counters.errors++;
+      this.meter?.end(st.queue.index, chain.head, BlkStatus.IoErr, 0);
       st.complete(chain.head, 0);
       return;
     }
@@ -229,6 +248,7 @@ export class BlkDevice implements VhostUserDevice {
   private finish(st: ServedQueue, chain: DescriptorChain, status: BlkStatus, dataWritten: number): void {
     if (status !== BlkStatus.Ok) this.counters.errors++;
     chain.writeU8(chain.writableLength - 1, status);
+    this.meter?.end(st.queue.index, chain.head, status, dataWritten);
     st.complete(chain.head, dataWritten + 1);
   }
 

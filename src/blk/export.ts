@@ -4,6 +4,7 @@ import type { Logger } from '../util/log.js';
 import { ConfigError } from '../util/errors.js';
 import { BlkDevice } from './device.js';
 import type { BlockImage } from './image.js';
+import type { RequestObserver } from '../metrics/observer.js';
 
 export interface BlkExportOptions {
   readonly socket: string;
@@ -14,6 +15,8 @@ export interface BlkExportOptions {
   readonly queues: number;
   readonly serial: string;
   readonly log: Logger;
+  /** Reports every request (metrics). */
+  readonly observer?: RequestObserver;
 }
 
 export class BlkExport {
@@ -26,7 +29,7 @@ export class BlkExport {
   static async start(opts: BlkExportOptions): Promise<BlkExport> {
     const image = opts.image;
     const log = opts.log.child({ device: 'blk', socket: opts.socket });
-    const device = new BlkDevice({ image, numQueues: opts.queues, serial: opts.serial, log });
+    const device = new BlkDevice({ image, numQueues: opts.queues, serial: opts.serial, log, ...(opts.observer ? { observer: opts.observer } : {}) });
     try {
       const server = new VhostUserServer(opts.socket, device, { log });
       try {

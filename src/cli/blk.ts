@@ -2,12 +2,14 @@
 import { loadConfig, type ConfigOf } from '../config.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { openImage } from '../blk/open-image.js';
+import type { StorageConfig } from '../backends/store-config.js';
 import type { BlockImage } from '../blk/image.js';
 import { checkExport } from './exports.js';
 import { runGateway } from './gateway.js';
 
 type ImageConfig = Pick<ConfigOf<'blk'>, 'cacheSize' | 'dirtySize' | 'writethrough' | 'writebackDelay' | 'uploads' | 'readahead' | 'force'
-  | 'endpoint' | 'region' | 'pathStyle' | 'checksums' | 's3Concurrency'> & { readonly ioEngine?: ConfigOf<'blk'>['ioEngine'] };
+  | 'endpoint' | 'region' | 'pathStyle' | 'checksums' | 's3Concurrency'> & { readonly ioEngine?: ConfigOf<'blk'>['ioEngine'] }
+  & Pick<StorageConfig, 's3Observer'>;
 
 /** Opens an image with the cache and storage settings of a command's configuration. */
 export function openConfiguredImage(locator: string, readOnly: boolean, cfg: ImageConfig, log: Logger): Promise<BlockImage> {
@@ -25,5 +27,5 @@ export async function runBlk(argv: string[]): Promise<void> {
   const cfg = loadConfig('blk', argv);
   checkExport({ type: 'blk', config: cfg });
   const log = createLogger(cfg.logLevel);
-  await runGateway([{ type: 'blk', config: cfg }], { log, shutdownTimeoutMs: cfg.shutdownTimeout * 1000, banner: () => '' });
+  await runGateway([{ type: 'blk', config: cfg }], { log, shutdownTimeoutMs: cfg.shutdownTimeout * 1000, metrics: cfg.metrics, banner: () => '' });
 }

@@ -23,7 +23,7 @@ export type ExportSpec =
   | { readonly type: 'fs'; readonly config: ConfigOf<'fs'> };
 
 /** Options of the process, not of a device: given to `run` itself. */
-const PROCESS_FIELDS = new Set(['log-level', 'debug']);
+const PROCESS_FIELDS = new Set(['log-level', 'debug', 'metrics']);
 
 /** The fields an export of `type` takes: its command's flags without the dashes. */
 export function exportFields(type: ExportType): ReadonlySet<string> {
@@ -53,6 +53,17 @@ export function checkExport(spec: ExportSpec): void {
 
 /** Reads and validates an exports file; every error is one line naming the file and the export. */
 export function readExportsFile(path: string): ExportSpec[] {
+  return readRunFile(path).exports;
+}
+
+/** What an exports file configures: the exports, and the process's own fields ("metrics": "HOST:PORT"). */
+export interface RunFile {
+  readonly exports: ExportSpec[];
+  /** "" when the file does not say. */
+  readonly metrics: string;
+}
+
+export function readRunFile(path: string): RunFile {
   if (path === '') throw new ConfigError('no configuration file given (--config exports.json)');
   let text: string;
   try {
@@ -66,14 +77,17 @@ export function readExportsFile(path: string): ExportSpec[] {
   } catch (err) {
     throw new ConfigError(`${path}: not valid JSON: ${(err as Error).message.split('\n')[0]}`);
   }
-  return parseExports(doc, path);
+  const exports = parseExports(doc, path);
+  const metrics = (doc as Record<string, unknown>).metrics ?? '';
+  if (typeof metrics !== 'string') throw new ConfigError(`${path}: "metrics" must be a string such as "127.0.0.1:9464"`);
+  return { exports, metrics };
 }
 
 /** Validates the document of an exports file (`where` names it in errors). */
 export function parseExports(doc: unknown, where: string): ExportSpec[] {
   if (!isObject(doc)) throw new ConfigError(`${where}: expected a JSON object with "exports": [...]`);
   for (const k of Object.keys(doc)) {
-    if (k !== 'exports' && k !== 'defaults') throw new ConfigError(`${where}: unknown field "${k}" (expected "exports" and optionally "defaults")`);
+    if (k !== 'exports' && k !== 'defaults' && k !== 'metrics') throw new ConfigError(`${where}: unknown field "${k}" (expected "exports" and optionally "defaults" and "metrics")`);
   }
   const defaults = doc.defaults ?? {};
   if (!isObject(defaults)) throw new ConfigError(`${where}: "defaults" must be an object of export fields`);

@@ -4,7 +4,7 @@ import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { loadCommand, loadConfig, type ConfigOf } from '../config.js';
 import { ConfigError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
-import { openStore } from '../backends/store-config.js';
+import { openStore, type StorageConfig } from '../backends/store-config.js';
 import { BucketVfs, type BucketVfsOptions } from '../backends/posix/bucket-vfs.js';
 import { FuseServer, type FuseServerOptions } from '../fuse/server.js';
 import { DevFuseMount } from '../fuse/dev-fuse.js';
@@ -13,8 +13,9 @@ import type { Vfs } from '../fuse/vfs.js';
 import { holdSignals, stopOnSignals } from './lifecycle.js';
 import { checkExport, QEMU_MEMORY_ARGS, qemuDeviceArgs } from './exports.js';
 import { runGateway } from './gateway.js';
+import { startMetrics, watchBucket } from './export-metrics.js';
 
-type FsConfig = ConfigOf<'mount'>;
+type FsConfig = ConfigOf<'mount'> & Pick<StorageConfig, 's3Observer'>;
 
 function octal(text: string, what: string): number {
   if (!/^0?[0-7]{1,4}$/.test(text)) throw new ConfigError(`${what} must be octal permissions such as 0644, got "${text}"`);
@@ -83,6 +84,7 @@ export async function runFs(argv: string[]): Promise<void> {
   await runGateway([{ type: 'fs', config: cfg }], {
     log,
     shutdownTimeoutMs: cfg.shutdownTimeout * 1000,
+    metrics: cfg.metrics,
     banner: () =>
       `vhost-s3 is serving ${cfg.bucket} as virtio-fs on ${cfg.socket}\n` +
       `QEMU: ${QEMU_MEMORY_ARGS.join(' ')} \\\n      ${qemuDeviceArgs({ type: 'fs', config: cfg }, 'f0').join(' ')}\n` +
@@ -93,11 +95,23 @@ export async function runFs(argv: string[]): Promise<void> {
 export async function runMount(argv: string[]): Promise<void> {
   const { config: cfg, args } = loadCommand('mount', argv, ['MOUNTPOINT']);
   const log = createLogger(cfg.logLevel);
-  const { vfs, close } = await openBucketVfs(cfg, log);
+  const service = await startMetrics(cfg.metrics, log);
+  const id = args[0]!;
+  let opened: Awaited<ReturnType<typeof openBucketVfs>>;
+  try {
+    opened = await openBucketVfs(service ? { ...cfg, s3Observer: service.metrics.s3(id) } : cfg, log);
+  } catch (err) {
+    await service?.endpoint.close();
+    throw err;
+  }
+  const { vfs, bucket } = opened;
+  const close = (): Promise<void> => opened.close().finally(() => service?.endpoint.close());
+  if (service) watchBucket(service.metrics, id, bucket);
   const held = holdSignals();
   let mount: DevFuseMount;
   try {
-    const server = new FuseServer(vfs, { ...fuseOptions(cfg), log });
+    const observer = service?.metrics.device(id, 'fuse');
+    const server = new FuseServer(vfs, { ...fuseOptions(cfg), log, ...(observer ? { observer } : {}) });
     mount = DevFuseMount.mount(server, { mountpoint: args[0]!, readOnly: cfg.readonly, fsName: cfg.bucket, log });
   } catch (err) {
     held.release(false);

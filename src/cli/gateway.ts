@@ -15,6 +15,8 @@ import { openConfiguredImage } from './blk.js';
 import { fuseOptions, openBucketVfs } from './fs.js';
 import { checkExport, exportName, type ExportSpec } from './exports.js';
 import { holdSignals, stopOnSignals } from './lifecycle.js';
+import type { Metrics } from '../metrics/registry.js';
+import { startMetrics, watchBucket, watchImage } from './export-metrics.js';
 
 /** Settings a running export takes on SIGHUP, by field of the file (flag name). */
 export const RELOADABLE: Readonly<Record<ExportSpec['type'], readonly string[]>> = {
@@ -35,23 +37,38 @@ interface Opened {
   discard(): Promise<void>;
 }
 
-async function openExport(spec: ExportSpec, base: Logger): Promise<Opened> {
+async function openExport(spec: ExportSpec, base: Logger, metrics: Metrics | undefined): Promise<Opened> {
   checkExport(spec);
   const log = base.child({ export: exportName(spec) });
+  const id = spec.config.socket;
+  const s3Observer = metrics?.s3(id);
   if (spec.type === 'blk') {
     const c = spec.config;
-    const image = await openConfiguredImage(c.image, c.readonly, c, log);
+    const image = await openConfiguredImage(c.image, c.readonly, s3Observer ? { ...c, s3Observer } : c, log);
     return {
-      start: async () => ({ type: 'blk', spec, log, exp: await BlkExport.start({ socket: c.socket, image, locator: c.image, queues: c.queues, serial: c.serial, log }) }),
+      start: async () => {
+        const observer = metrics?.device(id, 'blk');
+        const exp = await BlkExport.start({ socket: c.socket, image, locator: c.image, queues: c.queues, serial: c.serial, log, ...(observer ? { observer } : {}) });
+        if (metrics) {
+          metrics.queueDepth(id, 'blk', () => exp.device.queueDepth);
+          watchImage(metrics, id, image);
+        }
+        return { type: 'blk', spec, log, exp };
+      },
       discard: () => image.close(),
     };
   }
   const c = spec.config;
-  const { vfs, bucket, close } = await openBucketVfs(c, log);
+  const { vfs, bucket, close } = await openBucketVfs(s3Observer ? { ...c, s3Observer } : c, log);
   return {
     start: async () => {
       try {
-        const exp = await FsExport.start({ socket: c.socket, vfs, requestQueues: c.queues, fuse: fuseOptions(c), locator: c.bucket, log });
+        const observer = metrics?.device(id, 'fs');
+        const exp = await FsExport.start({ socket: c.socket, vfs, requestQueues: c.queues, fuse: { ...fuseOptions(c), ...(observer ? { observer } : {}) }, locator: c.bucket, log });
+        if (metrics) {
+          metrics.queueDepth(id, 'fs', () => exp.device.queueDepth);
+          watchBucket(metrics, id, bucket);
+        }
         return { type: 'fs', spec, log, exp, bucket, closeVfs: close };
       } catch (err) {
         await close();
@@ -80,9 +97,9 @@ export class Gateway {
    * Opens every export (images, stores; concurrently), then creates the sockets. If one
    * export cannot be opened or started, the others are closed again and the error thrown.
    */
-  static async start(specs: readonly ExportSpec[], log: Logger): Promise<Gateway> {
+  static async start(specs: readonly ExportSpec[], log: Logger, metrics?: Metrics): Promise<Gateway> {
     const many = specs.length > 1;
-    const opened = await Promise.allSettled(specs.map((s) => openExport(s, log)));
+    const opened = await Promise.allSettled(specs.map((s) => openExport(s, log, metrics)));
     const failed = opened.findIndex((r) => r.status === 'rejected');
     if (failed >= 0) {
       await Promise.allSettled(opened.map((r) => (r.status === 'fulfilled' ? r.value.discard() : undefined)));
@@ -184,6 +201,8 @@ export interface RunOptions {
   readonly banner: (gateway: Gateway) => string;
   /** Re-reads the exports for SIGHUP; without it SIGHUP keeps its default (the process ends). */
   readonly reread?: () => ExportSpec[];
+  /** --metrics HOST:PORT ("" or absent: no metrics). */
+  readonly metrics?: string;
 }
 
 /**
@@ -209,11 +228,13 @@ export async function runGateway(specs: readonly ExportSpec[], o: RunOptions): P
     const applied = gateway.reload(next);
     o.log.info('configuration reload done', { applied });
   };
+  // Before anything opens: a bad address or a port in use ends the command with one line.
+  const service = await startMetrics(o.metrics ?? '', o.log);
   if (o.reread) process.on('SIGHUP', reload);
   try {
     const held = holdSignals();
     try {
-      gateway = await Gateway.start(specs, o.log);
+      gateway = await Gateway.start(specs, o.log, service?.metrics);
     } catch (err) {
       held.release(false);
       throw err;
@@ -226,5 +247,6 @@ export async function runGateway(specs: readonly ExportSpec[], o: RunOptions): P
     await stopped;
   } finally {
     if (o.reread) process.off('SIGHUP', reload);
+    await service?.endpoint.close();
   }
 }

@@ -3,16 +3,18 @@
 // --export options. SIGHUP re-reads the file and applies the settings that can change live.
 import { loadConfig } from '../config.js';
 import { createLogger } from '../util/log.js';
-import { QEMU_MEMORY_ARGS, qemuDeviceArgs, readExportsFile } from './exports.js';
+import { QEMU_MEMORY_ARGS, qemuDeviceArgs, readExportsFile, readRunFile } from './exports.js';
 import { runGateway, type Gateway } from './gateway.js';
 
 export async function runRun(argv: string[]): Promise<void> {
   const cfg = loadConfig('run', argv);
-  const specs = readExportsFile(cfg.config);
+  const file = readRunFile(cfg.config);
   const log = createLogger(cfg.logLevel);
-  await runGateway(specs, {
+  await runGateway(file.exports, {
     log,
     shutdownTimeoutMs: cfg.shutdownTimeout * 1000,
+    // The flag (or VHOST_S3_METRICS) wins over the file's "metrics".
+    metrics: cfg.metrics !== '' ? cfg.metrics : file.metrics,
     banner,
     reread: () => readExportsFile(cfg.config),
   });

@@ -80,6 +80,7 @@ export async function runServe(argv: string[]): Promise<void> {
   await runGateway([disk, share], {
     log,
     shutdownTimeoutMs: cfg.shutdownTimeout * 1000,
+    metrics: cfg.metrics,
     banner: (g) => {
       const qemu = qemuAttachArgs(dir, cfg);
       const size = g.exports[0]!.type === 'blk' ? g.exports[0]!.exp.image.size : 0;

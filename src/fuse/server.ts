@@ -50,6 +50,8 @@ import {
 import { InodeTable, joinPath, parentPath, type Inode } from './inodes.js';
 import { HandleTable, type DirHandle, type DirSnapshotEntry, type FileHandle } from './handles.js';
 import type { Caller, CreateFlags, FileAttr, FileKind, OpenFile, OpenFlags, Vfs } from './vfs.js';
+import type { RequestObserver } from '../metrics/observer.js';
+import { errnoName, IN_HEADER_SIZE } from './abi.js';
 
 export interface FuseServerOptions {
   /** How long the kernel may cache a name → node binding (default 1000 ms). */
@@ -68,6 +70,8 @@ export interface FuseServerOptions {
   /** st_blksize reported for every file (default 4096). */
   readonly blockSize?: number;
   readonly log?: Logger;
+  /** Reports every request (metrics); absent: nothing is measured. */
+  readonly observer?: RequestObserver;
 }
 
 export interface FuseCounters {
@@ -138,10 +142,30 @@ function pseudoIno(path: string): number {
 
 const utf8 = new TextEncoder();
 
+/** fuse_write_in.size: after the in header, fh (8) and offset (8). */
+const WRITE_SIZE_OFFSET = IN_HEADER_SIZE + 16;
+
+/** `done`, reporting the request to `obs` first (opcode, errno, bytes moved). */
+function observed(obs: RequestObserver, bytes: Uint8Array, done: ReplyCallback): ReplyCallback {
+  const start = obs.start();
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const opcode = bytes.length >= 8 ? view.getUint32(4, true) : -1;
+  // Only opcodes the codec knows become labels: a guest must not be able to mint series.
+  const op = opcode in Opcode ? opcodeName(opcode) : 'unknown';
+  const written = opcode === Opcode.WRITE && bytes.length >= WRITE_SIZE_OFFSET + 4 ? view.getUint32(WRITE_SIZE_OFFSET, true) : 0;
+  return (reply) => {
+    const ok = reply === null || reply.error === 0;
+    const status = ok ? 'ok' : errnoName(-reply.error) ?? 'unknown';
+    obs.done(start, op, status, ok && reply !== null && opcode === Opcode.READ ? reply.length : 0, ok ? written : 0);
+    done(reply);
+  };
+}
+
 export class FuseServer {
   readonly counters: FuseCounters = { requests: 0, errors: 0, malformed: 0, interrupted: 0 };
-  private readonly opts: Required<Omit<FuseServerOptions, 'log'>>;
+  private readonly opts: Required<Omit<FuseServerOptions, 'log' | 'observer'>>;
   private readonly log: Logger;
+  private readonly observer: RequestObserver | undefined;
   private readonly inodes = new InodeTable(0);
   private readonly handles = new HandleTable();
   private readonly pending = new Map<bigint, Pending>();
@@ -164,6 +188,7 @@ export class FuseServer {
       blockSize: opts.blockSize ?? 4096,
     };
     this.log = opts.log ?? silentLogger;
+    this.observer = opts.observer;
   }
 
   /** INIT has been answered (and no DESTROY since). */
@@ -206,6 +231,7 @@ export class FuseServer {
    */
   dispatch(bytes: Uint8Array, maxReply: number, done: ReplyCallback, payload?: PayloadTarget): void {
     this.counters.requests++;
+    if (this.observer !== undefined) done = observed(this.observer, bytes, done);
     const d = decodeRequest(bytes);
     if (!d.ok) {
       this.counters.malformed++;

@@ -88,6 +88,13 @@ export class VirtioFsDevice implements VhostUserDevice {
     this.queues.set(queue.index, new ServedQueue(queue));
   }
 
+  /** Requests the driver made available and the device has not taken yet, over every queue. */
+  get queueDepth(): number {
+    let n = 0;
+    for (const st of this.queues.values()) n += st.queue.available();
+    return n;
+  }
+
   onKick(queue: DeviceQueue): void {
     const st = this.queues.get(queue.index);
     if (!st || st.queue !== queue) return;
