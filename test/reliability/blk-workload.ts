@@ -46,6 +46,12 @@ export class DiskModel {
     this.bytes.set(data, offset);
     this.known.fill(1, offset / SECTOR, (offset + data.length) / SECTOR);
   }
+  /** Bytes whose content is known. */
+  get knownBytes(): number {
+    let n = 0;
+    for (const k of this.known) n += k;
+    return n * SECTOR;
+  }
   forget(offset: number, length: number): void {
     this.known.fill(0, offset / SECTOR, (offset + length) / SECTOR);
   }
@@ -112,6 +118,8 @@ export interface BlkWorkload {
   readonly tally: BlkTally;
   /** Reads a chunk set from the store directly (skipped when undefined). */
   readonly verifyStore?: (chunks: Iterable<number>) => Promise<number>;
+  /** The gateway runs with --writethrough: a write answered OK must be in the store before any FLUSH. */
+  readonly writethrough?: boolean;
 }
 
 /** Buffers in guest memory, allocated once per client (the frontend's allocator never frees). */
@@ -158,6 +166,7 @@ export async function blkRound(w: BlkWorkload, bufs: BlkBuffers, pending: Set<nu
     }
     for (let c = Math.floor(off / w.chunkSize); c <= Math.floor((off + len - 1) / w.chunkSize); c++) pending.add(c);
   }));
+  if (w.writethrough && w.verifyStore) tally.bytesVerified += await w.verifyStore(pending);
   const fl = await client.flushAsync(0);
   expect(fl, 'FLUSH').to.be.oneOf([BlkStatus.Ok, BlkStatus.IoErr]);
   if (fl === BlkStatus.Ok) {
