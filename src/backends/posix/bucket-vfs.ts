@@ -783,11 +783,28 @@ export class BucketVfs implements Vfs {
     const dk = this.keys.dirKey(path);
     const files = new Map<string, ObjectInfo>();
     const dirs = new Set<string>();
+    const found = new Map<string, Entry>();
+    // A file's HEAD starts as soon as its page of the listing arrives (a file is never
+    // hidden by a directory of the same name, so it needs its entry whatever comes later):
+    // the HEADs of a large directory overlap the listing of its later pages.
+    const asks: Promise<void>[] = [];
+    const ask = (name: string, fn: () => Promise<Entry | null>): void => {
+      const p = this.metaQueue.add(async () => {
+        const e = await fn();
+        if (e) found.set(name, e);
+      });
+      p.catch(() => undefined); // awaited below (or abandoned with the listing's own failure)
+      asks.push(p);
+    };
     for await (const e of listAll(this.store, { prefix: dk, delimiter: '/' })) {
       if (e.type === 'object') {
         if (e.key === dk) continue;
         const name = e.key.slice(dk.length);
-        if (isValidName(name)) files.set(name, e);
+        if (!isValidName(name)) continue;
+        files.set(name, e);
+        // Files listed with their metadata (the file store) need no request: no queueing.
+        if (e.metadata) found.set(name, this.entryOf({ ...e, metadata: e.metadata }, 'object'));
+        else ask(name, () => this.fileEntryFromListing(joinPath(path, name), e));
       } else {
         const name = e.prefix.slice(dk.length, -1);
         if (isValidName(name)) dirs.add(name);
@@ -797,24 +814,8 @@ export class BucketVfs implements Vfs {
     const shadowed = new Set<string>();
     for (const name of files.keys()) if (dirs.delete(name)) shadowed.add(name);
     const names = [...files.keys(), ...dirs].sort(compareKeys);
-    const found = new Map<string, Entry>();
-    // Files listed with their metadata (the file store) need no request: no queueing.
-    const asks: string[] = [];
-    for (const name of names) {
-      const info = files.get(name);
-      if (info?.metadata) found.set(name, this.entryOf({ ...info, metadata: info.metadata }, 'object'));
-      else asks.push(name);
-    }
-    await Promise.all(
-      asks.map((name) =>
-        this.metaQueue.add(async () => {
-          const child = joinPath(path, name);
-          const info = files.get(name);
-          const e = info ? await this.fileEntryFromListing(child, info) : await this.dirEntryFromListing(child);
-          if (e) found.set(name, e);
-        }),
-      ),
-    );
+    for (const name of dirs) ask(name, () => this.dirEntryFromListing(joinPath(path, name)));
+    await Promise.all(asks);
     const entries = new Map<string, DirEntry>();
     for (const name of names) {
       const e = found.get(name);
