@@ -123,6 +123,32 @@ describe('BucketVfs under concurrency', function () {
     await vfs.close();
   });
 
+  it('a listing of several pages asks for its files\' attributes while its later pages are still being listed', async () => {
+    const { vfs, store, inner } = mk();
+    for (let i = 0; i < 2500; i++) await inner.put(`big/f${String(i).padStart(4, '0')}`, new Uint8Array(1));
+    await inner.put('big/sub/x', new Uint8Array(1));
+    const order: string[] = [];
+    const list = store.list.bind(store);
+    const head = store.head.bind(store);
+    store.list = async (o) => {
+      order.push('list');
+      return list(o);
+    };
+    store.head = async (k) => {
+      order.push('head');
+      return head(k);
+    };
+    expect((await vfs.stat('big'))!.kind).to.equal('dir');
+    order.length = 0;
+    const listed = await vfs.list('big');
+    expect(listed.length).to.equal(2501);
+    expect(listed.find((e) => e.name === 'sub')!.attr.kind).to.equal('dir');
+    expect(order.filter((o) => o === 'list').length).to.be.at.least(3);
+    expect(order.indexOf('head')).to.be.below(order.lastIndexOf('list'));
+    expect(order.filter((o) => o === 'head').length).to.equal(2501);
+    await vfs.close();
+  });
+
   it('parallel readers of one big file share block fetches', async () => {
     const { vfs, store } = mk({ blockSize: 16 * KiB, readAheadBytes: 64 * KiB });
     const body = patternBytes(9, 512 * KiB);
