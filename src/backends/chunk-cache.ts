@@ -76,11 +76,13 @@ export interface ChunkCacheStats {
   deletes: number;
   hits: number;
   misses: number;
+  /** Clean chunks dropped to make room. */
+  evictions: number;
 }
 
 export class ChunkCache {
   readonly chunkSize: number;
-  readonly stats: ChunkCacheStats = { fetches: 0, uploads: 0, deletes: 0, hits: 0, misses: 0 };
+  readonly stats: ChunkCacheStats = { fetches: 0, uploads: 0, deletes: 0, hits: 0, misses: 0, evictions: 0 };
   private readonly o: ChunkCacheOptions;
   /** Chunks that are pinned, loading, dirty or uploading: never evicted. */
   private readonly active = new Map<number, Chunk>();
@@ -101,6 +103,9 @@ export class ChunkCache {
     this.clean = new LRUCache<number, Chunk>({
       maxSize: Math.max(opts.cacheBytes, 1),
       sizeCalculation: (c) => (c.data ? c.data.byteLength : 64),
+      dispose: (_c, _index, reason) => {
+        if (reason === 'evict') this.stats.evictions++;
+      },
     });
     this.uploads = new PQueue({ concurrency: Math.max(1, opts.uploadConcurrency) });
     this.fetches = new PQueue({ concurrency: Math.max(1, opts.fetchConcurrency) });

@@ -8,7 +8,8 @@ import type { S3StoreOptions } from './s3-store.js';
 import { StoreError } from './object-store.js';
 import { ConfigError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
-import type { S3Observer } from '../metrics/observer.js';
+import type { S3Observer, StoreObserver } from '../metrics/observer.js';
+import { ObservedStore } from './observed-store.js';
 
 export interface StorageConfig {
   readonly endpoint: string;
@@ -18,6 +19,8 @@ export interface StorageConfig {
   readonly s3Concurrency: number;
   /** Reports the S3 client's requests (metrics). */
   readonly s3Observer?: S3Observer;
+  /** Reports the operations of a local directory store (metrics). */
+  readonly storeObserver?: StoreObserver;
 }
 
 export function s3Options(cfg: StorageConfig, log: Logger): Omit<S3StoreOptions, 'bucket'> {
@@ -49,7 +52,7 @@ export async function openStore(locator: string, cfg: StorageConfig, log: Logger
       const { root, prefix } = fileStoreRoot(parseLocator(locator) as { path: string }, locator.endsWith('/'));
       const opened = await createObjectStore(`file:${root}`, { file: { create } });
       if (create) writeFileSync(join(root, ROOT_MARKER), 'vhost-s3 local object store\n');
-      return { ...opened, prefix };
+      return { ...opened, prefix, ...(cfg.storeObserver ? { store: new ObservedStore(opened.store, cfg.storeObserver) } : {}) };
     }
     return await createObjectStore(locator, { s3: s3Options(cfg, log) });
   } catch (err) {

@@ -9,7 +9,7 @@ import { runGateway } from './gateway.js';
 
 type ImageConfig = Pick<ConfigOf<'blk'>, 'cacheSize' | 'dirtySize' | 'writethrough' | 'writebackDelay' | 'uploads' | 'readahead' | 'force'
   | 'endpoint' | 'region' | 'pathStyle' | 'checksums' | 's3Concurrency'> & { readonly ioEngine?: ConfigOf<'blk'>['ioEngine'] }
-  & Pick<StorageConfig, 's3Observer'>;
+  & Pick<StorageConfig, 's3Observer' | 'storeObserver'>;
 
 /** Opens an image with the cache and storage settings of a command's configuration. */
 export function openConfiguredImage(locator: string, readOnly: boolean, cfg: ImageConfig, log: Logger): Promise<BlockImage> {

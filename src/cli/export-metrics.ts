@@ -27,6 +27,7 @@ export function watchImage(metrics: Metrics, id: string, image: BlockImage): voi
   const cache = image.chunkCache;
   metrics.cache(id, 'chunk', () => ({
     hits: cache.stats.hits, misses: cache.stats.misses, bytes: cache.cachedBytes + cache.dirtyChunkBytes, dirtyBytes: cache.dirtyChunkBytes,
+    evictions: cache.stats.evictions,
   }));
 }
 

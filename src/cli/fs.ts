@@ -15,7 +15,7 @@ import { checkExport, QEMU_MEMORY_ARGS, qemuDeviceArgs } from './exports.js';
 import { runGateway } from './gateway.js';
 import { startMetrics, watchBucket } from './export-metrics.js';
 
-type FsConfig = ConfigOf<'mount'> & Pick<StorageConfig, 's3Observer'>;
+type FsConfig = ConfigOf<'mount'> & Pick<StorageConfig, 's3Observer' | 'storeObserver'>;
 
 function octal(text: string, what: string): number {
   if (!/^0?[0-7]{1,4}$/.test(text)) throw new ConfigError(`${what} must be octal permissions such as 0644, got "${text}"`);
@@ -99,7 +99,7 @@ export async function runMount(argv: string[]): Promise<void> {
   const id = args[0]!;
   let opened: Awaited<ReturnType<typeof openBucketVfs>>;
   try {
-    opened = await openBucketVfs(service ? { ...cfg, s3Observer: service.metrics.s3(id) } : cfg, log);
+    opened = await openBucketVfs(service ? { ...cfg, ...service.metrics.storage(id) } : cfg, log);
   } catch (err) {
     await service?.endpoint.close();
     throw err;

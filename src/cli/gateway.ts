@@ -41,10 +41,10 @@ async function openExport(spec: ExportSpec, base: Logger, metrics: Metrics | und
   checkExport(spec);
   const log = base.child({ export: exportName(spec) });
   const id = spec.config.socket;
-  const s3Observer = metrics?.s3(id);
+  const storage = metrics?.storage(id);
   if (spec.type === 'blk') {
     const c = spec.config;
-    const image = await openConfiguredImage(c.image, c.readonly, s3Observer ? { ...c, s3Observer } : c, log);
+    const image = await openConfiguredImage(c.image, c.readonly, storage ? { ...c, ...storage } : c, log);
     return {
       start: async () => {
         const observer = metrics?.device(id, 'blk');
@@ -59,7 +59,7 @@ async function openExport(spec: ExportSpec, base: Logger, metrics: Metrics | und
     };
   }
   const c = spec.config;
-  const { vfs, bucket, close } = await openBucketVfs(s3Observer ? { ...c, s3Observer } : c, log);
+  const { vfs, bucket, close } = await openBucketVfs(storage ? { ...c, ...storage } : c, log);
   return {
     start: async () => {
       try {

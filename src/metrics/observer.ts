@@ -20,3 +20,9 @@ export interface S3Observer {
   /** A request ended after `attempts` attempts (attempts - 1 retries). */
   finished(operation: string, attempts: number): void;
 }
+
+/** Operations of a store that is not S3 (the local directory store): by name and result. */
+export interface StoreObserver {
+  /** `result`: "ok" or the error's code ("ENOENT", "ESTALE", …). */
+  operation(name: string, result: string): void;
+}

@@ -1,13 +1,9 @@
 // The metric families of a gateway process (Prometheus, via prom-client) and the
 // observers handed to its devices and stores. Counters the caches keep anyway are read at
 // scrape time (collect), so that they cost the data path nothing more.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { RequestObserver, S3Observer } from './observer.js';
-
-/** 10 µs to 10 s: a page-cache hit on one end, a stalled S3 request on the other. */
-export const LATENCY_BUCKETS = [
-  0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-];
+import { Counter, Gauge, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
+import type { RequestObserver, S3Observer, StoreObserver } from './observer.js';
+import { DeviceStats, type Sample } from './device-stats.js';
 
 export type DeviceType = 'blk' | 'fs' | 'fuse';
 
@@ -37,25 +33,22 @@ export class Metrics {
   readonly registry = new Registry();
   private readonly caches: CacheSource[] = [];
   private readonly depths: DepthSource[] = [];
-
-  private readonly requests: Counter<'export' | 'device' | 'op' | 'status'>;
-  private readonly latency: Histogram<'export' | 'device' | 'op'>;
-  private readonly readBytes: Counter<'export' | 'device'>;
-  private readonly writtenBytes: Counter<'export' | 'device'>;
-  private readonly inflight: Gauge<'export' | 'device'>;
+  private readonly devices: DeviceStats[] = [];
   private readonly s3Requests: Counter<'export' | 'operation' | 'code'>;
   private readonly s3Retries: Counter<'export' | 'operation'>;
   private readonly s3Sent: Counter<'export'>;
   private readonly s3Received: Counter<'export'>;
+  private readonly storeOps: Counter<'export' | 'operation' | 'result'>;
 
   constructor() {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
-    this.requests = new Counter({ name: 'vhost_s3_requests_total', help: 'Device requests completed, by operation and status', labelNames: ['export', 'device', 'op', 'status'], registers });
-    this.latency = new Histogram({ name: 'vhost_s3_request_duration_seconds', help: 'Device request latency, from taking the request to completing it', labelNames: ['export', 'device', 'op'], buckets: LATENCY_BUCKETS, registers });
-    this.readBytes = new Counter({ name: 'vhost_s3_read_bytes_total', help: 'Bytes read by the guest (blk IN, FUSE READ)', labelNames: ['export', 'device'], registers });
-    this.writtenBytes = new Counter({ name: 'vhost_s3_written_bytes_total', help: 'Bytes written by the guest (blk OUT, FUSE WRITE)', labelNames: ['export', 'device'], registers });
-    this.inflight = new Gauge({ name: 'vhost_s3_inflight_requests', help: 'Device requests taken and not yet completed', labelNames: ['export', 'device'], registers });
+    const devices = this.devices;
+    this.family('vhost_s3_requests_total', 'Device requests completed, by operation and status', 'counter', (out) => devices.forEach((d) => d.requestSamples(out)));
+    this.family('vhost_s3_request_duration_seconds', 'Device request latency, from taking the request to completing it', 'histogram', (out) => devices.forEach((d) => d.latencySamples('vhost_s3_request_duration_seconds', out)));
+    this.family('vhost_s3_read_bytes_total', 'Bytes read by the guest (blk IN, FUSE READ)', 'counter', (out) => devices.forEach((d) => out.push({ labels: { ...d.labels }, value: d.readBytes })));
+    this.family('vhost_s3_written_bytes_total', 'Bytes written by the guest (blk OUT, FUSE WRITE)', 'counter', (out) => devices.forEach((d) => out.push({ labels: { ...d.labels }, value: d.writtenBytes })));
+    this.family('vhost_s3_inflight_requests', 'Device requests taken and not yet completed', 'gauge', (out) => devices.forEach((d) => out.push({ labels: { ...d.labels }, value: d.inflight })));
     const depths = this.depths;
     new Gauge({
       name: 'vhost_s3_queue_depth', help: 'Requests the guest made available on the device\'s queues and not yet taken', labelNames: ['export', 'device'], registers,
@@ -68,12 +61,25 @@ export class Metrics {
     this.s3Retries = new Counter({ name: 'vhost_s3_s3_retries_total', help: 'S3 attempts after the first of a request', labelNames: ['export', 'operation'], registers });
     this.s3Sent = new Counter({ name: 'vhost_s3_s3_sent_bytes_total', help: 'Request body bytes sent to S3', labelNames: ['export'], registers });
     this.s3Received = new Counter({ name: 'vhost_s3_s3_received_bytes_total', help: 'Response body bytes received from S3 (Content-Length)', labelNames: ['export'], registers });
+    this.storeOps = new Counter({ name: 'vhost_s3_store_operations_total', help: 'Operations of a local directory store (file:), by operation and result (ok or errno name)', labelNames: ['export', 'operation', 'result'], registers });
     this.cacheFamily('counter', 'vhost_s3_cache_hits_total', 'Cache lookups served from memory', (s) => s.hits);
     this.cacheFamily('counter', 'vhost_s3_cache_misses_total', 'Cache lookups that had to fetch from the store', (s) => s.misses);
     this.cacheFamily('gauge', 'vhost_s3_cache_hit_ratio', 'hits / (hits + misses) since start (0 before any lookup)', (s) => (s.hits === undefined || s.misses === undefined ? undefined : s.hits + s.misses === 0 ? 0 : s.hits / (s.hits + s.misses)));
     this.cacheFamily('gauge', 'vhost_s3_cache_bytes', 'Bytes held by the cache', (s) => s.bytes);
     this.cacheFamily('gauge', 'vhost_s3_cache_dirty_bytes', 'Bytes written and not yet stored', (s) => s.dirtyBytes);
     this.cacheFamily('counter', 'vhost_s3_cache_evictions_total', 'Entries dropped to make room', (s) => s.evictions);
+  }
+
+  /** A family whose samples are made at scrape time from counters kept elsewhere. */
+  private family(name: string, help: string, type: 'counter' | 'gauge' | 'histogram', samples: (out: Sample[]) => void): void {
+    const collect = (): { name: string; help: string; type: string; aggregator: string; values: Sample[] } => {
+      const values: Sample[] = [];
+      samples(values);
+      return { name, help, type, aggregator: 'sum', values };
+    };
+    // prom-client's registry takes any object with these members (its own metrics have no more).
+    const metric = { name, help, type, aggregator: 'sum', get: async () => collect(), reset: () => undefined };
+    this.registry.registerMetric(metric as unknown as Metric<string>);
   }
 
   private cacheFamily(kind: 'counter' | 'gauge', name: string, help: string, value: (s: CacheSnapshot) => number | undefined): void {
@@ -108,34 +114,9 @@ export class Metrics {
 
   /** The observer of one device's requests. */
   device(exportId: string, device: DeviceType): RequestObserver {
-    const labels = { export: exportId, device };
-    const inflight = this.inflight.labels(labels);
-    inflight.set(0);
-    const readBytes = this.readBytes.labels(labels);
-    const writtenBytes = this.writtenBytes.labels(labels);
-    readBytes.inc(0);
-    writtenBytes.inc(0);
-    // Children bound once per (op, status): a request costs two map lookups, not label hashing.
-    const counters = new Map<string, Counter.Internal>();
-    const histograms = new Map<string, Histogram.Internal<'export' | 'device' | 'op'>>();
-    return {
-      start: () => {
-        inflight.inc();
-        return performance.now();
-      },
-      done: (start, op, status, bytesRead, bytesWritten) => {
-        inflight.dec();
-        const key = `${op} ${status}`;
-        let c = counters.get(key);
-        if (c === undefined) counters.set(key, (c = this.requests.labels({ ...labels, op, status })));
-        c.inc();
-        let h = histograms.get(op);
-        if (h === undefined) histograms.set(op, (h = this.latency.labels({ ...labels, op })));
-        h.observe((performance.now() - start) / 1000);
-        if (bytesRead > 0) readBytes.inc(bytesRead);
-        if (bytesWritten > 0) writtenBytes.inc(bytesWritten);
-      },
-    };
+    const stats = new DeviceStats({ export: exportId, device });
+    this.devices.push(stats);
+    return stats;
   }
 
   /** Reports a device's queue depth at each scrape. */
@@ -148,12 +129,28 @@ export class Metrics {
     this.caches.push({ labels: { export: exportId, cache }, read });
   }
 
+  /** The observers of one export's store, whichever kind it is (StorageConfig fields). */
+  storage(exportId: string): { s3Observer: S3Observer; storeObserver: StoreObserver } {
+    return { s3Observer: this.s3(exportId), storeObserver: this.store(exportId) };
+  }
+
+  /** The observer of one export's local directory store. */
+  store(exportId: string): StoreObserver {
+    const children = new Map<string, Counter.Internal>();
+    return {
+      operation: (operation, result) => {
+        const key = `${operation} ${result}`;
+        let c = children.get(key);
+        if (c === undefined) children.set(key, (c = this.storeOps.labels({ export: exportId, operation, result })));
+        c.inc();
+      },
+    };
+  }
+
   /** The observer of one export's S3 client. */
   s3(exportId: string): S3Observer {
     const sent = this.s3Sent.labels({ export: exportId });
     const received = this.s3Received.labels({ export: exportId });
-    sent.inc(0);
-    received.inc(0);
     return {
       attempt: (operation, status, bytesSent, bytesReceived) => {
         this.s3Requests.inc({ export: exportId, operation, code: String(status) });

@@ -49,7 +49,7 @@ describe('metrics: vhost-s3 blk --metrics', function () {
     const socket = dir.file('d.sock');
     server = await startBlkServer({
       socket, image: 's3://img/images/d', env: s3.env, logLevel: 'warn',
-      extra: ['--endpoint', s3.endpoint, '--metrics', `127.0.0.1:${port}`, '--readahead', '0', '--writeback-delay', '0'],
+      extra: ['--endpoint', s3.endpoint, '--metrics', `127.0.0.1:${port}`, '--readahead', '0', '--writeback-delay', '0', '--cache-size', '2M'],
     });
     const dev = { export: socket, device: 'blk' };
     const at0 = await scrape(port);
@@ -115,6 +115,13 @@ describe('metrics: vhost-s3 blk --metrics', function () {
     assertBetween(afterWrites, during, after, 'vhost_s3_requests_total', { ...dev, op: 'in', status: 'ok' });
     assertBetween(afterWrites, during, after, 'vhost_s3_read_bytes_total', dev);
     expect(during.sum('vhost_s3_inflight_requests', dev)).to.be.within(0, rbufs.length);
+
+    // Chunks 1..3 written and stored: with chunk 0, 4 MiB of clean chunks in a 2 MiB cache.
+    for (let k = 1; k <= 3; k++) expect(await c.writeAsync(0, k * CHUNK, wbuf)).to.equal(BlkStatus.Ok);
+    expect(await c.flushAsync()).to.equal(BlkStatus.Ok);
+    const evicted = await scrape(port);
+    expect(evicted.sum('vhost_s3_cache_evictions_total', chunk) - after.sum('vhost_s3_cache_evictions_total', chunk)).to.be.at.least(2);
+    expect(evicted.sum('vhost_s3_cache_bytes', chunk)).to.be.at.most(2 * CHUNK);
   });
 
   it('a bad --metrics value or a port in use: one line on stderr, exit 2', async () => {

@@ -3,7 +3,7 @@
 // move the per-opcode series, the S3 series and the page cache's hits and misses (a
 // re-read is all hits and no GET) by exactly what the workload did.
 import { expect } from 'chai';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 
 import { FuseClient } from '../../src/frontend/fuse-client.js';
 import { E, O_CREAT, O_RDONLY, O_WRONLY, S_IFREG } from '../../src/fuse/abi.js';
@@ -110,13 +110,15 @@ describe('metrics: vhost-s3 fs --metrics', function () {
   it('vhost-s3 run: the file\'s "metrics" serves every export, each under its socket', async () => {
     const port = await freePort();
     const raw = makeRawFile(dir.file('run.raw'), 4 * MiB);
-    const socks = { disk: dir.file('run-d.sock'), share: dir.file('run-s.sock') };
+    const socks = { disk: dir.file('run-d.sock'), share: dir.file('run-s.sock'), local: dir.file('run-l.sock') };
+    mkdirSync(dir.file('store/local'), { recursive: true });
     const file = dir.file('exports.json');
     writeFileSync(file, JSON.stringify({
       metrics: `127.0.0.1:${port}`,
       exports: [
         { type: 'blk', socket: socks.disk, image: `file:${raw}` },
-        { type: 'fs', socket: socks.share, bucket: 's3://share/run', endpoint: s3.endpoint },
+        { type: 'fs', socket: socks.share, bucket: 's3://share/run', endpoint: s3.endpoint, 'cache-size': '128K', 'cache-block-size': '64K', 'read-ahead': 0 },
+        { type: 'fs', socket: socks.local, bucket: `file:${dir.file('store')}/local` },
       ],
     }));
     server = await startRunServer(file, { env: s3.env });
@@ -128,14 +130,36 @@ describe('metrics: vhost-s3 fs --metrics', function () {
     const buf = disk.allocBuffer(8 * KiB);
     for (let i = 0; i < 3; i++) expect(await disk.readAsync(0, i * 8 * KiB, buf)).to.equal(BlkStatus.Ok);
     await share.statfs();
+    // A 256 KiB file read through a 128 KiB page cache of 64 KiB blocks: at least 2 evictions.
+    const big = await share.create(1, 'big', O_CREAT | O_WRONLY, S_IFREG | 0o644);
+    await share.write(big.entry.nodeid, big.fh, 0, patternBytes(4, 256 * KiB));
+    await share.fsync(big.entry.nodeid, big.fh);
+    await share.release(big.entry.nodeid, big.fh);
+    const rd = await share.open(big.entry.nodeid, O_RDONLY);
+    for (let off = 0; off < 256 * KiB; off += 64 * KiB) expect((await share.read(big.entry.nodeid, rd.fh, off, 64 * KiB)).length).to.equal(64 * KiB);
+    await share.release(big.entry.nodeid, rd.fh);
+    // On the local store: a file made, written and fsynced is one put of the object.
+    const local = await FuseClient.connect(socks.local);
+    clients.push(local);
+    await local.init();
+    const before = await scrape(port);
+    const made = await local.create(1, 'x', O_CREAT | O_WRONLY, S_IFREG | 0o644);
+    await local.write(made.entry.nodeid, made.fh, 0, patternBytes(3, 1000));
+    await local.fsync(made.entry.nodeid, made.fh);
+    await local.release(made.entry.nodeid, made.fh);
     const s = await scrape(port);
     expect(s.sum('vhost_s3_requests_total', { export: socks.disk, device: 'blk', op: 'in', status: 'ok' })).to.equal(3);
     expect(s.sum('vhost_s3_read_bytes_total', { export: socks.disk, device: 'blk' })).to.equal(3 * 8 * KiB);
     expect(s.sum('vhost_s3_requests_total', { export: socks.share, device: 'fs', op: 'STATFS', status: 'ok' })).to.equal(1);
+    expect(s.sum('vhost_s3_cache_bytes', { export: socks.share, cache: 'page' })).to.be.at.most(128 * KiB);
     // A raw file has no chunk cache and no S3 client; the share has both kinds of cache.
     expect(s.has('vhost_s3_cache_bytes', { export: socks.disk })).to.equal(false);
     expect(s.has('vhost_s3_cache_bytes', { export: socks.share, cache: 'page' })).to.equal(true);
     expect(s.sum('vhost_s3_s3_requests_total', { export: socks.disk })).to.equal(0);
+    expect(s.sum('vhost_s3_s3_requests_total', { export: socks.local })).to.equal(0);
+    expect(s.sum('vhost_s3_store_operations_total', { export: socks.local, operation: 'put', result: 'ok' }) - before.sum('vhost_s3_store_operations_total', { export: socks.local, operation: 'put', result: 'ok' })).to.be.at.least(1);
+    expect(s.sum('vhost_s3_store_operations_total', { export: socks.share })).to.equal(0);
+    expect(s.sum('vhost_s3_written_bytes_total', { export: socks.local, device: 'fs' })).to.equal(1000);
   });
 });
 

@@ -44,6 +44,8 @@ export interface PageCacheStats {
   fetches: number;
   prefetches: number;
   stale: number;
+  /** Blocks dropped to make room. */
+  evictions: number;
 }
 
 /** The object changed under a reader (its ETag or size is not what the caller knew). */
@@ -60,7 +62,7 @@ export class PageCache {
   readonly blockSize: number;
   /** Blocks per read-ahead GET at most. */
   readonly runBlocks: number;
-  readonly stats: PageCacheStats = { hits: 0, misses: 0, fetches: 0, prefetches: 0, stale: 0 };
+  readonly stats: PageCacheStats = { hits: 0, misses: 0, fetches: 0, prefetches: 0, stale: 0, evictions: 0 };
   private readonly store: ObjectStore;
   private readonly blocks: LRUCache<string, Uint8Array>;
   /** object key → its cached block keys (kept in step with the LRU by its dispose hook). */
@@ -76,7 +78,8 @@ export class PageCache {
     this.blocks = new LRUCache<string, Uint8Array>({
       maxSize: Math.max(1, opts.maxBytes),
       sizeCalculation: (b) => Math.max(1, b.byteLength),
-      dispose: (_block, k) => {
+      dispose: (_block, k, reason) => {
+        if (reason === 'evict') this.stats.evictions++;
         const object = k.slice(0, k.indexOf('\0'));
         const set = this.byObject.get(object);
         if (!set) return;
