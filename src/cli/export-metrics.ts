@@ -35,7 +35,7 @@ export function watchImage(metrics: Metrics, id: string, image: BlockImage): voi
 export function watchBucket(metrics: Metrics, id: string, bucket: BucketVfs): void {
   metrics.cache(id, 'page', () => {
     const s = bucket.stats;
-    return { hits: s.pageHits, misses: s.pageMisses, bytes: s.pageCacheBytes, dirtyBytes: 0 };
+    return { hits: s.pageHits, misses: s.pageMisses, bytes: s.pageCacheBytes, dirtyBytes: 0, evictions: s.pageEvictions };
   });
   metrics.cache(id, 'write_buffer', () => {
     const s = bucket.stats;

@@ -152,6 +152,7 @@ describe('metrics: vhost-s3 fs --metrics', function () {
     expect(s.sum('vhost_s3_read_bytes_total', { export: socks.disk, device: 'blk' })).to.equal(3 * 8 * KiB);
     expect(s.sum('vhost_s3_requests_total', { export: socks.share, device: 'fs', op: 'STATFS', status: 'ok' })).to.equal(1);
     expect(s.sum('vhost_s3_cache_bytes', { export: socks.share, cache: 'page' })).to.be.at.most(128 * KiB);
+    expect(s.sum('vhost_s3_cache_evictions_total', { export: socks.share, cache: 'page' })).to.be.at.least(2);
     // A raw file has no chunk cache and no S3 client; the share has both kinds of cache.
     expect(s.has('vhost_s3_cache_bytes', { export: socks.disk })).to.equal(false);
     expect(s.has('vhost_s3_cache_bytes', { export: socks.share, cache: 'page' })).to.equal(true);

@@ -201,6 +201,7 @@ export interface BucketVfsStats {
   readonly pageHits: number;
   readonly pageMisses: number;
   readonly pageFetches: number;
+  readonly pageEvictions: number;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -320,6 +321,7 @@ export class BucketVfs implements Vfs {
       pageHits: this.pages.stats.hits,
       pageMisses: this.pages.stats.misses,
       pageFetches: this.pages.stats.fetches,
+      pageEvictions: this.pages.stats.evictions,
     };
   }
 
