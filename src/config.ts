@@ -146,6 +146,11 @@ const fileSystem = {
   listCacheEntries: { doc: 'directories whose listing the gateway caches', format: 'positive-int', default: 1000, env: 'VHOST_S3_LIST_CACHE_ENTRIES', arg: 'list-cache-entries' },
 } satisfies Schema;
 
+/** Gateways that write to a store (blk, fs, mount). */
+const localStore = {
+  staleTempAge: { doc: 'file: stores opened for writing: temporary files left by killed writers are removed in the background once unmodified this many seconds (a live writer modifies its temporary file continuously and renames it within seconds)', format: 'non-negative', default: 3600, env: 'VHOST_S3_STALE_TEMP_AGE', arg: 'stale-temp-age' },
+} satisfies Schema;
+
 /** Commands that serve devices until a signal (blk, fs, serve, run). */
 const lifecycle = {
   shutdownTimeout: { doc: 'seconds SIGINT/SIGTERM waits for in-flight requests, flushes and closes before exiting 1 anyway', format: 'non-negative', default: 30, env: 'VHOST_S3_SHUTDOWN_TIMEOUT', arg: 'shutdown-timeout' },
@@ -157,7 +162,7 @@ const observability = {
 } satisfies Schema;
 
 export const schemas = {
-  blk: { ...common, ...blkDevice, ...imageCache, ...storage, ...lifecycle, ...observability },
+  blk: { ...common, ...blkDevice, ...imageCache, ...storage, ...localStore, ...lifecycle, ...observability },
   serve: {
     ...common,
     dataDir: { doc: 'directory holding the embedded default disk and sockets', format: String, default: './data', env: 'VHOST_S3_DATA_DIR', arg: 'data-dir' },
@@ -170,12 +175,12 @@ export const schemas = {
   run: { ...common, ...lifecycle, ...observability,
     config: { doc: 'JSON file listing the exports (blk and fs devices) to serve; re-read on SIGHUP', format: String, default: '', env: 'VHOST_S3_CONFIG', arg: 'config' },
   },
-  fs: { ...common, ...fileSystem, ...storage, ...lifecycle, ...observability,
+  fs: { ...common, ...fileSystem, ...storage, ...localStore, ...lifecycle, ...observability,
     socket: { doc: 'vhost-user socket path to listen on', format: String, default: '', env: 'VHOST_S3_SOCKET', arg: 'socket' },
     tag: { doc: 'mount tag the guest uses (QEMU sets it on the device: tag=...; printed in the QEMU arguments)', format: String, default: 'vhost-s3', env: 'VHOST_S3_TAG', arg: 'tag' },
     queues: { doc: 'request queues (QEMU num-request-queues must not exceed it)', format: 'fs-queue-count', default: 1, env: 'VHOST_S3_QUEUES', arg: 'queues' },
   },
-  mount: { ...common, ...fileSystem, ...storage, ...observability },
+  mount: { ...common, ...fileSystem, ...storage, ...localStore, ...observability },
   'image create': { ...common, ...storage,
     size: { doc: 'disk size (e.g. 20G)', format: 'size', default: 0, env: 'VHOST_S3_IMAGE_SIZE', arg: 'size' },
     chunkSize: { doc: 'chunk size: a power of two from 64K to 64M', format: 'size', default: 4 * 2 ** 20, env: 'VHOST_S3_CHUNK_SIZE', arg: 'chunk-size' },

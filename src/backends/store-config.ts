@@ -10,6 +10,7 @@ import { ConfigError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { S3Observer, StoreObserver } from '../metrics/observer.js';
 import { ObservedStore } from './observed-store.js';
+import { FileStore } from './file-store.js';
 
 export interface StorageConfig {
   readonly endpoint: string;
@@ -21,6 +22,8 @@ export interface StorageConfig {
   readonly s3Observer?: S3Observer;
   /** Reports the operations of a local directory store (metrics). */
   readonly storeObserver?: StoreObserver;
+  /** Seconds (--stale-temp-age): a file: store opened by a writer removes older temporary files of killed writers. */
+  readonly staleTempAge?: number;
 }
 
 export function s3Options(cfg: StorageConfig, log: Logger): Omit<S3StoreOptions, 'bucket'> {
@@ -46,18 +49,34 @@ export function s3Options(cfg: StorageConfig, log: Logger): Omit<S3StoreOptions,
  * the prefix (a trailing `/` makes the whole path the root) and, with `create`, the store
  * is created there.
  */
-export async function openStore(locator: string, cfg: StorageConfig, log: Logger, create = false): Promise<OpenedStore> {
+export async function openStore(locator: string, cfg: StorageConfig, log: Logger, create = false, writer = false): Promise<OpenedStore> {
   try {
     if (locator.startsWith('file:')) {
       const { root, prefix } = fileStoreRoot(parseLocator(locator) as { path: string }, locator.endsWith('/'));
       const opened = await createObjectStore(`file:${root}`, { file: { create } });
       if (create) writeFileSync(join(root, ROOT_MARKER), 'vhost-s3 local object store\n');
+      if (writer && cfg.staleTempAge !== undefined && opened.store instanceof FileStore) sweepStaleTemps(opened.store, cfg.staleTempAge, log);
       return { ...opened, prefix, ...(cfg.storeObserver ? { store: new ObservedStore(opened.store, cfg.storeObserver) } : {}) };
     }
     return await createObjectStore(locator, { s3: s3Options(cfg, log) });
   } catch (err) {
     throw asConfigError(err, locator);
   }
+}
+
+/**
+ * Removes, in the background (startup does not wait for a walk of the whole store), the
+ * temporary files that writers killed mid-write left (up to a part's size each). Only
+ * files unmodified for `ageS` seconds: a live writer, in this process or another one on
+ * the same store, keeps writing to its temporary file and renames it within seconds.
+ */
+function sweepStaleTemps(store: FileStore, ageS: number, log: Logger): void {
+  store.removeStaleTemps(ageS * 1000).then(
+    (removed) => {
+      if (removed > 0) log.info('removed temporary files left by killed writers', { store: store.description, removed, olderThanS: ageS });
+    },
+    (err: unknown) => log.warn('could not remove stale temporary files', { store: store.description, error: (err as Error).message }),
+  );
 }
 
 export const ROOT_MARKER = '.vhost-s3-store';

@@ -33,7 +33,7 @@ export async function openImage(locator: string, opts: OpenImageOptions): Promis
     if (st && !st.isDirectory()) return RawImage.open(path, { readOnly: opts.readOnly, ioEngine: opts.ioEngine });
     locator = `file:${path}`;
   }
-  const { store, prefix } = await openStore(locator, opts.storage, opts.log);
+  const { store, prefix } = await openStore(locator, opts.storage, opts.log, false, !opts.readOnly);
   try {
     return await ObjectImage.open(store, new ImageKeys(prefix), { ...opts.object, readOnly: opts.readOnly, log: opts.log });
   } catch (err) {

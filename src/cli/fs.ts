@@ -67,7 +67,7 @@ export function bucketVfsOptions(cfg: FsConfig): Omit<BucketVfsOptions, 'store' 
 export async function openBucketVfs(cfg: FsConfig, log: Logger): Promise<{ vfs: Vfs; bucket: BucketVfs; close: () => Promise<void> }> {
   if (cfg.bucket === '') throw new ConfigError('no bucket given (--bucket s3://bucket[/prefix] or file:/path)');
   const options = bucketVfsOptions(cfg);
-  const { store, prefix } = await openStore(cfg.bucket.endsWith('/') || cfg.bucket.startsWith('s3://') ? cfg.bucket : `${cfg.bucket}/`, cfg, log, false);
+  const { store, prefix } = await openStore(cfg.bucket.endsWith('/') || cfg.bucket.startsWith('s3://') ? cfg.bucket : `${cfg.bucket}/`, cfg, log, false, !cfg.readonly);
   const bucket = new BucketVfs({ store, prefix, logger: log, ...options });
   const vfs = cfg.readonly ? new ReadOnlyVfs(bucket) : bucket;
   return { vfs, bucket, close: () => bucket.close().finally(() => store.close()) };
