@@ -10,6 +10,7 @@ import { S3Store } from '../../src/backends/s3-store.js';
 import { createImage } from '../../src/blk/image-admin.js';
 import { ImageKeys } from '../../src/blk/image-format.js';
 import { CliProcess, runCli, startBlkServer } from '../support/cli.js';
+import { FaultProxy } from '../support/fault-proxy.js';
 import { freePort, scrape, type Scrape } from '../support/metrics.js';
 import { startS3rver, type S3rver } from '../support/s3rver.js';
 import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
@@ -122,6 +123,41 @@ describe('metrics: vhost-s3 blk --metrics', function () {
     const evicted = await scrape(port);
     expect(evicted.sum('vhost_s3_cache_evictions_total', chunk) - after.sum('vhost_s3_cache_evictions_total', chunk)).to.be.at.least(2);
     expect(evicted.sum('vhost_s3_cache_bytes', chunk)).to.be.at.most(2 * CHUNK);
+  });
+
+  it('counts S3 attempts by status code and the retries, as many as the store failed', async () => {
+    const proxy = await FaultProxy.start(s3.port, { seed: 3 });
+    let gw: CliProcess | null = null;
+    let blk: BlkClient | null = null;
+    try {
+      const store = new S3Store({ bucket: 'img', endpoint: s3.endpoint, credentials: s3.credentials });
+      try {
+        await createImage(store, new ImageKeys('images/r/'), 16 * MiB, CHUNK);
+      } finally {
+        await store.close();
+      }
+      const port = await freePort();
+      const socket = dir.file('r.sock');
+      gw = await startBlkServer({
+        socket, image: 's3://img/images/r', env: s3.env, logLevel: 'warn',
+        extra: ['--endpoint', proxy.endpoint, '--metrics', `127.0.0.1:${port}`, '--readahead', '0'],
+      });
+      blk = await BlkClient.connect(socket, { memorySize: 4 * MiB });
+      const before = await scrape(port);
+      // The next two S3 requests (the chunk's GET, or a lease heartbeat that comes first) are
+      // answered 503 SlowDown: the SDK retries each time.
+      proxy.failNext(2, 503, 'SlowDown');
+      expect(await blk.readAsync(0, 9 * CHUNK, blk.allocBuffer(4 * KiB))).to.equal(BlkStatus.Ok);
+      const after = await scrape(port);
+      const d = (name: string, labels: Record<string, string>): number => after.sum(name, labels) - before.sum(name, labels);
+      expect(d('vhost_s3_s3_requests_total', { export: socket, code: '503' }), after.text).to.equal(2);
+      expect(d('vhost_s3_s3_retries_total', { export: socket })).to.equal(2);
+      expect(d('vhost_s3_s3_requests_total', { export: socket, operation: 'GetObject' })).to.be.at.least(1);
+    } finally {
+      await blk?.close().catch(() => undefined);
+      await gw?.kill();
+      await proxy.close();
+    }
   });
 
   it('a bad --metrics value or a port in use: one line on stderr, exit 2', async () => {
