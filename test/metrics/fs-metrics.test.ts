@@ -55,6 +55,8 @@ describe('metrics: vhost-s3 fs --metrics', function () {
     const at0 = await scrape(port);
     expect(at0.sum('vhost_s3_requests_total', { ...dev, op: 'INIT', status: 'ok' })).to.equal(1);
 
+    // Opcodes the guest makes up are one series, "unknown", however many numbers it tries.
+    for (const opcode of [4242, 4243, 0x7fffffff]) expect((await fuse.request(opcode, 1, [])).error).to.equal(-E.ENOSYS);
     // A lookup of a missing name: ENOENT.
     await fuse.lookup(1, 'missing').then(() => expect.fail('found'), (err: { errno?: number }) => expect(err.errno).to.equal(E.ENOENT));
     // A file of 4 blocks (64 KiB each) written in 4 WRITEs, made durable, closed.
@@ -67,6 +69,8 @@ describe('metrics: vhost-s3 fs --metrics', function () {
     const afterWrites = await scrape(port);
     let d = deltas(at0, afterWrites);
     expect(d('vhost_s3_requests_total', { ...dev, op: 'LOOKUP', status: 'ENOENT' })).to.equal(1);
+    expect(d('vhost_s3_requests_total', { ...dev, op: 'unknown', status: 'ENOSYS' })).to.equal(3);
+    expect(afterWrites.samples.filter((x) => x.name === 'vhost_s3_requests_total' && /^OPCODE_|^\d/.test(x.labels.op ?? ''))).to.deep.equal([]);
     expect(d('vhost_s3_requests_total', { ...dev, op: 'CREATE', status: 'ok' })).to.equal(1);
     expect(d('vhost_s3_requests_total', { ...dev, op: 'WRITE', status: 'ok' })).to.equal(W);
     expect(d('vhost_s3_written_bytes_total', dev)).to.equal(W * block);
