@@ -96,6 +96,7 @@ const storage = {
   pathStyle: { doc: 'path-style S3 URLs: auto (on when --endpoint is given), on, off', format: ['auto', 'on', 'off'] as const, default: 'auto', env: 'VHOST_S3_PATH_STYLE', arg: 'path-style' },
   checksums: { doc: 'S3 request checksums: when-required (safe for S3-compatible servers) or when-supported (AWS SDK default)', format: ['when-required', 'when-supported'] as const, default: 'when-required', env: 'VHOST_S3_CHECKSUMS', arg: 'checksums' },
   s3Concurrency: { doc: 'S3 requests in flight at most', format: 'positive-int', default: 32, env: 'VHOST_S3_CONCURRENCY', arg: 's3-concurrency' },
+  s3MaxAttempts: { doc: 'attempts per S3 request, the first included, for throttling, 5xx, timeouts and resets (backoff with jitter, 50 ms doubling up to 2 s; 500 ms after SlowDown)', format: 'positive-int', default: 10, env: 'VHOST_S3_MAX_ATTEMPTS', arg: 's3-max-attempts' },
 } satisfies Schema;
 
 /** Object-backed images: cache and write-back settings. */

@@ -4,13 +4,13 @@
 // - Checksums: `requestChecksumCalculation` / `responseChecksumValidation` default to
 //   "WHEN_REQUIRED" (overridable). SDK v3's default adds flexible checksums with
 //   aws-chunked bodies, which many S3-compatible servers store as garbage.
-// - Retries: the SDK's own "standard" strategy, `maxAttempts` (default 5). It already does
-//   exponential backoff with full jitter (base delays depend on the SDK version: 50 ms and
-//   1 s for throttling in the one installed; docs/reliability.md), classifies
-//   SlowDown/throttling/429, 500/502/503/504, timeouts and connection resets/refusals as
-//   retryable, re-signs every attempt, and has a client-wide retry
-//   token bucket so a dead endpoint fails fast instead of multiplying load. A second
-//   retry loop of our own would multiply attempts. What the SDK cannot retry — a body
+// - Retries: the SDK's retry middleware (it classifies SlowDown/throttling/429,
+//   500/502/503/504, timeouts and connection resets/refusals as retryable and re-signs
+//   every attempt) with our strategy (s3-retry.ts): `maxAttempts` (default 10), capped
+//   exponential backoff with full jitter, and a client-wide retry budget that a store
+//   failing a third of its requests does not empty and that refills with time — the
+//   SDK's own budget runs dry at such rates and turns every later fault into EIO. A
+//   second retry loop of our own would multiply attempts. What the SDK cannot retry — a body
 //   that breaks after the headers arrived — is resumed here (`read`, with If-Match so the
 //   resumed bytes belong to the same version).
 // - Bodies we send are always in memory (Uint8Array), so every attempt can resend them;
@@ -65,6 +65,7 @@ import { silentLogger, type Logger } from '../util/log.js';
 import type { ErrnoName } from '../util/errors.js';
 import type { S3Observer } from '../metrics/observer.js';
 import { observeS3Client } from './s3-metrics.js';
+import { DEFAULT_RETRY_POLICY, GatewayRetryStrategy, type RetryPolicy } from './s3-retry.js';
 import {
   DELETE_BATCH,
   MAX_PART_SIZE,
@@ -113,8 +114,10 @@ export interface S3StoreOptions {
   readonly credentials?: { readonly accessKeyId: string; readonly secretAccessKey: string; readonly sessionToken?: string };
   readonly requestChecksumCalculation?: ChecksumMode;
   readonly responseChecksumValidation?: ChecksumMode;
-  /** Attempts per request including the first (SDK standard retry strategy). Default 5. */
+  /** Attempts per request including the first. Default 10 (DEFAULT_RETRY_POLICY). */
   readonly maxAttempts?: number;
+  /** The rest of the retry policy (tests). */
+  readonly retry?: Partial<Omit<RetryPolicy, 'maxAttempts'>>;
   /** Requests in flight. Default 32. */
   readonly concurrency?: number;
   /** Sockets per agent. Default `concurrency`. */
@@ -155,6 +158,8 @@ export class S3Store implements ObjectStore {
   private readonly partSize: number;
   private bucketChecked = false;
   private conditionalKnown: boolean;
+  /** The client's retry strategy and budget. */
+  readonly retry: GatewayRetryStrategy;
 
   constructor(opts: S3StoreOptions) {
     if (!opts.bucket) throw new StoreError('EINVAL', 's3: bucket name required');
@@ -171,6 +176,7 @@ export class S3Store implements ObjectStore {
       http: new HttpAgent({ keepAlive: true, maxSockets, keepAliveMsecs: 1000 }),
       https: new HttpsAgent({ keepAlive: true, maxSockets, keepAliveMsecs: 1000 }),
     };
+    this.retry = new GatewayRetryStrategy({ ...DEFAULT_RETRY_POLICY, ...opts.retry, maxAttempts: Math.max(1, opts.maxAttempts ?? DEFAULT_RETRY_POLICY.maxAttempts) });
     const region = opts.region ?? (process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || (opts.endpoint ? 'us-east-1' : undefined));
     const config: S3ClientConfig = {
       ...(region !== undefined ? { region } : {}),
@@ -179,8 +185,8 @@ export class S3Store implements ObjectStore {
       ...(opts.credentials ? { credentials: { ...opts.credentials } } : {}),
       requestChecksumCalculation: opts.requestChecksumCalculation ?? 'WHEN_REQUIRED',
       responseChecksumValidation: opts.responseChecksumValidation ?? 'WHEN_REQUIRED',
-      maxAttempts: Math.max(1, opts.maxAttempts ?? 5),
-      retryMode: 'standard',
+      maxAttempts: this.retry.policy.maxAttempts,
+      retryStrategy: this.retry,
       // The middleware stack resolved once per command type, not on every send (we add no
       // per-command middleware): about a third less client CPU per small request (HEAD).
       cacheMiddleware: true,

@@ -18,6 +18,8 @@ export interface StorageConfig {
   readonly pathStyle: 'auto' | 'on' | 'off';
   readonly checksums: 'when-required' | 'when-supported';
   readonly s3Concurrency: number;
+  /** Attempts per S3 request (--s3-max-attempts); absent: the store's default. */
+  readonly s3MaxAttempts?: number;
   /** Reports the S3 client's requests (metrics). */
   readonly s3Observer?: S3Observer;
   /** Reports the operations of a local directory store (metrics). */
@@ -35,6 +37,7 @@ export function s3Options(cfg: StorageConfig, log: Logger): Omit<S3StoreOptions,
     requestChecksumCalculation: checksum,
     responseChecksumValidation: checksum,
     concurrency: cfg.s3Concurrency,
+    ...(cfg.s3MaxAttempts !== undefined ? { maxAttempts: cfg.s3MaxAttempts } : {}),
     logger: log,
     ...(cfg.s3Observer ? { observer: cfg.s3Observer } : {}),
   };

@@ -8,7 +8,7 @@ import { checkExport } from './exports.js';
 import { runGateway } from './gateway.js';
 
 type ImageConfig = Pick<ConfigOf<'blk'>, 'cacheSize' | 'dirtySize' | 'writethrough' | 'writebackDelay' | 'uploads' | 'readahead' | 'force'
-  | 'endpoint' | 'region' | 'pathStyle' | 'checksums' | 's3Concurrency'> & { readonly staleTempAge?: number } & { readonly ioEngine?: ConfigOf<'blk'>['ioEngine'] }
+  | 'endpoint' | 'region' | 'pathStyle' | 'checksums' | 's3Concurrency'> & { readonly staleTempAge?: number; readonly s3MaxAttempts?: number } & { readonly ioEngine?: ConfigOf<'blk'>['ioEngine'] }
   & Pick<StorageConfig, 's3Observer' | 'storeObserver'>;
 
 /** Opens an image with the cache and storage settings of a command's configuration. */

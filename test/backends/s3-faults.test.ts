@@ -3,6 +3,7 @@
 // backoff) and the store's resumption of broken bodies.
 import { expect } from 'chai';
 import { S3Store } from '../../src/backends/s3-store.js';
+import { DEFAULT_RETRY_POLICY, maxTotalDelayMs } from '../../src/backends/s3-retry.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { startS3rver, type S3rver } from '../support/s3rver.js';
 import { patternBytes } from '../support/tmp.js';
@@ -94,6 +95,61 @@ describe('S3Store under faults (proxy in front of s3rver)', function () {
       await store.close();
     }
   });
+
+  // With the SDK's standard strategy (maxAttempts 5, 500-token budget, 14 per retry, 5 after
+  // throttling) the 500 workload failed: 43 of 400 requests got an error in one run, the
+  // first at request 190 (the budget ran dry, then every fault was final). SlowDown retries
+  // cost it 5 tokens, so the 503 workload passed with it too (docs/reliability.md).
+  for (const [cls, status] of [['error500', 500], ['slowdown503', 503]] as const) {
+    it(`a workload of 400 requests with 30% answered ${status} completes without an error (retry budget)`, async () => {
+      const store = open(10);
+      try {
+        proxy.inject(cls, { rate: 0.3 });
+        const before = proxy.counts[cls];
+        const body = patternBytes(7, 2000);
+        let done = 0;
+        const worker = async (w: number): Promise<void> => {
+          for (let i = w; i < 200; i += 16) {
+            await store.put(`budget/${cls}/${i}`, body);
+            expect((await store.get(`budget/${cls}/${i}`)).body.length).to.equal(2000);
+            done += 2;
+          }
+        };
+        await Promise.all(Array.from({ length: 16 }, (_, w) => worker(w)));
+        expect(done).to.equal(400);
+        expect(proxy.counts[cls] - before, 'faults injected').to.be.above(80);
+        expect(store.retry.refusedForBudget).to.equal(0);
+      } finally {
+        proxy.inject(null);
+        await store.close();
+      }
+    });
+  }
+
+  it('a store that stays down still fails every request, each after maxAttempts, and the budget makes later ones fail sooner', async () => {
+    const store = new S3Store({ bucket: 'faults', endpoint, credentials: s3.credentials, maxAttempts: 4, retry: { budget: 40, refillPerSecond: 0 } });
+    try {
+      proxy.failNext(1_000_000, 503, 'ServiceUnavailable');
+      // 4 attempts, 3 retries of 5 tokens each: the budget of 40 pays for the retries of two requests and two more retries.
+      await expectErrno(store.get('down/a'), 'EIO');
+      await expectErrno(store.get('down/b'), 'EIO');
+      expect(proxy.seen.length).to.equal(8);
+      await expectErrno(store.get('down/c'), 'EIO');
+      expect(proxy.seen.length, 'the third request: two retries left in the budget').to.equal(11);
+      await expectErrno(store.get('down/d'), 'EIO');
+      expect(proxy.seen.length, 'budget empty: failed at its first fault').to.equal(12);
+      expect(store.retry.refusedForBudget).to.equal(2);
+    } finally {
+      proxy.reset();
+      await store.close();
+    }
+  });
+
+  it('bounds the wait of one request: maxAttempts × capped backoff', () => {
+    expect(maxTotalDelayMs(DEFAULT_RETRY_POLICY)).to.equal(500 + 1000 + 2000 * 7);
+    expect(maxTotalDelayMs({ ...DEFAULT_RETRY_POLICY, maxAttempts: 1 })).to.equal(0);
+  });
+
 
   it('fails with EIO when the body keeps breaking', async () => {
     const store = open();

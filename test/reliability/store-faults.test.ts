@@ -94,7 +94,8 @@ describe('reliability: the store fails (fault proxy between the gateway and s3rv
       const g = await startBlkServer({
         socket: dir.file(`${name}.sock`), image: `s3://${BUCKET}/images/${name}`, env, logLevel: 'warn',
         // A small cache so that reads go to the store; a short write-back delay so uploads also happen between FLUSHes.
-        extra: ['--cache-size', '256K', '--writeback-delay', '300', '--readahead', '1', ...extra],
+        // 5 attempts (waits of at most 750 ms in all): the 2 s outage outlasts the retries.
+        extra: ['--cache-size', '256K', '--writeback-delay', '300', '--readahead', '1', '--s3-max-attempts', '5', ...extra],
       });
       gateways.push(g);
       const client = await BlkClient.connect(dir.file(`${name}.sock`), { queues: 1, memorySize: 8 * MiB });
@@ -172,7 +173,7 @@ describe('reliability: the store fails (fault proxy between the gateway and s3rv
     async function startFs(sock: string, endpoint: string): Promise<{ proc: CliProcess; client: FuseClient }> {
       const proc = new CliProcess(
         ['fs', '--socket', sock, '--bucket', `s3://${BUCKET}/fs`, '--log-level', 'warn', '--attr-timeout', '0', '--entry-timeout', '0',
-          '--negative-timeout', '0', '--list-timeout', '0', '--cache-size', '1M'],
+          '--negative-timeout', '0', '--list-timeout', '0', '--cache-size', '1M', '--s3-max-attempts', '5'],
         { env: { ...s3.env, VHOST_S3_ENDPOINT: endpoint } },
       );
       procs.push(proc);
