@@ -629,8 +629,8 @@ export class S3Store implements ObjectStore {
     const where = `${op}${key !== undefined ? ` ${key}` : ''} on ${this.description}`;
     const details = { op, key, storeCode: name, httpStatus: status };
     if (name === 'NoSuchBucket') return this.noBucket(op, key);
-    const net = networkCode(err);
-    if (net) return new StoreError(net, `${where}: ${net === 'ETIMEDOUT' ? 'timed out' : 'endpoint unreachable'} (${msg})`, details);
+    const net = networkFailure(err);
+    if (net) return new StoreError(net.code, `${where}: ${net.text} (${msg})`, details);
     if (status === 412 || name === 'PreconditionFailed' || (status === 409 && cond !== undefined && name === 'ConditionalRequestConflict')) {
       return cond === 'ifMatch'
         ? new StoreError('ESTALE', `${where}: object changed (If-Match failed)`, details)
@@ -696,29 +696,37 @@ function httpStatus(err: unknown): number | undefined {
   return typeof s === 'number' ? s : undefined;
 }
 
-/** The errno for a connection-level failure (also inside AggregateError / cause), or undefined. */
-function networkCode(err: unknown, depth = 0): ErrnoName | undefined {
+/**
+ * The errno and description of a connection-level failure (also inside AggregateError /
+ * cause), or undefined. The SDK names resets and broken pipes "TimeoutError" (to retry
+ * them): the code says what happened, so it is looked at first.
+ */
+function networkFailure(err: unknown, depth = 0): { readonly code: ErrnoName; readonly text: string } | undefined {
   if (typeof err !== 'object' || err === null || depth > 5) return undefined;
   const e = err as { code?: unknown; name?: unknown; errors?: unknown; cause?: unknown; $metadata?: { httpStatusCode?: unknown } };
   if (typeof e.$metadata?.httpStatusCode === 'number') return undefined;
   switch (e.code) {
     case 'ECONNREFUSED':
-      return 'ECONNREFUSED';
+      return { code: 'ECONNREFUSED', text: 'endpoint unreachable' };
     case 'EHOSTUNREACH':
     case 'ENETUNREACH':
     case 'ENOTFOUND':
     case 'EAI_AGAIN':
-      return 'EHOSTUNREACH';
+      return { code: 'EHOSTUNREACH', text: 'endpoint unreachable' };
+    case 'ECONNRESET':
+      return { code: 'EIO', text: 'connection reset' };
+    case 'EPIPE':
+      return { code: 'EIO', text: 'connection closed by the endpoint' };
     case 'ETIMEDOUT':
     case 'ECONNABORTED':
-      return 'ETIMEDOUT';
+      return { code: 'ETIMEDOUT', text: 'timed out' };
   }
-  if (e.name === 'TimeoutError' || e.name === 'RequestTimeout') return 'ETIMEDOUT';
+  if (e.name === 'TimeoutError' || e.name === 'RequestTimeout') return { code: 'ETIMEDOUT', text: 'timed out' };
   if (Array.isArray(e.errors)) for (const sub of e.errors) {
-    const c = networkCode(sub, depth + 1);
+    const c = networkFailure(sub, depth + 1);
     if (c) return c;
   }
-  return networkCode(e.cause, depth + 1);
+  return networkFailure(e.cause, depth + 1);
 }
 
 function xmlFragileKey(key: string): boolean {

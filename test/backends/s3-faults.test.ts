@@ -150,6 +150,18 @@ describe('S3Store under faults (proxy in front of s3rver)', function () {
     expect(maxTotalDelayMs({ ...DEFAULT_RETRY_POLICY, maxAttempts: 1 })).to.equal(0);
   });
 
+  it('a request whose connection is reset each time fails with EIO "connection reset", not a timeout', async () => {
+    const store = open(2);
+    try {
+      proxy.inject('reset', { rate: 1, filter: (r) => r.method === 'HEAD' });
+      const e = await expectErrno(store.head('reset/k'), 'EIO');
+      expect(e.message).to.include('connection reset');
+      expect(proxy.seen.filter((r) => r.method === 'HEAD').length).to.equal(2);
+    } finally {
+      proxy.inject(null);
+      await store.close();
+    }
+  });
 
   it('fails with EIO when the body keeps breaking', async () => {
     const store = open();
