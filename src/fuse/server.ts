@@ -262,6 +262,16 @@ export class FuseServer {
       return done(errorReply(req.h.unique, E.EIO));
     }
     const p = new Pending(req, maxReply, done, payload);
+    if (this.vfs.statNow !== undefined && (req.op === Opcode.LOOKUP || req.op === Opcode.GETATTR)) {
+      // Answered from what the Vfs has cached: no promise chain, nothing in flight.
+      let reply: FuseReply | undefined;
+      try {
+        reply = this.answerNow(req, p);
+      } catch (err) {
+        reply = this.failure(req, err);
+      }
+      if (reply !== undefined) return this.finish(p, reply);
+    }
     const unique = req.h.unique;
     this.pending.set(unique, p);
     this.inflight++;
@@ -468,35 +478,55 @@ export class FuseServer {
 
   // ---- the operations ------------------------------------------------------------------------
 
+  /**
+   * LOOKUP or GETATTR answered from Vfs.statNow (synchronously), or undefined when it
+   * needs the Vfs's asynchronous stat or an open file's attributes.
+   */
+  private answerNow(req: Extract<FuseRequest, { op: Opcode.LOOKUP | Opcode.GETATTR }>, p: Pending): FuseReply | undefined {
+    const vfs = this.vfs as Required<Pick<Vfs, 'statNow'>>;
+    if (req.op === Opcode.LOOKUP) {
+      const attr = vfs.statNow(this.childPath(req.h.nodeid, req.name));
+      return attr === undefined ? undefined : this.lookupReply(p, req, attr);
+    }
+    const ino = this.inode(req.h.nodeid);
+    if (this.getattrHandle(req, ino) !== undefined) return undefined;
+    const attr = vfs.statNow(this.pathOf(req.h.nodeid));
+    return attr === undefined ? undefined : this.attrReply(req, ino, attr);
+  }
+
+  private lookupReply(p: Pending, req: Extract<FuseRequest, { op: Opcode.LOOKUP }>, attr: FileAttr | null): FuseReply {
+    if (attr !== null) return okReply(req.h.unique, [this.enter(p, req.h.nodeid, req.name, attr)]);
+    if (this.opts.negativeTimeoutMs <= 0) fail('ENOENT');
+    const neg: EntryOut = {
+      nodeid: 0, generation: 0, entryValidMs: this.opts.negativeTimeoutMs, attrValidMs: 0,
+      attr: this.wireAttr(0, { kind: 'file', mode: 0, uid: 0, gid: 0, size: 0, atime: 0n, mtime: 0n, ctime: 0n }),
+    };
+    return okReply(req.h.unique, [encodeEntryOut(neg)]);
+  }
+
+  /** The open file a GETATTR is answered from: the one it names, or (fstat of an unlinked file comes without a handle) one of its own. */
+  private getattrHandle(req: Extract<FuseRequest, { op: Opcode.GETATTR }>, ino: Inode): FileHandle | undefined {
+    const named = (req.flags & FUSE_GETATTR_FH) !== 0 && Number.isSafeInteger(req.fh) ? this.handles.file(req.fh) : undefined;
+    return named?.inode === ino ? named : ino.path === null ? this.handles.anyFileOf(ino) : undefined;
+  }
+
+  private attrReply(req: FuseRequest, ino: Inode, attr: FileAttr | null): FuseReply {
+    if (attr === null) fail('ENOENT');
+    return okReply(req.h.unique, [encodeAttrOut(this.opts.attrTimeoutMs, this.wireAttr(ino.nodeid, attr))]);
+  }
+
   private async run(req: FuseRequest, p: Pending): Promise<FuseReply> {
     const u = req.h.unique;
     const ok = (...parts: Uint8Array[]): FuseReply => okReply(u, parts);
     switch (req.op) {
       case Opcode.INIT:
         return this.init(req);
-      case Opcode.LOOKUP: {
-        const path = this.childPath(req.h.nodeid, req.name);
-        const attr = await this.vfs.stat(path);
-        if (attr === null) {
-          if (this.opts.negativeTimeoutMs <= 0) fail('ENOENT');
-          const neg: EntryOut = {
-            nodeid: 0, generation: 0, entryValidMs: this.opts.negativeTimeoutMs, attrValidMs: 0,
-            attr: this.wireAttr(0, { kind: 'file', mode: 0, uid: 0, gid: 0, size: 0, atime: 0n, mtime: 0n, ctime: 0n }),
-          };
-          return ok(encodeEntryOut(neg));
-        }
-        return ok(this.enter(p, req.h.nodeid, req.name, attr));
-      }
+      case Opcode.LOOKUP:
+        return this.lookupReply(p, req, await this.vfs.stat(this.childPath(req.h.nodeid, req.name)));
       case Opcode.GETATTR: {
         const ino = this.inode(req.h.nodeid);
-        let attr: FileAttr | null;
-        const named = (req.flags & FUSE_GETATTR_FH) !== 0 && Number.isSafeInteger(req.fh) ? this.handles.file(req.fh) : undefined;
-        // fstat(2) of an unlinked file comes without a handle: answer from one of its own.
-        const h = named?.inode === ino ? named : ino.path === null ? this.handles.anyFileOf(ino) : undefined;
-        if (h !== undefined) attr = await h.file.attr();
-        else attr = await this.vfs.stat(this.pathOf(req.h.nodeid));
-        if (attr === null) fail('ENOENT');
-        return ok(encodeAttrOut(this.opts.attrTimeoutMs, this.wireAttr(ino.nodeid, attr)));
+        const h = this.getattrHandle(req, ino);
+        return this.attrReply(req, ino, h !== undefined ? await h.file.attr() : await this.vfs.stat(this.pathOf(req.h.nodeid)));
       }
       case Opcode.SETATTR:
         return ok(await this.setattr(req));

@@ -132,6 +132,13 @@ export interface StatFs {
 export interface Vfs {
   /** Attributes of the object at `path`, or null when nothing is there. */
   stat(path: string): Promise<FileAttr | null>;
+  /**
+   * What stat(path) would answer, when that is known without waiting (cached or open):
+   * the attributes, null when nothing is there, undefined when only stat() can tell (or
+   * the path is one stat() would refuse). Lets the server answer LOOKUP and GETATTR
+   * without a promise chain. Optional.
+   */
+  statNow?(path: string): FileAttr | null | undefined;
   /** Every entry of a directory (no '.' or '..'); ENOTDIR/ENOENT as appropriate. */
   list(path: string): Promise<DirEntry[]>;
   /** `mode` (here and in create) is permission bits only (07777), the kernel's umask already applied. */

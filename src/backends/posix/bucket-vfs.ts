@@ -335,6 +335,29 @@ export class BucketVfs implements Vfs {
     });
   }
 
+  /**
+   * stat() from what is open or cached, without a store call. A path found in a cache
+   * passed checkPath when it was put there; one answered absent from the parent's listing
+   * is checked here (an invalid one is stat()'s to refuse).
+   */
+  statNow(path: string): FileAttr | null | undefined {
+    const n = this.liveNode(path);
+    if (n) return this.nodeAttr(n);
+    if (path === '' && this.keys.prefix === '') return this.rootEntry.attr;
+    const hit = this.attrCache.get(path);
+    if (hit) return hit.attr;
+    if (this.negCache.get(path)) return null;
+    if (path !== '' && this.listCache.get(parentOf(path))?.entries.has(baseName(path)) === false) {
+      try {
+        checkPath(path);
+      } catch {
+        return undefined;
+      }
+      return null;
+    }
+    return undefined;
+  }
+
   list(path: string): Promise<DirEntry[]> {
     return this.guarded('list', async () => {
       checkPath(path);

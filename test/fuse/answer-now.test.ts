@@ -1,0 +1,122 @@
+// LOOKUP and GETATTR answered synchronously from BucketVfs.statNow (file store): a cached
+// entry is answered before dispatch() returns, with the bytes the asynchronous path gave
+// and no store call; a miss takes the asynchronous path; errors, negative entries, open
+// files and a reply that does not fit behave as on the asynchronous path.
+import { expect } from 'chai';
+import { FileStore } from '../../src/backends/file-store.js';
+import { BucketVfs } from '../../src/backends/posix/bucket-vfs.js';
+import { FuseServer } from '../../src/fuse/server.js';
+import { E, ENTRY_OUT_SIZE, O_RDWR, Opcode } from '../../src/fuse/abi.js';
+import { cstr, encode, encodeRequest } from '../../src/fuse/requests.js';
+import { decodeAttrOut, decodeEntryOut, decodeOpenOut, type FuseReply } from '../../src/fuse/replies.js';
+import { silentLogger } from '../../src/util/log.js';
+import { TmpDir } from '../support/tmp.js';
+
+let unique = 100n;
+function msg(opcode: number, args: Uint8Array[], nodeid = 1): Uint8Array {
+  return encodeRequest({ opcode, unique: unique++, nodeid, uid: 0, gid: 0, pid: 1 }, args);
+}
+
+function concat(r: FuseReply): Uint8Array {
+  return Buffer.concat(r.parts.map((p) => Buffer.from(p)));
+}
+
+describe('FUSE LOOKUP/GETATTR answered from the Vfs caches (BucketVfs on a file store)', function () {
+  this.timeout(30_000);
+  let dir: TmpDir;
+  let store: FileStore;
+  let storeCalls: number;
+
+  beforeEach(async () => {
+    dir = new TmpDir('vhost-s3-answer-now-');
+    store = await FileStore.open(dir.file('store'), { create: true, noSync: true });
+    await store.put('d/f', new Uint8Array(1234));
+    storeCalls = 0;
+    for (const m of ['head', 'list', 'get'] as const) {
+      const orig = (store[m] as (...a: unknown[]) => unknown).bind(store);
+      (store as unknown as Record<string, unknown>)[m] = (...a: unknown[]) => {
+        storeCalls++;
+        return orig(...a);
+      };
+    }
+  });
+  afterEach(() => dir.remove());
+
+  async function server(opts: { negativeTimeoutMs?: number } = {}): Promise<{ s: FuseServer; vfs: BucketVfs }> {
+    const vfs = new BucketVfs({ store, logger: silentLogger });
+    const s = new FuseServer(vfs, { log: silentLogger, ...opts });
+    expect((await s.handle(msg(Opcode.INIT, [encode.init(7, 38, 0, 0)], 0)))!.error).to.equal(0);
+    return { s, vfs };
+  }
+
+  /** Dispatches; the reply if it came before dispatch() returned, else 'later' (and waits for it). */
+  async function now(s: FuseServer, bytes: Uint8Array, room = 4096): Promise<{ reply: FuseReply; sync: boolean }> {
+    let got: FuseReply | null | undefined;
+    const later = new Promise<FuseReply>((resolve) => s.dispatch(bytes, room, (r) => {
+      got = r;
+      resolve(r!);
+    }));
+    const sync = got !== undefined;
+    return { reply: await later, sync };
+  }
+
+  it('answers a cached LOOKUP and GETATTR before dispatch returns, as the store call did, without one', async () => {
+    const { s } = await server();
+    const first = await now(s, msg(Opcode.LOOKUP, [cstr('d')]));
+    expect(first.sync).to.equal(false); // nothing cached yet
+    const d = decodeEntryOut(concat(first.reply)).nodeid;
+    const fileFirst = await now(s, msg(Opcode.LOOKUP, [cstr('f')], d));
+    expect(fileFirst.sync).to.equal(false);
+    const calls = storeCalls;
+
+    const again = await now(s, msg(Opcode.LOOKUP, [cstr('f')], d));
+    expect(again.sync).to.equal(true);
+    expect(Buffer.from(concat(again.reply)).equals(Buffer.from(concat(fileFirst.reply)))).to.equal(true);
+    const f = decodeEntryOut(concat(again.reply));
+    expect(f.attr.size).to.equal(1234);
+    expect(s.lookupCount(f.nodeid)).to.equal(2);
+
+    const ga = await now(s, msg(Opcode.GETATTR, [encode.getattr(0, 0)], f.nodeid));
+    expect(ga.sync).to.equal(true);
+    expect(decodeAttrOut(concat(ga.reply)).attr).to.deep.equal(f.attr);
+    expect(storeCalls).to.equal(calls);
+    expect(s.inflightCount).to.equal(0);
+  });
+
+  it('answers a name missing from a cached listing ENOENT (or a negative entry) at once; unknown node ids ESTALE', async () => {
+    for (const negativeTimeoutMs of [0, 5000]) {
+      const { s } = await server({ negativeTimeoutMs });
+      const d = decodeEntryOut(concat((await now(s, msg(Opcode.LOOKUP, [cstr('d')]))).reply)).nodeid;
+      await now(s, msg(Opcode.OPENDIR, [encode.open(0)], d)); // lists d
+      const calls = storeCalls;
+      const miss = await now(s, msg(Opcode.LOOKUP, [cstr('nope')], d));
+      expect(miss.sync).to.equal(true);
+      if (negativeTimeoutMs === 0) expect(miss.reply.error).to.equal(-E.ENOENT);
+      else expect(decodeEntryOut(concat(miss.reply)).nodeid).to.equal(0);
+      expect(storeCalls).to.equal(calls);
+      const stale = await now(s, msg(Opcode.LOOKUP, [cstr('f')], 987654));
+      expect(stale.sync).to.equal(true);
+      expect(stale.reply.error).to.equal(-E.ESTALE);
+      expect(s.counters.errors).to.be.greaterThan(0);
+    }
+  });
+
+  it('a file with unstored writes reports its open size; a reply that does not fit is EIO and its lookup undone', async () => {
+    const { s } = await server();
+    const d = decodeEntryOut(concat((await now(s, msg(Opcode.LOOKUP, [cstr('d')]))).reply)).nodeid;
+    const f = decodeEntryOut(concat((await now(s, msg(Opcode.LOOKUP, [cstr('f')], d))).reply)).nodeid;
+    const { fh } = decodeOpenOut(concat((await now(s, msg(Opcode.OPEN, [encode.open(O_RDWR)], f))).reply));
+    const w = await now(s, msg(Opcode.WRITE, [encode.write(fh, 5000, 10), new Uint8Array(10)], f));
+    expect(w.reply.error).to.equal(0);
+    const ga = await now(s, msg(Opcode.GETATTR, [encode.getattr(0, 0)], f));
+    expect(ga.sync).to.equal(true);
+    expect(decodeAttrOut(concat(ga.reply)).attr.size).to.equal(5010);
+
+    const before = s.lookupCount(f);
+    const tight = await now(s, msg(Opcode.LOOKUP, [cstr('f')], d), ENTRY_OUT_SIZE - 1);
+    expect(tight.sync).to.equal(true);
+    expect(tight.reply.error).to.equal(-E.EIO);
+    expect(s.lookupCount(f)).to.equal(before);
+    await now(s, msg(Opcode.RELEASE, [encode.release(fh, O_RDWR)], f));
+  });
+});
