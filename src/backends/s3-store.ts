@@ -239,7 +239,7 @@ export class S3Store implements ObjectStore {
       }
     } catch (err) {
       const e = this.mapError(err, 'detectCapabilities', key);
-      if (e.missingContainer || e.code === 'ECONNREFUSED' || e.code === 'EHOSTUNREACH' || e.code === 'ETIMEDOUT') throw e;
+      if (e.missingContainer || networkFailure(err) !== undefined) throw e;
       this.log.warn('conditional-write probe failed; treating conditional writes as unsupported', { err: e });
       supported = false;
     } finally {
