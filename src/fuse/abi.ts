@@ -390,30 +390,28 @@ export interface WireAttr {
 
 const NS = 1_000_000_000n;
 
-/** Splits ns since the epoch into (seconds as u64 two's complement, nanoseconds 0..999999999). */
-function splitNs(ns: bigint): [bigint, number] {
+/**
+ * Writes ns since the epoch as (seconds, u64 two's complement; nanoseconds 0..999999999).
+ * setBigInt64 wraps modulo 2^64 as BigInt.asUintN would: no intermediate values.
+ */
+function putTime(v: DataView, secOff: number, nsOff: number, ns: bigint): void {
   let s = ns / NS;
   let n = ns % NS;
   if (n < 0n) {
     n += NS;
     s -= 1n;
   }
-  return [BigInt.asUintN(64, s), Number(n)];
+  v.setBigInt64(secOff, s, true);
+  v.setUint32(nsOff, Number(n), true);
 }
 
 export function encodeAttr(v: DataView, off: number, a: WireAttr): void {
   setU64(v, off, a.ino);
   setU64(v, off + 8, a.size);
   setU64(v, off + 16, a.blocks);
-  const [as, an] = splitNs(a.atimeNs);
-  const [ms, mn] = splitNs(a.mtimeNs);
-  const [cs, cn] = splitNs(a.ctimeNs);
-  v.setBigUint64(off + 24, as, true);
-  v.setBigUint64(off + 32, ms, true);
-  v.setBigUint64(off + 40, cs, true);
-  v.setUint32(off + 48, an, true);
-  v.setUint32(off + 52, mn, true);
-  v.setUint32(off + 56, cn, true);
+  putTime(v, off + 24, off + 48, a.atimeNs);
+  putTime(v, off + 32, off + 52, a.mtimeNs);
+  putTime(v, off + 40, off + 56, a.ctimeNs);
   v.setUint32(off + 60, a.mode >>> 0, true);
   v.setUint32(off + 64, a.nlink >>> 0, true);
   v.setUint32(off + 68, a.uid >>> 0, true);

@@ -45,7 +45,12 @@ export interface EntryOut {
 }
 
 export function encodeEntryOut(e: EntryOut, out: Uint8Array = new Uint8Array(ENTRY_OUT_SIZE), at = 0): Uint8Array {
-  const v = viewOf(out);
+  putEntryOut(viewOf(out), at, e);
+  return out;
+}
+
+/** fuse_entry_out at `at` of the view (ENTRY_OUT_SIZE bytes must be there). */
+function putEntryOut(v: DataView, at: number, e: EntryOut): void {
   const ev = splitTimeout(e.entryValidMs);
   const av = splitTimeout(e.attrValidMs);
   setU64(v, at, e.nodeid);
@@ -55,7 +60,6 @@ export function encodeEntryOut(e: EntryOut, out: Uint8Array = new Uint8Array(ENT
   v.setUint32(at + 32, ev.nsec, true);
   v.setUint32(at + 36, av.nsec, true);
   encodeAttr(v, at + 40, e.attr);
-  return out;
 }
 
 export function encodeAttrOut(attrValidMs: number, attr: WireAttr): Uint8Array {
@@ -184,7 +188,7 @@ export class DirentWriter {
 
   addPlus(entry: EntryOut, off: number, type: number, name: Uint8Array): boolean {
     if (!this.fits(name, true)) return false;
-    encodeEntryOut(entry, this.buf, this.pos);
+    putEntryOut(this.v, this.pos, entry);
     this.dirent(this.pos + ENTRY_OUT_SIZE, entry.attr.ino, off, type, name);
     this.pos += direntAlign(DIRENTPLUS_SIZE + name.length);
     return true;

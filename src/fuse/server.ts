@@ -854,6 +854,8 @@ export class FuseServer {
     const dir = h.inode;
     const dirPath = dir.path;
     if (dirPath === null) fail('ENOENT');
+    /** Node ids given a lookup by this reply: forgotten again if it is not delivered. */
+    const looked: number[] = [];
     for (let i = req.offset; i < entries.length; i++) {
       const e = entries[i]!;
       if (!w.fits(e.bytes, plus)) {
@@ -879,9 +881,12 @@ export class FuseServer {
         continue;
       }
       const ino = this.inodes.lookup(path, e.kind);
-      p.undo.push(() => this.inodes.forget(ino.nodeid, 1));
+      looked.push(ino.nodeid);
       w.addPlus(this.entry(ino, e.attr), i + 1, type, e.bytes);
     }
+    if (looked.length > 0) p.undo.push(() => {
+      for (const nodeid of looked) this.inodes.forget(nodeid, 1);
+    });
     h.consumed = true;
     return w.bytes();
   }

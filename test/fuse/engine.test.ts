@@ -720,6 +720,35 @@ describe('FUSE engine over vhost-user-fs', function () {
       await cl.release(e.nodeid, fh);
     });
 
+    it('an interrupted READDIRPLUS that relisted the directory gives back the lookups of the entries it encoded', async () => {
+      const cl = await start();
+      const d = await cl.mkdir(1, 'rd', 0o755);
+      for (let i = 0; i < 5; i++) await cl.mknod(d.nodeid, `e${i}`, S_IFREG | 0o644);
+      const { fh } = await cl.opendir(d.nodeid);
+      expect(await cl.readdirplus(d.nodeid, fh, 0)).to.have.length(7); // consumes the snapshot
+      const counts = exp!.server.inodeCount;
+      const held = gate();
+      let holding = 0;
+      vfs.hooks.before = async (op) => {
+        if (op === 'list') {
+          holding++;
+          await held.wait;
+        }
+      };
+      const u = cl.nextUnique();
+      const again = cl.request(Opcode.READDIRPLUS, d.nodeid, [encode.read(fh, 0, 4096)], { unique: u });
+      await until(() => holding === 1);
+      await cl.interrupt(u);
+      expect((await again).error).to.equal(-E.EINTR);
+      held.open();
+      await exp!.server.idle();
+      vfs.hooks = {};
+      expect(exp!.server.inodeCount).to.equal(counts);
+      const e0 = (await cl.readdirplus(d.nodeid, fh, 0)).find((e) => e.name === 'e0')!;
+      expect(exp!.server.lookupCount(e0.entry.nodeid)).to.equal(3); // MKNOD's, the first listing's and this one's
+      await cl.releasedir(d.nodeid, fh);
+    });
+
     it('a disconnect ends the session: open files are released, the data stays, a new frontend starts over', async () => {
       const cl = await start();
       const { entry, fh } = await cl.create(1, 'kept', O_CREAT | O_RDWR);
