@@ -86,7 +86,7 @@ export class ChunkCache {
   private readonly o: ChunkCacheOptions;
   /** Chunks that are pinned, loading, dirty or uploading: never evicted. */
   private readonly active = new Map<number, Chunk>();
-  private readonly clean: LRUCache<number, Chunk>;
+  private clean: LRUCache<number, Chunk>;
   private readonly uploads: PQueue;
   private readonly fetches: PQueue;
   private readonly zeros: Buffer;
@@ -100,13 +100,7 @@ export class ChunkCache {
     this.o = opts;
     this.chunkSize = opts.chunkSize;
     this.zeros = Buffer.alloc(opts.chunkSize);
-    this.clean = new LRUCache<number, Chunk>({
-      maxSize: Math.max(opts.cacheBytes, 1),
-      sizeCalculation: (c) => (c.data ? c.data.byteLength : 64),
-      dispose: (_c, _index, reason) => {
-        if (reason === 'evict') this.stats.evictions++;
-      },
-    });
+    this.clean = this.makeLru(opts.cacheBytes);
     this.uploads = new PQueue({ concurrency: Math.max(1, opts.uploadConcurrency) });
     this.fetches = new PQueue({ concurrency: Math.max(1, opts.fetchConcurrency) });
     this.timer = opts.writebackDelayMs > 0 ? setInterval(() => this.writebackExpired(), Math.max(10, opts.writebackDelayMs / 2)) : null;
@@ -118,6 +112,34 @@ export class ChunkCache {
   }
   get cachedBytes(): number {
     return this.clean.calculatedSize;
+  }
+
+  /** Bytes of clean chunks kept at most. */
+  get cacheBytes(): number {
+    return this.clean.maxSize;
+  }
+
+  /**
+   * Changes the bound of clean chunks (a configuration reload); shrinking evicts the least
+   * recently used down to it. Dirty, pinned and uploading chunks are not in that LRU and
+   * stay. lru-cache's bound is fixed when it is made, so the LRU is made again with the
+   * chunks that fit, most recently used first.
+   */
+  resize(cacheBytes: number): void {
+    if (Math.max(cacheBytes, 1) === this.clean.maxSize) return;
+    const next = this.makeLru(cacheBytes);
+    for (const [i, c] of this.clean.rentries() as Iterable<[number, Chunk]>) next.set(i, c);
+    this.clean = next;
+  }
+
+  private makeLru(cacheBytes: number): LRUCache<number, Chunk> {
+    return new LRUCache<number, Chunk>({
+      maxSize: Math.max(cacheBytes, 1),
+      sizeCalculation: (c) => (c.data ? c.data.byteLength : 64),
+      dispose: (_c, _index, reason) => {
+        if (reason === 'evict') this.stats.evictions++;
+      },
+    });
   }
 
   /** Passes the chunk's bytes at [offset, offset+length) to `into` (null data = zeros). */

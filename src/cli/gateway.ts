@@ -7,10 +7,12 @@
 // the others (they share the event loop, which nothing blocks).
 import type { Logger } from '../util/log.js';
 import { ConfigError } from '../util/errors.js';
-import { schemas, type OptionSpec } from '../config.js';
+import { schemas, type ConfigOf, type OptionSpec } from '../config.js';
 import { BlkExport } from '../blk/export.js';
 import { FsExport } from '../fuse/export.js';
 import type { BucketVfs } from '../backends/posix/bucket-vfs.js';
+import type { BlockImage } from '../blk/image.js';
+import { ObjectImage } from '../blk/object-image.js';
 import { openConfiguredImage } from './blk.js';
 import { fuseOptions, openBucketVfs } from './fs.js';
 import { checkExport, exportName, type ExportSpec } from './exports.js';
@@ -20,13 +22,13 @@ import { startMetrics, watchBucket, watchImage } from './export-metrics.js';
 
 /** Settings a running export takes on SIGHUP, by field of the file (flag name). */
 export const RELOADABLE: Readonly<Record<ExportSpec['type'], readonly string[]>> = {
-  blk: [],
-  fs: ['attr-timeout', 'entry-timeout', 'negative-timeout', 'list-timeout'],
+  blk: ['cache-size'],
+  fs: ['attr-timeout', 'entry-timeout', 'negative-timeout', 'list-timeout', 'cache-size', 'attr-cache-entries', 'list-cache-entries'],
 };
 
 /** A started export. */
 export type Running =
-  | { readonly type: 'blk'; spec: ExportSpec & { type: 'blk' }; readonly exp: BlkExport; readonly log: Logger }
+  | { readonly type: 'blk'; spec: ExportSpec & { type: 'blk' }; readonly exp: BlkExport; readonly image: BlockImage; readonly log: Logger }
   | { readonly type: 'fs'; spec: ExportSpec & { type: 'fs' }; readonly exp: FsExport; readonly bucket: BucketVfs; readonly log: Logger; readonly closeVfs: () => Promise<void> };
 
 /** An export whose image or store is open and whose socket does not exist yet. */
@@ -53,7 +55,7 @@ async function openExport(spec: ExportSpec, base: Logger, metrics: Metrics | und
           metrics.queueDepth(id, 'blk', () => exp.device.queueDepth);
           watchImage(metrics, id, image);
         }
-        return { type: 'blk', spec, log, exp };
+        return { type: 'blk', spec, log, exp, image };
       },
       discard: () => image.close(),
     };
@@ -183,15 +185,30 @@ function reloadExport(r: Running, n: ExportSpec): number {
   const live = changed.filter((k) => RELOADABLE[r.type].includes(field(k)));
   const later = changed.filter((k) => !live.includes(k));
   if (later.length > 0) r.log.warn('configuration changes not applied (need a restart)', { fields: later.map(field) });
-  if (live.length === 0 || r.type !== 'fs' || n.type !== 'fs') return 0;
-  const old = r.spec.config;
-  const c = { ...old, attrTimeout: n.config.attrTimeout, entryTimeout: n.config.entryTimeout, negativeTimeout: n.config.negativeTimeout, listTimeout: n.config.listTimeout };
-  r.exp.server.setTimeouts(fuseOptions(c));
-  r.bucket.setTtls({ attrTtlMs: c.attrTimeout * 1000, negativeTtlMs: c.negativeTimeout * 1000, listTtlMs: c.listTimeout * 1000 });
-  r.spec = { type: 'fs', config: c };
-  const changes = Object.fromEntries(live.map((k) => [field(k), { from: (old as Record<string, unknown>)[k], to: (c as Record<string, unknown>)[k] }]));
-  r.log.info('configuration reloaded', { changed: changes });
+  if (live.length === 0) return 0;
+  const old = r.spec.config as Record<string, unknown>;
+  const next = n.config as Record<string, unknown>;
+  const c: Record<string, unknown> = { ...old, ...Object.fromEntries(live.map((k) => [k, next[k]])) };
+  if (r.type === 'fs') {
+    const fc = c as ConfigOf<'fs'>;
+    r.exp.server.setTimeouts(fuseOptions(fc));
+    r.bucket.setTtls({ attrTtlMs: fc.attrTimeout * 1000, negativeTtlMs: fc.negativeTimeout * 1000, listTtlMs: fc.listTimeout * 1000 });
+    const caches = r.bucket.resizeCaches({ pageCacheBytes: fc.cacheSize, attrCacheEntries: fc.attrCacheEntries, listCacheEntries: fc.listCacheEntries });
+    r.spec = { type: 'fs', config: fc };
+    r.log.info('configuration reloaded', { changed: changesOf(live, old, c, field), caches });
+  } else {
+    const bc = c as ConfigOf<'blk'>;
+    // A raw image has no cache: its cache-size is kept for the record only.
+    const cache = r.image instanceof ObjectImage ? r.image.chunkCache : null;
+    cache?.resize(bc.cacheSize);
+    r.spec = { type: 'blk', config: bc };
+    r.log.info('configuration reloaded', { changed: changesOf(live, old, c, field), ...(cache ? { caches: { chunkBytes: cache.cachedBytes, chunkMaxBytes: cache.cacheBytes } } : {}) });
+  }
   return live.length;
+}
+
+function changesOf(keys: readonly string[], from: Record<string, unknown>, to: Record<string, unknown>, field: (k: string) => string): Record<string, { from: unknown; to: unknown }> {
+  return Object.fromEntries(keys.map((k) => [field(k), { from: from[k], to: to[k] }]));
 }
 
 export interface RunOptions {

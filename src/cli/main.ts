@@ -33,7 +33,8 @@ Every field of an export is a flag of \`vhost-s3 blk\` or \`vhost-s3 fs\` withou
 (see their --help); "defaults" go to every export whose type has the field. A top-level
 "metrics": "127.0.0.1:9464" serves Prometheus metrics of every export (as --metrics;
 docs/metrics.md). SIGHUP re-reads the file and applies the shares' attr/entry/negative/list
-timeouts (docs/configuration.md).`;
+timeouts and the cache sizes (cache-size of shares and disks, attr-cache-entries,
+list-cache-entries; docs/configuration.md).`;
 
 const commands: Partial<Record<CommandName, Command>> = {
   serve: { summary: 'run the gateway on the embedded default store (what `npm start` runs)', usage: 'vhost-s3 serve [options]', run: runServe },

@@ -3,7 +3,7 @@
 // - the entry and attribute timeouts the next replies carry;
 // - the gateway's own listing cache (an object put behind its back stays unseen while the
 //   new list-timeout holds, and shows once it is set back to 0);
-// - changes that need a restart (a cache size) are logged and not applied; a file that no
+// - changes that need a restart (a write buffer size) are logged and not applied; a file that no
 //   longer validates is logged and ignored; the session never drops.
 import { expect } from 'chai';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -56,7 +56,7 @@ describe('cli: vhost-s3 run reloads timeouts on SIGHUP without dropping the conn
       await srv.waitFor(`reload ${reloads}`, (_o, err) => err.split('configuration reload done').length - 1 + err.split('configuration reload failed').length - 1 >= reloads);
     };
 
-    write({ 'attr-timeout': 7, 'entry-timeout': 9, 'list-timeout': 60, 'cache-size': '16M' });
+    write({ 'attr-timeout': 7, 'entry-timeout': 9, 'list-timeout': 60, 'write-buffer': '16M' });
     await hup();
     e = await fc.lookup(1, 'a');
     expect([e.entryValidMs, e.attrValidMs], 'timeouts after SIGHUP').to.deep.equal([9000, 7000]);
@@ -66,7 +66,7 @@ describe('cli: vhost-s3 run reloads timeouts on SIGHUP without dropping the conn
     expect(applied?.changed).to.deep.equal({
       'attr-timeout': { from: 1, to: 7 }, 'entry-timeout': { from: 1, to: 9 }, 'list-timeout': { from: 0, to: 60 },
     });
-    expect(logs.find((l) => l.msg === 'configuration changes not applied (need a restart)')?.fields).to.deep.equal(['cache-size']);
+    expect(logs.find((l) => l.msg === 'configuration changes not applied (need a restart)')?.fields).to.deep.equal(['write-buffer']);
 
     // The gateway's listing cache now holds listings for 60 s: an object stored behind its back is not listed.
     const names = async (): Promise<string[]> => (await fc!.listdir(1)).map((d) => d.name).filter((n) => n !== '.' && n !== '..').sort();
@@ -82,7 +82,7 @@ describe('cli: vhost-s3 run reloads timeouts on SIGHUP without dropping the conn
     expect(await names(), 'listing cached for the new list-timeout').to.deep.equal(['a']);
 
     // Back to 0: the cached listing is stale at once (not at its old expiry).
-    write({ 'attr-timeout': 7, 'entry-timeout': 9, 'list-timeout': 0, 'cache-size': '16M' });
+    write({ 'attr-timeout': 7, 'entry-timeout': 9, 'list-timeout': 0, 'write-buffer': '16M' });
     await hup();
     expect(await names()).to.deep.equal(['a', 'behind']);
 

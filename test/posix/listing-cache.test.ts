@@ -46,6 +46,22 @@ describe('TtlCache', () => {
     expect(c.get('f')).to.deep.equal({ v: 1 });
   });
 
+  it('resize (configuration reload) keeps the most recently used entries within the new bound, and can grow', () => {
+    const c = new TtlCache<{ v: number }>(1000, 10, () => 0);
+    for (let i = 0; i < 10; i++) c.set(`p${i}`, { v: i });
+    c.get('p0'); // the most recently used
+    c.resize(3);
+    expect(c.maxEntries).to.equal(3);
+    expect(c.size).to.equal(3);
+    expect(c.get('p0')).to.deep.equal({ v: 0 });
+    expect(c.get('p9')).to.deep.equal({ v: 9 });
+    expect(c.get('p1')).to.equal(undefined);
+    c.resize(20);
+    for (let i = 10; i < 30; i++) c.set(`p${i}`, { v: i });
+    expect(c.size).to.be.within(20, 21);
+    expect(c.get('\0')).to.equal(undefined);
+  });
+
   it('a changed TTL (configuration reload) applies at once to entries stored before', () => {
     let now = 0;
     const c = new TtlCache<{ v: number }>(100, 10, () => now);

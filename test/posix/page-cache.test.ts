@@ -35,6 +35,27 @@ describe('posix page cache', () => {
     expect(cache.cachedBytes).to.be.at.most(10 * KiB);
   });
 
+  it('resize (configuration reload): shrinking evicts the least recently used blocks down to the new bound, growing lets it fill', async () => {
+    const { store, cache, etag, body } = await setup(64 * KiB);
+    const v = { key: 'obj', etag, size: body.length };
+    await cache.read(v, 0, new Uint8Array(body.length));
+    expect(cache.cachedBytes).to.equal(body.length);
+    await cache.read(v, 0, new Uint8Array(4 * KiB)); // block 0 is now the most recently used
+    cache.resize(12 * KiB);
+    expect(cache.maxBytes).to.equal(12 * KiB);
+    expect(cache.cachedBytes).to.be.at.most(12 * KiB);
+    expect(cache.stats.evictions).to.be.at.least(8);
+    const fetched = store.count('getInto');
+    await cache.read(v, 0, new Uint8Array(4 * KiB));
+    expect(store.count('getInto'), 'the most recent block survived').to.equal(fetched);
+    // forget() still finds the blocks that survived (the index follows the evictions).
+    cache.forget('obj');
+    expect(cache.cachedBytes).to.equal(0);
+    cache.resize(64 * KiB);
+    await cache.read(v, 0, new Uint8Array(body.length));
+    expect(cache.cachedBytes).to.equal(body.length);
+  });
+
   it('fails with ESTALE when the object is not the version asked for, caching nothing', async () => {
     const { store, cache, etag, body } = await setup();
     await store.put('obj', patternBytes(2, body.length));

@@ -112,6 +112,28 @@ describe('chunk cache', () => {
     expect(Buffer.from((await inner.get(key(1))).body).equals(Buffer.from(expected))).to.equal(true);
   });
 
+  it('resize (configuration reload): clean chunks are evicted down to the new bound, dirty ones stay', async () => {
+    const inner = new MemoryStore();
+    const c = makeCache(inner);
+    for (let i = 0; i < 6; i++) await write(c, i, 0, fill(i, CS));
+    await c.flush();
+    const before = c.cachedBytes;
+    expect(before).to.be.above(2 * CS);
+    await write(c, 7, 0, fill(7, CS)); // dirty: not in the clean LRU
+    c.resize(2 * CS);
+    expect(c.cacheBytes).to.equal(2 * CS);
+    expect(c.cachedBytes).to.equal(2 * CS);
+    expect(c.stats.evictions).to.be.at.least(Math.floor((before - 2 * CS) / CS));
+    expect(c.dirtyChunkBytes).to.equal(CS);
+    await c.flush();
+    for (let i = 0; i < 8; i++) if (i !== 6) expect(Buffer.from(await readAll(c, i)).equals(Buffer.from(fill(i, CS))), `chunk ${i}`).to.equal(true);
+    expect(c.cachedBytes).to.be.at.most(2 * CS);
+    c.resize(8 * CS);
+    for (let i = 0; i < 8; i++) await readAll(c, i);
+    expect(c.cachedBytes).to.be.above(2 * CS);
+    await c.close();
+  });
+
   it('does not fetch for a whole-chunk write', async () => {
     const inner = new MemoryStore();
     await inner.put(key(0), fill(5, CS));

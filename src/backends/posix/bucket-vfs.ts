@@ -204,6 +204,18 @@ export interface BucketVfsStats {
   readonly pageEvictions: number;
 }
 
+/** What the caches of a BucketVfs hold, and their bounds. */
+export interface CacheSizes {
+  readonly pageBytes: number;
+  readonly pageMaxBytes: number;
+  /** Names with cached attributes, and names cached as missing (each up to attrMaxEntries). */
+  readonly attrEntries: number;
+  readonly negativeEntries: number;
+  readonly attrMaxEntries: number;
+  readonly listEntries: number;
+  readonly listMaxEntries: number;
+}
+
 const EMPTY = new Uint8Array(0);
 /** How far from where the last read ended a read still counts as sequential. */
 const SEQUENTIAL_SLACK = 256 * 1024;
@@ -231,7 +243,7 @@ function errno(code: ErrnoName, message?: string): ErrnoError {
 export class BucketVfs implements Vfs {
   readonly store: ObjectStore;
   readonly keys: KeyMap;
-  private readonly o: Resolved;
+  private o: Resolved;
   private readonly log: Logger;
   private readonly defaults: AttrDefaults;
   private readonly attrCache: TtlCache<Entry>;
@@ -623,13 +635,35 @@ export class BucketVfs implements Vfs {
 
   /**
    * New cache lifetimes (a configuration reload, e.g. SIGHUP): they apply at once, to the
-   * entries already cached too. The page cache's size is fixed (its LRU bound is set at
-   * construction).
+   * entries already cached too.
    */
   setTtls(t: { readonly attrTtlMs: number; readonly negativeTtlMs: number; readonly listTtlMs: number }): void {
     this.attrCache.ttlMs = t.attrTtlMs;
     this.negCache.ttlMs = t.negativeTtlMs;
     this.listCache.ttlMs = t.listTtlMs;
+  }
+
+  /**
+   * New cache bounds (a configuration reload): shrinking evicts the least recently used
+   * entries down to them at once, growing lets the caches fill further. Returns what the
+   * caches hold afterwards.
+   */
+  resizeCaches(b: { readonly pageCacheBytes: number; readonly attrCacheEntries: number; readonly listCacheEntries: number }): CacheSizes {
+    this.pages.resize(b.pageCacheBytes);
+    this.attrCache.resize(b.attrCacheEntries);
+    this.negCache.resize(b.attrCacheEntries);
+    this.listCache.resize(b.listCacheEntries);
+    this.o = { ...this.o, ...b };
+    return this.cacheSizes;
+  }
+
+  /** What the caches hold and their bounds. */
+  get cacheSizes(): CacheSizes {
+    return {
+      pageBytes: this.pages.cachedBytes, pageMaxBytes: this.pages.maxBytes,
+      attrEntries: this.attrCache.size, negativeEntries: this.negCache.size, attrMaxEntries: this.attrCache.maxEntries,
+      listEntries: this.listCache.size, listMaxEntries: this.listCache.maxEntries,
+    };
   }
 
   invalidate(path: string): void {

@@ -23,7 +23,7 @@ interface Slot<V> {
 const KEEP = '\0';
 
 export class TtlCache<V extends object> {
-  private readonly lru: LRUCache<string, Slot<V> | Slot<null>>;
+  private lru: LRUCache<string, Slot<V> | Slot<null>>;
 
   /**
    * Changing it (a configuration reload) applies at once to every entry, those stored
@@ -43,6 +43,25 @@ export class TtlCache<V extends object> {
 
   get size(): number {
     return this.lru.size - (this.lru.has(KEEP) ? 1 : 0);
+  }
+
+  /** Entries kept at most. */
+  get maxEntries(): number {
+    return this.lru.max - 1;
+  }
+
+  /**
+   * Changes the bound (a configuration reload). lru-cache's bound is fixed when it is made,
+   * so the cache is made again with the most recently used entries that fit.
+   */
+  resize(maxEntries: number): void {
+    const max = Math.max(1, maxEntries) + 1;
+    if (max === this.lru.max) return;
+    const next = new LRUCache<string, Slot<V> | Slot<null>>({ max });
+    for (const [k, v] of this.lru.rentries() as Iterable<[string, Slot<V> | Slot<null>]>) if (k !== KEEP) next.set(k, v);
+    this.lru = next;
+    // Last, so that it takes the slot of the oldest entry rather than being evicted itself.
+    this.keep();
   }
 
   private keep(): void {

@@ -64,7 +64,7 @@ export class PageCache {
   readonly runBlocks: number;
   readonly stats: PageCacheStats = { hits: 0, misses: 0, fetches: 0, prefetches: 0, stale: 0, evictions: 0 };
   private readonly store: ObjectStore;
-  private readonly blocks: LRUCache<string, Uint8Array>;
+  private blocks: LRUCache<string, Uint8Array>;
   /** object key → its cached block keys (kept in step with the LRU by its dispose hook). */
   private readonly byObject = new Map<string, Set<string>>();
   private readonly inflight = new Map<string, Promise<Uint8Array>>();
@@ -75,8 +75,35 @@ export class PageCache {
     this.store = opts.store;
     this.blockSize = opts.blockSize;
     this.runBlocks = Math.max(1, Math.floor((opts.runBytes ?? 8 * 1024 * 1024) / opts.blockSize));
-    this.blocks = new LRUCache<string, Uint8Array>({
-      maxSize: Math.max(1, opts.maxBytes),
+    this.blocks = this.makeLru(opts.maxBytes);
+    this.queue = new PQueue({ concurrency: Math.max(1, opts.fetchConcurrency) });
+  }
+
+  get cachedBytes(): number {
+    return this.blocks.calculatedSize;
+  }
+
+  /** Bytes of blocks kept at most. */
+  get maxBytes(): number {
+    return this.blocks.maxSize;
+  }
+
+  /**
+   * Changes the bound (a configuration reload): shrinking evicts the least recently used
+   * blocks down to it. lru-cache's bound is fixed when it is made, so the LRU is made again
+   * with the blocks that fit, most recently used first.
+   */
+  resize(maxBytes: number): void {
+    if (Math.max(1, maxBytes) === this.blocks.maxSize) return;
+    const next = this.makeLru(maxBytes);
+    // Oldest first: the new LRU evicts (and counts, and unindexes) what no longer fits.
+    for (const [k, b] of this.blocks.rentries() as Iterable<[string, Uint8Array]>) next.set(k, b);
+    this.blocks = next;
+  }
+
+  private makeLru(maxBytes: number): LRUCache<string, Uint8Array> {
+    return new LRUCache<string, Uint8Array>({
+      maxSize: Math.max(1, maxBytes),
       sizeCalculation: (b) => Math.max(1, b.byteLength),
       dispose: (_block, k, reason) => {
         if (reason === 'evict') this.stats.evictions++;
@@ -87,11 +114,6 @@ export class PageCache {
         if (set.size === 0) this.byObject.delete(object);
       },
     });
-    this.queue = new PQueue({ concurrency: Math.max(1, opts.fetchConcurrency) });
-  }
-
-  get cachedBytes(): number {
-    return this.blocks.calculatedSize;
   }
 
   /** Reads [offset, offset + target.length) of `v` into `target` (clipped at v.size); returns the bytes read. */
