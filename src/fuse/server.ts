@@ -20,7 +20,8 @@
 //   FALLOCATE modes other than 0 → EOPNOTSUPP; LSEEK sees files as never sparse.
 // - Modes passed to the Vfs (mkdir, create, symlink, setattr) are permission bits only
 //   (07777): the Vfs owns the file type. umask has been applied by the kernel.
-// - nlink is 1 for everything (as btrfs reports directories): link counts are unknown.
+// - nlink is 1 for everything (as btrfs reports directories): link counts are unknown;
+//   0 for an open file that was unlinked (the Vfs says so: FileAttr.nlink), as Linux.
 // - INTERRUPT is best effort: the interrupted request is answered EINTR at once if it
 //   is still running; whatever it did (an entry looked up, a file opened) is undone
 //   when the Vfs call returns.
@@ -422,7 +423,7 @@ export class FuseServer {
     const size = Number.isSafeInteger(a.size) && a.size > 0 ? a.size : 0;
     return {
       ino: nodeid, size, blocks: Math.ceil(size / 512), atimeNs: a.atime, mtimeNs: a.mtime, ctimeNs: a.ctime,
-      mode: a.mode, nlink: 1, uid: a.uid, gid: a.gid, rdev: 0, blksize: this.opts.blockSize, flags: 0,
+      mode: a.mode, nlink: a.nlink ?? 1, uid: a.uid, gid: a.gid, rdev: 0, blksize: this.opts.blockSize, flags: 0,
     };
   }
 

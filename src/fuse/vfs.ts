@@ -40,6 +40,8 @@ export interface FileAttr {
   readonly atime: TimeNs;
   readonly mtime: TimeNs;
   readonly ctime: TimeNs;
+  /** st_nlink; absent: 1 (link counts are unknown in an object store). 0 for an open file that was unlinked. */
+  readonly nlink?: number;
 }
 
 export interface DirEntry {

@@ -73,6 +73,7 @@ describe('vhost-s3 mount: open files, setgid directories, life cycle, other writ
       await unlink(at('f'));
       await sleep(1100); // past the kernel's attribute cache (--attr-timeout 1)
       expect((await fh.stat()).size).to.equal(11);
+      expect((await fh.stat()).nlink, 'st_nlink of an unlinked open file (Linux: 0)').to.equal(0);
       await fh.truncate(5);
       expect((await fh.stat()).size).to.equal(5);
       await fh.chmod(0o600);

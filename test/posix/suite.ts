@@ -265,8 +265,10 @@ export function bucketVfsSuite(target: VfsTarget): void {
         const body = patternBytes(4, 20 * KiB);
         await writeFile(vfs, 'f', body);
         const f = await vfs.open('f', RO);
+        expect((await f.attr()).nlink ?? 1, 'a linked file').to.equal(1);
         await vfs.unlink('f');
         expect(await vfs.stat('f')).to.equal(null);
+        expect((await f.attr()).nlink, 'fstat of an unlinked open file: no links, as Linux').to.equal(0);
         expect(equalBytes(await readAll(f), body)).to.equal(true);
         await f.release();
         await expectErrno(vfs.unlink('f'), 'ENOENT');
@@ -285,6 +287,7 @@ export function bucketVfsSuite(target: VfsTarget): void {
         await vfs.unlink('f');
         await writeFile(vfs, 'h', 'new g');
         await vfs.rename('h', 'g', false); // g's open file is replaced
+        expect((await r.attr()).nlink, 'a file replaced by rename has no links').to.equal(0);
         store.reset();
         expect((await f.setattr({ size: 5 })).size).to.equal(5);
         const a = await f.setattr({ mode: 0o600, uid: 7, gid: 8, mtime: 2_000_000_000_000n });

@@ -704,7 +704,8 @@ export class BucketVfs implements Vfs {
   }
 
   private nodeAttr(n: FileNode): FileAttr {
-    return { kind: 'file', ...n.attrs, size: n.size };
+    // An open file no name leads to any more has no links (fstat after unlink: st_nlink 0, as Linux).
+    return { kind: 'file', ...n.attrs, size: n.size, ...(n.unlinked ? { nlink: 0 } : {}) };
   }
 
   /** Attributes of what is at `path` (open files included), or undefined. */
