@@ -135,7 +135,7 @@ const fileSystem = {
   writeBuffer: { doc: 'bytes of write buffers kept in memory for all open files (beyond: temporary files)', format: 'size', default: 128 * 2 ** 20, env: 'VHOST_S3_WRITE_BUFFER', arg: 'write-buffer' },
   tempDir: { doc: 'directory for write buffers that do not fit in memory (default: the system temp dir)', format: String, default: '', env: 'VHOST_S3_TEMP_DIR', arg: 'temp-dir' },
   spillThreshold: { doc: 'bytes of one file\'s write buffer kept in memory before it moves to a temporary file', format: 'size', default: 8 * 2 ** 20, env: 'VHOST_S3_SPILL_THRESHOLD', arg: 'spill-threshold' },
-  cacheBlockSize: { doc: 'block of the file data cache, and the unit of ranged GETs (a power of two from 4K to 64M)', format: 'size', default: 2 ** 20, env: 'VHOST_S3_CACHE_BLOCK_SIZE', arg: 'cache-block-size' },
+  cacheBlockSize: { doc: 'block of the file data cache and the ranged GET of a read that misses; read-ahead GETs runs of blocks up to 8M (a power of two from 4K to 64M)', format: 'size', default: 2 ** 20, env: 'VHOST_S3_CACHE_BLOCK_SIZE', arg: 'cache-block-size' },
   readAhead: { doc: 'largest read-ahead window of a sequential reader, in bytes (0: no read-ahead)', format: 'size', default: 64 * 2 ** 20, env: 'VHOST_S3_READ_AHEAD', arg: 'read-ahead' },
   fetchConcurrency: { doc: 'ranged GETs in flight (reads, read-ahead, fetches before an upload)', format: 'positive-int', default: 16, env: 'VHOST_S3_FETCH_CONCURRENCY', arg: 'fetch-concurrency' },
   multipartThreshold: { doc: 'files larger than this are stored by multipart upload (at most 5G)', format: 'size', default: 32 * 2 ** 20, env: 'VHOST_S3_MULTIPART_THRESHOLD', arg: 'multipart-threshold' },
