@@ -96,11 +96,14 @@ const SYNC_READ_MAX = 8 * 1024 * 1024;
 /** Files and directories remembered for the next sync(); beyond this a write syncs them first. */
 const MAX_UNSYNCED = 8192;
 /**
- * How long the sorted entries of a directory read for a listing are reused (the pages of
- * one listing read it once). Our own writes drop them at once; changes made behind the
- * store's back (one gateway owns a store directory) show after this.
+ * The sorted entries of a directory read for a listing are reused while the directory's
+ * identity (inode, mtime, ctime in ns) is unchanged, so the pages of one listing read it
+ * once, yet another process's writes to the store (a second gateway, `vhost-s3 image`) show
+ * in the next listing, as S3 lists after a write. File-system timestamps advance in coarse
+ * ticks, so entries read while the directory's mtime is younger than this are not reused
+ * (a change later in the same tick would keep the same mtime).
  */
-const DIR_CACHE_MS = 1000;
+const DIR_SETTLED_MS = 50;
 const DIR_CACHE_ENTRIES = 256;
 /** Object headers remembered by headSync (~0.5 KiB each). */
 const HEAD_CACHE_ENTRIES = 65536;
@@ -148,7 +151,7 @@ export class FileStore implements ObjectStore {
   /** When checkRoot last found the store directory. */
   private rootSeenAt = -Infinity;
   /** Directory → its key-space entries in listing order (see DIR_CACHE_MS). */
-  private readonly dirCache = new Map<string, { readonly entries: DirEntry[]; readonly at: number }>();
+  private readonly dirCache = new Map<string, { readonly entries: DirEntry[]; readonly identity: string }>();
 
   constructor(root: string, opts: FileStoreOptions = {}) {
     this.root = resolve(root);
@@ -719,9 +722,9 @@ export class FileStore implements ObjectStore {
 
   /** @internal The key-space entries of `dir` in listing order ([] when it does not exist). */
   async dirEntries(dir: string): Promise<DirEntry[]> {
-    const now = performance.now();
+    const seen = directoryIdentity(dir);
     const hit = this.dirCache.get(dir);
-    if (hit && now - hit.at < DIR_CACHE_MS) return hit.entries;
+    if (hit && seen && hit.identity === seen.identity) return hit.entries;
     let names: string[];
     try {
       names = await readdir(dir);
@@ -736,8 +739,10 @@ export class FileStore implements ObjectStore {
     }
     entries.sort((a, b) => compareKeys(a.sortKey, b.sortKey));
     this.dirCache.delete(dir);
-    if (this.dirCache.size >= DIR_CACHE_ENTRIES) this.dirCache.delete(this.dirCache.keys().next().value!);
-    this.dirCache.set(dir, { entries, at: now });
+    if (seen?.settled) {
+      if (this.dirCache.size >= DIR_CACHE_ENTRIES) this.dirCache.delete(this.dirCache.keys().next().value!);
+      this.dirCache.set(dir, { entries, identity: seen.identity });
+    }
     return entries;
   }
 
@@ -1022,3 +1027,15 @@ function tryUnlink(path: string): void {
 
 // Re-exported for tests of the layout.
 export { OBJECT_TAG, TEMP_TAG };
+
+/** What tells a directory's entries changed, and whether its last change is old enough to trust. */
+function directoryIdentity(dir: string): { readonly identity: string; readonly settled: boolean } | null {
+  let st;
+  try {
+    st = statSync(dir, { bigint: true });
+  } catch {
+    return null;
+  }
+  const settled = Date.now() - Number(st.mtimeNs / 1_000_000n) > DIR_SETTLED_MS;
+  return { identity: `${st.ino}:${st.mtimeNs}:${st.ctimeNs}`, settled };
+}

@@ -9,7 +9,7 @@ import { dirname, join, resolve, sep } from 'node:path';
 import { FileStore, HEADER_SIZE } from '../../src/backends/file-store.js';
 import { MemoryStore } from '../../src/backends/memory-store.js';
 import { decodeSegment, encodeSegment, keyToPath, pathToKey, NAME_MAX, TEMP_TAG } from '../../src/backends/file-keys.js';
-import { compareKeys, listAll, StoreError, validateKey, type ObjectStore } from '../../src/backends/object-store.js';
+import { compareKeys, listAll, listKeys, StoreError, validateKey, type ObjectStore } from '../../src/backends/object-store.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
 import { expectErrno, objectStoreConformance } from './conformance.js';
 
@@ -196,6 +196,33 @@ describe('FileStore', () => {
       expect(listed.etag).to.equal(etag);
       await other.delete('k');
       expect(await store.head('k')).to.equal(null);
+    });
+
+    it('lists what another writer added or removed right after (no reused directory entries), as S3 does', async () => {
+      const d = tmp();
+      const store = await FileStore.open(d.file('s'), { create: true });
+      const other = new FileStore(d.file('s'));
+      for (const k of ['dir/a', 'dir/b', 'top']) await store.put(k, patternBytes(1, 10));
+      const names = async (prefix: string): Promise<string[]> => {
+        const keys: string[] = [];
+        for await (const k of listKeys(store, prefix)) keys.push(k);
+        return keys;
+      };
+      // Settle the directories, then list twice so the entries are remembered.
+      await new Promise((r) => setTimeout(r, 120));
+      expect(await names('dir/')).to.deep.equal(['dir/a', 'dir/b']);
+      expect(await names('dir/')).to.deep.equal(['dir/a', 'dir/b']);
+      expect(await names('')).to.deep.equal(['dir/a', 'dir/b', 'top']);
+      for (let i = 0; i < 20; i++) {
+        await other.put(`dir/n${i}`, patternBytes(i, 10));
+        expect(await names('dir/'), `after another writer's put ${i}`).to.include(`dir/n${i}`);
+        await other.delete(`dir/n${i}`);
+        expect(await names('dir/'), `after another writer's delete ${i}`).to.not.include(`dir/n${i}`);
+      }
+      await other.put('top2', patternBytes(2, 10));
+      expect(await names('')).to.deep.equal(['dir/a', 'dir/b', 'top', 'top2']);
+      await other.close();
+      await store.close();
     });
 
     it('reports a foreign file in the key space as EIO, not as data', async () => {
