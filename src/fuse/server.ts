@@ -263,8 +263,8 @@ export class FuseServer {
       return done(errorReply(req.h.unique, E.EIO));
     }
     const p = new Pending(req, maxReply, done, payload);
-    if (this.vfs.statNow !== undefined && (req.op === Opcode.LOOKUP || req.op === Opcode.GETATTR)) {
-      // Answered from what the Vfs has cached: no promise chain, nothing in flight.
+    if (req.op === Opcode.LOOKUP || req.op === Opcode.GETATTR || req.op === Opcode.READDIR || req.op === Opcode.READDIRPLUS) {
+      // Answered from what the Vfs has cached or the directory handle holds: no promise chain, nothing in flight.
       let reply: FuseReply | undefined;
       try {
         reply = this.answerNow(req, p);
@@ -480,15 +480,22 @@ export class FuseServer {
   // ---- the operations ------------------------------------------------------------------------
 
   /**
-   * LOOKUP or GETATTR answered from Vfs.statNow (synchronously), or undefined when it
-   * needs the Vfs's asynchronous stat or an open file's attributes.
+   * LOOKUP or GETATTR answered from Vfs.statNow, READDIR(PLUS) from the handle's snapshot
+   * (synchronously), or undefined when it needs the Vfs's asynchronous stat, an open
+   * file's attributes or a new listing.
    */
-  private answerNow(req: Extract<FuseRequest, { op: Opcode.LOOKUP | Opcode.GETATTR }>, p: Pending): FuseReply | undefined {
-    const vfs = this.vfs as Required<Pick<Vfs, 'statNow'>>;
+  private answerNow(req: Extract<FuseRequest, { op: Opcode.LOOKUP | Opcode.GETATTR }> | ReadLikeRequest, p: Pending): FuseReply | undefined {
+    if (req.op === Opcode.READDIR || req.op === Opcode.READDIRPLUS) {
+      const h = this.dirHandle(req.fh);
+      return req.offset === 0 && h.consumed ? undefined : okReply(req.h.unique, [this.readdirPage(req, p, h)]);
+    }
+    const vfs = this.vfs;
+    if (vfs.statNow === undefined) return undefined;
     if (req.op === Opcode.LOOKUP) {
       const attr = vfs.statNow(this.childPath(req.h.nodeid, req.name));
       return attr === undefined ? undefined : this.lookupReply(p, req, attr);
     }
+    if (req.op !== Opcode.GETATTR) return undefined; // READ: never here
     const ino = this.inode(req.h.nodeid);
     if (this.getattrHandle(req, ino) !== undefined) return undefined;
     const attr = vfs.statNow(this.pathOf(req.h.nodeid));
@@ -844,11 +851,16 @@ export class FuseServer {
 
   private async readdir(req: ReadLikeRequest, p: Pending): Promise<Uint8Array> {
     const h = this.dirHandle(req.fh);
-    const plus = req.op === Opcode.READDIRPLUS;
     if (req.offset === 0 && h.consumed) {
       h.entries = await this.snapshot(h.inode);
       h.consumed = false;
     }
+    return this.readdirPage(req, p, h);
+  }
+
+  /** One READDIR(PLUS) page from the handle's snapshot. */
+  private readdirPage(req: ReadLikeRequest, p: Pending, h: DirHandle): Uint8Array {
+    const plus = req.op === Opcode.READDIRPLUS;
     const entries = h.entries;
     if (req.offset >= entries.length) return new Uint8Array(0);
     const w = new DirentWriter(Math.min(req.size, p.maxReply));

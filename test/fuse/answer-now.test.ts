@@ -1,14 +1,15 @@
 // LOOKUP and GETATTR answered synchronously from BucketVfs.statNow (file store): a cached
 // entry is answered before dispatch() returns, with the bytes the asynchronous path gave
 // and no store call; a miss takes the asynchronous path; errors, negative entries, open
-// files and a reply that does not fit behave as on the asynchronous path.
+// files and a reply that does not fit behave as on the asynchronous path. READDIR(PLUS)
+// pages come synchronously from the handle's snapshot; only a rewind relists.
 import { expect } from 'chai';
 import { FileStore } from '../../src/backends/file-store.js';
 import { BucketVfs } from '../../src/backends/posix/bucket-vfs.js';
 import { FuseServer } from '../../src/fuse/server.js';
 import { E, ENTRY_OUT_SIZE, O_RDWR, Opcode } from '../../src/fuse/abi.js';
 import { cstr, encode, encodeRequest } from '../../src/fuse/requests.js';
-import { decodeAttrOut, decodeEntryOut, decodeOpenOut, type FuseReply } from '../../src/fuse/replies.js';
+import { decodeAttrOut, decodeDirents, decodeDirentsPlus, decodeEntryOut, decodeOpenOut, type FuseReply } from '../../src/fuse/replies.js';
 import { silentLogger } from '../../src/util/log.js';
 import { TmpDir } from '../support/tmp.js';
 
@@ -99,6 +100,30 @@ describe('FUSE LOOKUP/GETATTR answered from the Vfs caches (BucketVfs on a file 
       expect(stale.reply.error).to.equal(-E.ESTALE);
       expect(s.counters.errors).to.be.greaterThan(0);
     }
+  });
+
+  it('serves READDIR(PLUS) pages from the snapshot at once; a rewind after the end relists', async () => {
+    for (let i = 0; i < 60; i++) await store.put(`d/many-${String(i).padStart(3, '0')}-${'x'.repeat(40)}`, new Uint8Array(0));
+    const { s } = await server();
+    const d = decodeEntryOut(concat((await now(s, msg(Opcode.LOOKUP, [cstr('d')]))).reply)).nodeid;
+    const { fh } = decodeOpenOut(concat((await now(s, msg(Opcode.OPENDIR, [encode.open(0)], d))).reply));
+    const names: string[] = [];
+    for (let off = 0; ;) {
+      const page = await now(s, msg(Opcode.READDIRPLUS, [encode.read(fh, off, 1024)], d));
+      expect(page.sync, `offset ${off}`).to.equal(true);
+      const ents = decodeDirentsPlus(concat(page.reply));
+      if (ents.length === 0) break;
+      names.push(...ents.map((e) => e.name));
+      off = Number(ents[ents.length - 1]!.off);
+    }
+    expect(names).to.have.length(63); // ., .., f and the 60
+    expect(s.lookupCount(decodeEntryOut(concat((await now(s, msg(Opcode.LOOKUP, [cstr('f')], d))).reply)).nodeid)).to.equal(2);
+    const rewind = await now(s, msg(Opcode.READDIR, [encode.read(fh, 0, 4096)], d));
+    expect(rewind.sync).to.equal(false);
+    expect(decodeDirents(concat(rewind.reply)).length).to.be.greaterThan(2);
+    const bad = await now(s, msg(Opcode.READDIR, [encode.read(fh + 99, 5, 4096)], d));
+    expect(bad.sync).to.equal(true);
+    expect(bad.reply.error).to.equal(-E.EBADF);
   });
 
   it('a file with unstored writes reports its open size; a reply that does not fit is EIO and its lookup undone', async () => {
