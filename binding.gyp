@@ -1,4 +1,7 @@
 {
+  "variables": {
+    "have_liburing%": "<!(test -f /usr/include/liburing.h && echo 1 || echo 0)"
+  },
   "targets": [
     {
       "target_name": "vhost_s3_native",
@@ -20,7 +23,12 @@
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "_GNU_SOURCE"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra"],
-      "libraries": ["-luring"]
+      "conditions": [
+        ["have_liburing==1", {
+          "defines": ["VHS_HAVE_LIBURING"],
+          "libraries": ["-luring"]
+        }]
+      ]
     }
   ]
 }

@@ -1,6 +1,22 @@
 // io_uring for block I/O without libuv's thread-pool hand-offs: requests are prepared
 // and submitted in batches from JS, and completions come back through one eventfd
 // watched by the event loop, drained completely and delivered to JS once per batch.
+#ifndef VHS_HAVE_LIBURING
+// Built where liburing-dev is not installed (binding.gyp looks for liburing.h):
+// createUring answers null, as on a kernel without io_uring, and the callers use
+// synchronous I/O. Everything works; only the io_uring engine is missing.
+#include "addon.h"
+
+namespace vhs {
+
+void InitUring(Napi::Env env, Napi::Object exports) {
+  exports.Set("createUring", Napi::Function::New(
+                                 env, [](const Napi::CallbackInfo& info) -> Napi::Value { return info.Env().Null(); },
+                                 "createUring"));
+}
+
+}  // namespace vhs
+#else
 #include <errno.h>
 #include <liburing.h>
 #include <sys/eventfd.h>
@@ -445,3 +461,4 @@ void InitUring(Napi::Env env, Napi::Object exports) {
 }
 
 }  // namespace vhs
+#endif  // VHS_HAVE_LIBURING
