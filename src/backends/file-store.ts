@@ -240,18 +240,10 @@ export class FileStore implements ObjectStore {
       }
       let done = 0;
       while (views.length > 0) {
-        let n = readvSync(fd, views, HEADER_SIZE + offset + done);
+        const n = readvSync(fd, views, HEADER_SIZE + offset + done);
         if (n === 0) break;
         done += n;
-        const rest: Uint8Array[] = [];
-        for (const v of views) {
-          if (n >= v.length) n -= v.length;
-          else {
-            rest.push(n > 0 ? v.subarray(n) : v);
-            n = 0;
-          }
-        }
-        views = rest;
+        views = pastBytes(views, n);
       }
       return done;
     } finally {
@@ -918,17 +910,9 @@ function writeAllSync(fd: number, parts: Uint8Array[], position: number): void {
   let pos = position;
   let rest = parts;
   while (rest.length > 0) {
-    let n = writevSync(fd, rest, pos);
+    const n = writevSync(fd, rest, pos);
     pos += n;
-    const next: Uint8Array[] = [];
-    for (const p of rest) {
-      if (n >= p.length) n -= p.length;
-      else {
-        next.push(n > 0 ? p.subarray(n) : p);
-        n = 0;
-      }
-    }
-    rest = next;
+    rest = pastBytes(rest, n);
   }
 }
 
@@ -1038,4 +1022,17 @@ function directoryIdentity(dir: string): { readonly identity: string; readonly s
   }
   const settled = Date.now() - Number(st.mtimeNs / 1_000_000n) > DIR_SETTLED_MS;
   return { identity: `${st.ino}:${st.mtimeNs}:${st.ctimeNs}`, settled };
+}
+
+/** What is left of a vector of buffers once a short readv/writev moved `n` bytes. */
+function pastBytes(views: readonly Uint8Array[], n: number): Uint8Array[] {
+  const rest: Uint8Array[] = [];
+  for (const v of views) {
+    if (n >= v.length) n -= v.length;
+    else {
+      rest.push(n > 0 ? v.subarray(n) : v);
+      n = 0;
+    }
+  }
+  return rest;
 }
