@@ -470,7 +470,9 @@ export class FuseServer {
       { name: '..', bytes: utf8.encode('..'), kind: 'dir', attr: null },
     ];
     for (const e of listed) {
-      const bytes = utf8.encode(e.name);
+      // Buffer.from slices Node's shared pool; TextEncoder gives every name its own
+      // ArrayBuffer (3x the time per name, and the GC's work, on a 10,000-entry listing).
+      const bytes = Buffer.from(e.name, 'utf8');
       if (checkName(bytes) !== 0) continue; // the Vfs should not list it; never pass it on
       out.push({ name: e.name, bytes, kind: e.attr.kind, attr: e.attr });
     }

@@ -104,6 +104,8 @@ describe('FUSE LOOKUP/GETATTR answered from the Vfs caches (BucketVfs on a file 
 
   it('serves READDIR(PLUS) pages from the snapshot at once; a rewind after the end relists', async () => {
     for (let i = 0; i < 60; i++) await store.put(`d/many-${String(i).padStart(3, '0')}-${'x'.repeat(40)}`, new Uint8Array(0));
+    const wide = `ünï-名前-${'é'.repeat(100)}`; // 213 bytes of UTF-8
+    await store.put(`d/${wide}`, new Uint8Array(0));
     const { s } = await server();
     const d = decodeEntryOut(concat((await now(s, msg(Opcode.LOOKUP, [cstr('d')]))).reply)).nodeid;
     const { fh } = decodeOpenOut(concat((await now(s, msg(Opcode.OPENDIR, [encode.open(0)], d))).reply));
@@ -116,7 +118,9 @@ describe('FUSE LOOKUP/GETATTR answered from the Vfs caches (BucketVfs on a file 
       names.push(...ents.map((e) => e.name));
       off = Number(ents[ents.length - 1]!.off);
     }
-    expect(names).to.have.length(63); // ., .., f and the 60
+    expect(names).to.have.length(64); // ., .., f, the 60 and the wide one
+    expect(names).to.include(wide);
+    expect(Buffer.byteLength(wide)).to.equal(213);
     expect(s.lookupCount(decodeEntryOut(concat((await now(s, msg(Opcode.LOOKUP, [cstr('f')], d))).reply)).nodeid)).to.equal(2);
     const rewind = await now(s, msg(Opcode.READDIR, [encode.read(fh, 0, 4096)], d));
     expect(rewind.sync).to.equal(false);
