@@ -4,6 +4,7 @@
 import { performance } from 'node:perf_hooks';
 import type { SharedBuffer } from './memory.js';
 import { LatencyRecorder, type LoadResult } from './stats.js';
+import { xorshift32 } from '../util/xorshift.js';
 
 export type RwPattern = 'read' | 'write' | 'randread' | 'randwrite' | 'randrw';
 
@@ -46,16 +47,6 @@ const SECTOR = 512;
 const MAGIC = 0x76687333; // "vhs3"
 
 /** Small fast PRNG (xorshift32); deterministic per seed so patterns can be recomputed. */
-function xorshift(seed: number): () => number {
-  let x = seed >>> 0 || 0x9e3779b9;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>>= 0);
-  };
-}
-
 /**
  * The verify pattern of block `block` at write generation `gen`: every sector starts
  * with magic, block, gen, sector index, then PRNG words seeded from all of them.
@@ -69,7 +60,7 @@ export function fillPattern(bytes: Uint8Array, block: number, gen: number): void
     words[base + 1] = block >>> 0;
     words[base + 2] = gen;
     words[base + 3] = s;
-    const next = xorshift((block * 2654435761) ^ (gen * 40503) ^ (s + 1));
+    const next = xorshift32(((block * 2654435761) ^ (gen * 40503) ^ (s + 1)) >>> 0 || 0x9e3779b9);
     for (let i = 4; i < perSector; i++) words[base + i] = next();
   }
 }
@@ -89,7 +80,7 @@ export async function runBlkLoad(io: BlkIo, opts: LoadOptions): Promise<LoadResu
   if (blocks < 1) throw new RangeError('device smaller than one block');
   if (opts.runtime <= 0 && opts.totalBytes <= 0) throw new RangeError('give a runtime or a total size');
 
-  const rand = xorshift(opts.seed ?? 12345);
+  const rand = xorshift32((opts.seed ?? 12345) >>> 0 || 0x9e3779b9);
   const stats = new LatencyRecorder();
   const generations = new Map<number, number>();
   const busy = new Set<number>();

@@ -8,6 +8,7 @@ import { ErrnoError } from '../util/errors.js';
 import type { FuseClient } from './fuse-client.js';
 import type { DecodedEntry } from '../fuse/replies.js';
 import { LatencyRecorder, type LoadResult } from './stats.js';
+import { xorshift32 } from '../util/xorshift.js';
 
 export const FS_WORKLOADS = ['create', 'stat', 'readdir', 'seqwrite', 'seqread', 'randread'] as const;
 export type FsWorkload = (typeof FS_WORKLOADS)[number];
@@ -71,16 +72,6 @@ async function pump(depth: number, stats: LatencyRecorder, more: () => boolean, 
   await Promise.all(Array.from({ length: Math.max(1, depth) }, worker));
 }
 
-function xorshift(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>>= 0);
-  };
-}
-
 /** Creates `count` files of `size` bytes named f0..f<count-1> in `dir` (no latency kept). */
 async function populate(c: FuseClient, dir: number, count: number, size: number, depth: number, stats?: LatencyRecorder): Promise<void> {
   const data = new Uint8Array(size).fill(0x61);
@@ -96,7 +87,7 @@ async function populate(c: FuseClient, dir: number, count: number, size: number,
 export async function runFsLoad(c: FuseClient, o: FsLoadOptions): Promise<FsLoadResult> {
   const stats = new LatencyRecorder();
   const dir = await ensureDir(c, o.dir);
-  const rand = xorshift(o.seed ?? 4242);
+  const rand = xorshift32(o.seed ?? 4242);
   let start = performance.now();
   const timeLeft = (): boolean => performance.now() - start < o.runtime * 1000;
   switch (o.workload) {

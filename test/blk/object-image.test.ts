@@ -18,6 +18,7 @@ import { BlkClient } from '../../src/frontend/blk-client.js';
 import { startBlkServer, type CliProcess } from '../support/cli.js';
 import { startS3rver, type S3rver } from '../support/s3rver.js';
 import { TmpDir } from '../support/tmp.js';
+import { xorshift32 } from '../../src/util/xorshift.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -71,15 +72,8 @@ async function startBackend(kind: 's3' | 'file'): Promise<Backend> {
 
 /** xorshift32: deterministic random numbers for the workloads. */
 function rng(seed: number): (n: number) => number {
-  let x = seed >>> 0 || 1;
-  return (n: number) => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x % n;
-  };
+  const next = xorshift32(seed);
+  return (n: number) => next() % n;
 }
 
 /** Non-zero pseudo-random bytes (so that no written sector is ever all zeros by accident). */

@@ -26,23 +26,12 @@ import { expect } from 'chai';
 import { createHash } from 'node:crypto';
 import { appendFile, chmod, lstat, mkdir, open, readFile, readdir, readlink, rename, rmdir, symlink, truncate, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { seededRandom, type SeededRandom } from '../support/random.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
 import { mountPrereqProblem, startBackend, startMount, type Backend, type BackendKind, type Mount } from '../support/mount.js';
 
 const KiB = 1024;
 
-/** xorshift32: the same seed gives the same sequence. */
-function rng(seed: number): { int(n: number): number; pick<T>(a: readonly T[]): T; chance(p: number): boolean } {
-  let x = seed >>> 0 || 1;
-  const next = (): number => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 0x100000000;
-  };
-  return { int: (n) => Math.floor(next() * n), pick: (a) => a[Math.floor(next() * a.length)]!, chance: (p) => next() < p };
-}
-type Rng = ReturnType<typeof rng>;
 
 const NAMES = ['a', 'b', 'c', 'd'];
 const TARGETS = ['a', 'b', 'c', 'a/b', 'b/c', 'nowhere', 'c/a/b'];
@@ -58,7 +47,7 @@ const OPS = {
 type OpName = keyof typeof OPS;
 const HANDLE_OPS: readonly OpName[] = ['hwrite', 'hread', 'hstat', 'ftruncate', 'hmove', 'close'];
 
-function pickOp(r: Rng, haveHandles: boolean): OpName {
+function pickOp(r: SeededRandom, haveHandles: boolean): OpName {
   const names = (Object.keys(OPS) as OpName[]).filter((n) => haveHandles || !HANDLE_OPS.includes(n));
   let x = r.int(names.reduce((s, n) => s + OPS[n], 0));
   for (const n of names) {
@@ -68,7 +57,7 @@ function pickOp(r: Rng, haveHandles: boolean): OpName {
   return names[names.length - 1]!;
 }
 
-function randomPath(r: Rng): string {
+function randomPath(r: SeededRandom): string {
   return Array.from({ length: 1 + r.int(3) }, () => r.pick(NAMES)).join('/');
 }
 
@@ -80,7 +69,7 @@ interface Known {
 }
 
 /** Mostly an existing file, an existing entry or a new name in an existing directory, as asked; sometimes anything. */
-function aimedPath(r: Rng, known: Known, aim: 'file' | 'any' | 'new'): string {
+function aimedPath(r: SeededRandom, known: Known, aim: 'file' | 'any' | 'new'): string {
   if (r.chance(0.12)) return randomPath(r);
   if (aim === 'file' && known.files.length > 0 && r.chance(0.8)) return r.pick(known.files);
   if (aim !== 'new' && known.entries.length > 0 && r.chance(0.8)) return r.pick(known.entries);
@@ -103,7 +92,7 @@ function knownOf(snap: readonly string[]): Known {
 }
 
 /** Sizes and offsets: mostly small, sometimes across the mount's 1 MiB cache blocks. */
-function randomSize(r: Rng): number {
+function randomSize(r: SeededRandom): number {
   const k = r.int(20);
   if (k < 12) return r.int(4 * KiB);
   if (k < 18) return r.int(96 * KiB);
@@ -205,7 +194,7 @@ interface Handle {
 }
 
 async function runModel(mountRoot: string, modelRoot: string, seed: number, steps: number): Promise<{ ops: Record<string, number>; outcomes: Record<string, number>; maxEntries: number }> {
-  const r = rng(seed);
+  const r = seededRandom(seed);
   const log: string[] = [];
   const handles: Handle[] = [];
   const ops: Record<string, number> = {};

@@ -14,26 +14,12 @@ import { startS3rver } from '../support/s3rver.js';
 import type { ObjectStore } from '../../src/backends/object-store.js';
 import type { OpenFile } from '../../src/fuse/vfs.js';
 import { ErrnoError } from '../../src/util/errors.js';
+import { seededRandom, type SeededRandom } from '../support/random.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
 import { CALLER, NEW, RW, equalBytes } from './helpers.js';
 
 const KiB = 1024;
 
-/** xorshift32: the same seed gives the same sequence. */
-function rng(seed: number): { int(n: number): number; pick<T>(a: readonly T[]): T; chance(p: number): boolean } {
-  let x = seed >>> 0 || 1;
-  const next = (): number => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 0x100000000;
-  };
-  return {
-    int: (n) => Math.floor(next() * n),
-    pick: (a) => a[Math.floor(next() * a.length)]!,
-    chance: (p) => next() < p,
-  };
-}
 
 /** Runs `fn`, returning 'ok:<value>' or the errno name. */
 async function outcome<T>(fn: () => Promise<T>, show: (v: T) => string = () => ''): Promise<string> {
@@ -87,7 +73,7 @@ function modelKind(s: { isDirectory(): boolean; isSymbolicLink(): boolean; size:
   return s.isDirectory() ? 'dir' : s.isSymbolicLink() ? `link:${s.size}` : `file:${s.size}`;
 }
 
-function randomPath(r: ReturnType<typeof rng>): string {
+function randomPath(r: SeededRandom): string {
   const depth = 1 + r.int(3);
   return Array.from({ length: depth }, () => r.pick(SEGMENTS)).join('/');
 }
@@ -114,7 +100,7 @@ async function modelTree(root: string, path = ''): Promise<string[]> {
 }
 
 async function runSequence(store: ObjectStore, seed: number, steps: number, tmp: TmpDir): Promise<void> {
-  const r = rng(seed);
+  const r = seededRandom(seed);
   const prefix = `seed${seed}/`;
   const root = tmp.file(`model-${seed}`);
   await mkdir(root);

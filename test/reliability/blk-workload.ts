@@ -10,23 +10,17 @@ import type { ImageKeys } from '../../src/blk/image-format.js';
 import { BlkStatus } from '../../src/blk/protocol.js';
 import type { BlkClient } from '../../src/frontend/blk-client.js';
 import type { SharedBuffer } from '../../src/frontend/memory.js';
+import { uniform } from '../support/random.js';
 import { patternBytes } from '../support/tmp.js';
 
 const SECTOR = 512;
 
 /** A deterministic generator (xorshift32) for offsets and sizes. */
 export class Rng {
-  private x: number;
+  /** Numbers in [0, 1). */
+  readonly next: () => number;
   constructor(seed: number) {
-    this.x = (seed * 2654435761) >>> 0 || 1;
-  }
-  next(): number {
-    let x = this.x;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.x = x >>> 0;
-    return this.x / 2 ** 32;
+    this.next = uniform((seed * 2654435761) >>> 0);
   }
   /** An integer in [lo, hi). */
   int(lo: number, hi: number): number {

@@ -25,6 +25,7 @@
 // The explicit `failNext`/`cutNextGets` plans serve tests that need exact request counts.
 import { createServer, request, Agent, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { uniform } from './random.js';
 
 export type FaultClass = 'error500' | 'slowdown503' | 'latency' | 'reset' | 'truncate' | 'down';
 export const FAULT_CLASSES: readonly FaultClass[] = ['error500', 'slowdown503', 'latency', 'reset', 'truncate', 'down'];
@@ -71,7 +72,7 @@ export class FaultProxy {
   private explicit = { fail: 0, failStatus: 503, failCode: 'SlowDown', cut: 0, cutAfter: 0 };
   private readonly sockets = new Set<Socket>();
   private readonly upstream = new Agent({ keepAlive: true, maxSockets: 64 });
-  private rng: number;
+  private readonly random: () => number;
   private listening = true;
   private closed = false;
 
@@ -81,7 +82,7 @@ export class FaultProxy {
     private readonly target: { host: string; port: number },
     seed: number,
   ) {
-    this.rng = (seed * 2654435761) >>> 0 || 1;
+    this.random = uniform((seed * 2654435761) >>> 0);
     server.on('connection', (s) => {
       this.sockets.add(s);
       s.on('close', () => this.sockets.delete(s));
@@ -164,14 +165,6 @@ export class FaultProxy {
     return FAULT_CLASSES.reduce((n, c) => n + this.counts[c], 0);
   }
 
-  private random(): number {
-    let x = this.rng;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.rng = x >>> 0;
-    return this.rng / 2 ** 32;
-  }
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
     this.requests++;
