@@ -5,14 +5,13 @@
 import { expect } from 'chai';
 import { fstatSync } from 'node:fs';
 import { native } from '../../src/native/index.js';
-import { VhostUserServer } from '../../src/vhost/server.js';
 import { FrontendSession, FRONTEND_PROTOCOL_FEATURES, type InflightFd } from '../../src/vhost/frontend-session.js';
 import { ProtocolError, encodeInflight } from '../../src/vhost/codec.js';
 import { FrontendReq, ProtocolFeature } from '../../src/vhost/protocol.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX } from '../../src/virtio/features.js';
 import { inflightRegionBytes } from '../../src/virtio/inflight.js';
-import type { BackendSession } from '../../src/vhost/backend-session.js';
-import { EchoDevice, FrontendMemory, TempDir, TestRing, waitFor } from './helpers.js';
+import { EchoDevice, TestRing, waitFor } from './helpers.js';
+import { useEchoSession } from '../support/echo-session.js';
 
 const GUEST_BASE = 0x40000000;
 const MEM_SIZE = 1 << 20;
@@ -25,41 +24,16 @@ class InflightEchoDevice extends EchoDevice {
 
 describe('vhost-user backend session: INFLIGHT_SHMFD', function () {
   this.timeout(20000);
-  let dir: TempDir;
-  let path: string;
-  let device: InflightEchoDevice;
-  let server: VhostUserServer;
-  let sessions: BackendSession[];
-  let mem: FrontendMemory;
-  let toClose: Array<{ close(): void }>;
-
-  beforeEach(() => {
-    dir = new TempDir();
-    path = dir.file('echo.sock');
-    device = new InflightEchoDevice(2);
-    server = new VhostUserServer(path, device);
-    sessions = [];
-    server.on('session', (s: BackendSession) => sessions.push(s));
-    server.listen();
-    mem = new FrontendMemory(MEM_SIZE, GUEST_BASE);
-    toClose = [];
-  });
-  afterEach(async () => {
-    for (const c of toClose) c.close();
-    await server.close();
-    mem.close();
-    dir.remove();
-  });
+  const echo = useEchoSession(() => new InflightEchoDevice(2), { memSize: MEM_SIZE, guestBase: GUEST_BASE });
 
   async function connect(inflight = true): Promise<FrontendSession> {
-    const fe = await FrontendSession.connect(path, { timeoutMs: 5000 });
-    toClose.push(fe);
+    const fe = await echo.connect();
     await fe.negotiate(inflight ? { protocolFeatures: FRONTEND_PROTOCOL_FEATURES | ProtocolFeature.INFLIGHT_SHMFD } : {});
     return fe;
   }
 
   function keep(r: InflightFd): InflightFd {
-    toClose.push({ close: () => native.close(r.fd) });
+    echo.toClose.push({ close: () => native.close(r.fd) });
     return r;
   }
 
@@ -82,7 +56,7 @@ describe('vhost-user backend session: INFLIGHT_SHMFD', function () {
     const fe = await connect();
     const good = keep(await fe.getInflightFd(2, QSIZE));
     const small = native.memfdCreate('small', 100);
-    toClose.push({ close: () => native.close(small) });
+    echo.toClose.push({ close: () => native.close(small) });
     const refusals: Array<[string, Promise<unknown>]> = [
       ['GET: queue size not a power of 2', fe.getInflightFd(1, 100)],
       ['GET: more queues than the device', fe.getInflightFd(3, QSIZE)],
@@ -103,14 +77,14 @@ describe('vhost-user backend session: INFLIGHT_SHMFD', function () {
       expect(err, what).to.be.instanceOf(ProtocolError);
     }
     await fe.setInflightFd(good); // the right one is accepted afterwards
-    expect(sessions[0]!.isClosing).to.equal(false);
+    expect(echo.sessions[0]!.isClosing).to.equal(false);
   });
 
   it('SET_INFLIGHT_FD is refused without the feature negotiated', async () => {
     const fe = await connect(false);
     expect(fe.has(ProtocolFeature.INFLIGHT_SHMFD)).to.equal(false);
     const fd = native.memfdCreate('region', inflightRegionBytes(1, QSIZE));
-    toClose.push({ close: () => native.close(fd) });
+    echo.toClose.push({ close: () => native.close(fd) });
     const region: InflightFd = { fd, mmapSize: BigInt(inflightRegionBytes(1, QSIZE)), mmapOffset: 0n, numQueues: 1, queueSize: QSIZE };
     let err: unknown = null;
     await fe.setInflightFd(region).catch((e) => (err = e));
@@ -122,26 +96,26 @@ describe('vhost-user backend session: INFLIGHT_SHMFD', function () {
     const up = async (fe: FrontendSession, region: InflightFd, ring: TestRing, base: number): Promise<void> => {
       await fe.setInflightFd(region);
       await fe.setFeatures(features);
-      await fe.addMemRegion(mem.region);
+      await fe.addMemRegion(echo.mem.region);
       await ring.setup(fe, base);
       await fe.enableVring(0, true);
     };
     const fe1 = await connect();
     const region = keep(await fe1.getInflightFd(1, QSIZE));
-    const ring = new TestRing(mem, 0, 0, QSIZE, { eventIdx: true });
-    toClose.push(ring);
+    const ring = new TestRing(echo.mem, 0, 0, QSIZE, { eventIdx: true });
+    echo.toClose.push(ring);
     await up(fe1, region, ring, 0);
     expect(Buffer.from(await ring.echo(Uint8Array.of(1, 2, 3, 4), DATA, DATA + 0x1000, 1))).to.deep.equal(Buffer.from([1, 2, 3, 4]));
-    device.hold = true;
+    echo.device.hold = true;
     ring.submit(Uint8Array.of(9, 8, 7, 6), DATA + 0x2000, DATA + 0x3000, 2);
-    await waitFor(() => device.held.length === 1, 5000, 'the device to take the request');
+    await waitFor(() => echo.device.held.length === 1, 5000, 'the device to take the request');
     // The backend side of the connection goes away without completing it (as a killed
     // backend would: the held chain is simply dropped).
-    device.held.length = 0;
-    device.hold = false;
+    echo.device.held.length = 0;
+    echo.device.hold = false;
     fe1.close();
-    await waitFor(() => sessions.length === 1 && sessions[0]!.isClosing, 5000, 'the first session to end');
-    await sessions[0]!.closed;
+    await waitFor(() => echo.sessions.length === 1 && echo.sessions[0]!.isClosing, 5000, 'the first session to end');
+    await echo.sessions[0]!.closed;
 
     const fe2 = await connect();
     const base = ring.dq.lastUsedIdx; // what QEMU sends after losing a backend: used.idx
@@ -149,7 +123,7 @@ describe('vhost-user backend session: INFLIGHT_SHMFD', function () {
     await up(fe2, region, ring, base);
     const done = await ring.waitCompletions(1);
     expect(done.map((d) => d.token)).to.deep.equal([2]);
-    expect(Buffer.from(mem.bytes.subarray(DATA + 0x3000, DATA + 0x3004))).to.deep.equal(Buffer.from([9, 8, 7, 6]));
+    expect(Buffer.from(echo.mem.bytes.subarray(DATA + 0x3000, DATA + 0x3004))).to.deep.equal(Buffer.from([9, 8, 7, 6]));
     // And the ring goes on after it.
     expect(Buffer.from(await ring.echo(Uint8Array.of(5, 5), DATA + 0x4000, DATA + 0x5000, 3))).to.deep.equal(Buffer.from([5, 5]));
     expect(ring.dq.broken).to.equal(false);

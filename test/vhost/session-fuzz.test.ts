@@ -4,7 +4,6 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import { native } from '../../src/native/index.js';
-import { VhostUserServer } from '../../src/vhost/server.js';
 import { FrontendSession } from '../../src/vhost/frontend-session.js';
 import {
   encodeConfig,
@@ -19,40 +18,31 @@ import { FrontendReq, REQUESTS_WITH_REPLY } from '../../src/vhost/protocol.js';
 
 const isNatural = (r: number): boolean => REQUESTS_WITH_REPLY.has(r);
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX } from '../../src/virtio/features.js';
-import type { BackendSession } from '../../src/vhost/backend-session.js';
-import { EchoDevice, FrontendMemory, TempDir, TestRing, fdCount } from './helpers.js';
+import { EchoDevice, FrontendMemory, TestRing, fdCount } from './helpers.js';
+import { EchoServer } from '../support/echo-session.js';
 
 const GUEST = 0x40000000;
 const MEM = 1 << 20;
 
 describe('vhost-user backend session under random messages', function () {
   this.timeout(120000);
-  let dir: TempDir;
-  let device: EchoDevice;
-  let server: VhostUserServer;
+  let echo: EchoServer<EchoDevice>;
   let mem: FrontendMemory;
-  let sessions: BackendSession[];
   const uncaught: unknown[] = [];
   const onUncaught = (e: unknown): void => {
     uncaught.push(e);
   };
 
   before(() => {
-    dir = new TempDir();
-    device = new EchoDevice(2);
-    server = new VhostUserServer(dir.file('fuzz.sock'), device);
-    sessions = [];
-    server.on('session', (s: BackendSession) => sessions.push(s));
-    server.listen();
+    echo = new EchoServer(new EchoDevice(2), 'fuzz.sock');
     mem = new FrontendMemory(MEM, GUEST);
     process.on('uncaughtException', onUncaught);
   });
 
   after(async () => {
     process.off('uncaughtException', onUncaught);
-    await server.close();
+    await echo.close();
     mem.close();
-    dir.remove();
   });
 
   it('answers every message and stays usable', async () => {
@@ -111,13 +101,13 @@ describe('vhost-user backend session under random messages', function () {
     await fc.assert(
       fc.asyncProperty(sequence, async (msgs) => {
         const baseline = fdCount();
-        const fe = await FrontendSession.connect(server.socketPath, { timeoutMs: 5000 });
+        const fe = await FrontendSession.connect(echo.server.socketPath, { timeoutMs: 5000 });
         let ring: TestRing | null = null;
         try {
           const neg = await fe.negotiate();
           await fe.setFeatures(neg.features & (VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX));
           await fe.addMemRegion(mem.region);
-          device.events.splice(0);
+          echo.device.events.splice(0);
           for (const m of msgs) {
             if (m.junk !== undefined) mem.bytes.set(m.junk, RING1);
             const fds: number[] = [];
@@ -138,8 +128,8 @@ describe('vhost-user backend session under random messages', function () {
             }
           }
           expect(uncaught).to.deep.equal([]);
-          stats.ringStartsDuringFuzz += device.events.splice(0).filter((e) => e.startsWith('start')).length;
-          const session = sessions[sessions.length - 1]!;
+          stats.ringStartsDuringFuzz += echo.device.events.splice(0).filter((e) => e.startsWith('start')).length;
+          const session = echo.sessions[echo.sessions.length - 1]!;
           expect(session.isClosing).to.equal(false);
 
           // A normal bring-up over whatever state the messages left.
@@ -156,7 +146,7 @@ describe('vhost-user backend session under random messages', function () {
           fe.close();
           ring?.close();
         }
-        await sessions[sessions.length - 1]!.closed;
+        await echo.sessions[echo.sessions.length - 1]!.closed;
         expect(fdCount()).to.equal(baseline);
       }),
       { numRuns: 60 },

@@ -1,13 +1,12 @@
 // The backend session driven by our frontend session over a real Unix socket.
 import { expect } from 'chai';
 import { native } from '../../src/native/index.js';
-import { VhostUserServer } from '../../src/vhost/server.js';
 import { FrontendSession } from '../../src/vhost/frontend-session.js';
 import { ProtocolError, decodeU64, encodeMemTable, encodeU64, encodeVringFile, encodeMemRegionMsg } from '../../src/vhost/codec.js';
 import { FrontendReq, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/vhost/protocol.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../src/virtio/features.js';
-import type { BackendSession } from '../../src/vhost/backend-session.js';
-import { EchoDevice, FrontendMemory, TempDir, TestRing, fdCount, settledWithin, sleep, waitFor } from './helpers.js';
+import { EchoDevice, FrontendMemory, TestRing, fdCount, settledWithin, sleep, waitFor } from './helpers.js';
+import { EchoServer, useEchoSession } from '../support/echo-session.js';
 
 const GUEST_BASE = 0x40000000;
 const MEM_SIZE = 1 << 20;
@@ -32,55 +31,24 @@ function pattern(n: number, seed: number): Uint8Array {
 
 describe('vhost-user backend session (driven by the frontend session)', function () {
   this.timeout(20000);
-  let dir: TempDir;
-  let path: string;
-  let device: EchoDevice;
-  let server: VhostUserServer;
-  let sessions: BackendSession[];
-  let mem: FrontendMemory;
-  let toClose: Array<{ close(): void }>;
-
-  beforeEach(() => {
-    dir = new TempDir();
-    path = dir.file('echo.sock');
-    device = new EchoDevice(2);
-    server = new VhostUserServer(path, device);
-    sessions = [];
-    server.on('session', (s: BackendSession) => sessions.push(s));
-    server.listen();
-    mem = new FrontendMemory(MEM_SIZE, GUEST_BASE);
-    toClose = [];
-  });
-
-  afterEach(async () => {
-    for (const c of toClose) c.close();
-    await server.close();
-    mem.close();
-    dir.remove();
-  });
-
-  async function connect(): Promise<FrontendSession> {
-    const fe = await FrontendSession.connect(path, { timeoutMs: 5000 });
-    toClose.push(fe);
-    return fe;
-  }
+  const echo = useEchoSession(() => new EchoDevice(2), { memSize: MEM_SIZE, guestBase: GUEST_BASE });
 
   /** Negotiation + features + memory, as QEMU does before starting rings. */
   async function bringUp(fe: FrontendSession, features = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC) {
     const neg = await fe.negotiate();
     await fe.setFeatures(neg.features & features);
-    await fe.addMemRegion(mem.region);
+    await fe.addMemRegion(echo.mem.region);
     return neg;
   }
 
   function ring(index: number, offset: number, size = 16, opts: { eventIdx?: boolean; indirect?: boolean } = {}): TestRing {
-    const r = new TestRing(mem, index, offset, size, { eventIdx: true, ...opts });
-    toClose.push(r);
+    const r = new TestRing(echo.mem, index, offset, size, { eventIdx: true, ...opts });
+    echo.toClose.push(r);
     return r;
   }
 
   it('negotiates like QEMU 7.2 and answers GET_CONFIG', async () => {
-    const fe = await connect();
+    const fe = await echo.connect();
     const neg = await fe.negotiate();
     expect(neg.features & VHOST_USER_F_PROTOCOL_FEATURES).to.equal(VHOST_USER_F_PROTOCOL_FEATURES);
     expect(neg.features & VIRTIO_F_VERSION_1).to.equal(VIRTIO_F_VERSION_1);
@@ -89,28 +57,28 @@ describe('vhost-user backend session (driven by the frontend session)', function
     }
     expect(neg.queueNum).to.equal(2);
     expect(neg.maxMemSlots).to.equal(32);
-    expect(Array.from(await fe.getConfig(0, 24))).to.deep.equal(Array.from(device.config));
-    expect(Array.from(await fe.getConfig(4, 8))).to.deep.equal(Array.from(device.config.subarray(4, 12)));
+    expect(Array.from(await fe.getConfig(0, 24))).to.deep.equal(Array.from(echo.device.config));
+    expect(Array.from(await fe.getConfig(4, 8))).to.deep.equal(Array.from(echo.device.config.subarray(4, 12)));
     // Past the device's config: zero-filled.
     expect(Array.from(await fe.getConfig(20, 8))).to.deep.equal([0xb4, 0xb5, 0xb6, 0xb7, 0, 0, 0, 0]);
     await fe.setConfig(0, Uint8Array.of(1, 2));
-    expect(device.config[1]).to.equal(2);
+    expect(echo.device.config[1]).to.equal(2);
     await rejectsWith(fe.setConfig(23, Uint8Array.of(1, 2)), 'EIO');
     await fe.setFeatures(VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
-    expect(device.acked).to.equal(VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
-    expect(sessions[0]!.ackedFeatures & VHOST_USER_F_PROTOCOL_FEATURES).to.equal(VHOST_USER_F_PROTOCOL_FEATURES);
+    expect(echo.device.acked).to.equal(VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
+    expect(echo.sessions[0]!.ackedFeatures & VHOST_USER_F_PROTOCOL_FEATURES).to.equal(VHOST_USER_F_PROTOCOL_FEATURES);
     await rejectsWith(fe.setFeatures(1n << 40n), 'EIO');
   });
 
   it('serves requests through the rings once enabled (direct and indirect descriptors)', async () => {
-    const fe = await connect();
+    const fe = await echo.connect();
     await bringUp(fe);
     const r0 = ring(0, RING0, 16, { indirect: true });
     await r0.setup(fe);
-    expect(sessions[0]!.startedQueues).to.deep.equal([]); // protocol features: disabled until enabled
+    expect(echo.sessions[0]!.startedQueues).to.deep.equal([]); // protocol features: disabled until enabled
     await fe.enableVring(0, true);
-    expect(sessions[0]!.startedQueues).to.deep.equal([0]);
-    expect(device.events).to.include('start 0');
+    expect(echo.sessions[0]!.startedQueues).to.deep.equal([0]);
+    expect(echo.device.events).to.include('start 0');
 
     const data = pattern(1000, 7);
     expect(Array.from(await r0.echo(data, DATA, DATA + 0x10000))).to.deep.equal(Array.from(data));
@@ -119,7 +87,7 @@ describe('vhost-user backend session (driven by the frontend session)', function
     r0.submit(pattern(300, 9), DATA, DATA + 0x10000, 2, true);
     const done = await r0.waitCompletions(1);
     expect(done[0]).to.include({ token: 2, len: 300 });
-    expect(Array.from(mem.bytes.subarray(DATA + 0x10000, DATA + 0x10000 + 300))).to.deep.equal(Array.from(pattern(300, 9)));
+    expect(Array.from(echo.mem.bytes.subarray(DATA + 0x10000, DATA + 0x10000 + 300))).to.deep.equal(Array.from(pattern(300, 9)));
 
     // A burst: everything available is served.
     for (let i = 0; i < 10; i++) r0.submit(pattern(64, i), DATA + i * 128, DATA + 0x10000 + i * 128, 10 + i);
@@ -131,29 +99,29 @@ describe('vhost-user backend session (driven by the frontend session)', function
     await r1.setup(fe);
     await fe.enableVring(1, true);
     expect(Array.from(await r1.echo(pattern(16, 1), DATA, DATA + 0x100))).to.deep.equal(Array.from(pattern(16, 1)));
-    expect(sessions[0]!.startedQueues).to.deep.equal([0, 1]);
+    expect(echo.sessions[0]!.startedQueues).to.deep.equal([0, 1]);
   });
 
   it('GET_VRING_BASE waits for in-flight requests, returns the next avail index, and the ring restarts', async () => {
-    const fe = await connect();
+    const fe = await echo.connect();
     await bringUp(fe);
     const r0 = ring(0, RING0);
     await r0.setup(fe);
     await fe.enableVring(0, true);
     await r0.echo(pattern(10, 1), DATA, DATA + 0x1000);
 
-    device.hold = true;
+    echo.device.hold = true;
     r0.submit(pattern(20, 2), DATA, DATA + 0x1000, 5);
     r0.submit(pattern(20, 3), DATA + 0x100, DATA + 0x1100, 6);
-    await waitFor(() => device.held.length === 2, 2000, 'held requests');
+    await waitFor(() => echo.device.held.length === 2, 2000, 'held requests');
     await fe.enableVring(0, false);
     const base = fe.getVringBase(0);
     expect(await settledWithin(base, 100)).to.equal('pending');
-    expect(device.events).to.include('stop 0');
-    device.hold = false;
-    device.release();
+    expect(echo.device.events).to.include('stop 0');
+    echo.device.hold = false;
+    echo.device.release();
     expect(await base).to.equal(3);
-    expect(sessions[0]!.startedQueues).to.deep.equal([]);
+    expect(echo.sessions[0]!.startedQueues).to.deep.equal([]);
     const done = await r0.waitCompletions(2);
     expect(done.map((c) => c.token)).to.deep.equal([5, 6]);
 
@@ -166,56 +134,56 @@ describe('vhost-user backend session (driven by the frontend session)', function
   });
 
   it('without F_PROTOCOL_FEATURES acked, a ring starts as soon as it has a kick fd', async () => {
-    const fe = await connect();
+    const fe = await echo.connect();
     const neg = await fe.negotiate();
     // SET_FEATURES without bit 30 (setFeatures() would add it, as QEMU does).
     await fe.request(FrontendReq.SET_FEATURES, encodeU64(neg.features & VIRTIO_F_VERSION_1), [], 'ack');
-    await fe.addMemRegion(mem.region);
+    await fe.addMemRegion(echo.mem.region);
     const r0 = ring(0, RING0, 16, { eventIdx: false });
     await r0.setup(fe);
-    expect(sessions[0]!.startedQueues).to.deep.equal([0]);
+    expect(echo.sessions[0]!.startedQueues).to.deep.equal([0]);
     expect(Array.from(await r0.echo(pattern(40, 5), DATA, DATA + 0x1000))).to.deep.equal(Array.from(pattern(40, 5)));
   });
 
   it('works with SET_MEM_TABLE when CONFIGURE_MEM_SLOTS is not negotiated, and with REM_MEM_REG', async () => {
-    const fe = await connect();
+    const fe = await echo.connect();
     const neg = await fe.negotiate({ protocolFeatures: ProtocolFeature.REPLY_ACK | ProtocolFeature.MQ | ProtocolFeature.CONFIG });
     expect(neg.protocolFeatures & ProtocolFeature.CONFIGURE_MEM_SLOTS).to.equal(0n);
     await fe.setFeatures(VIRTIO_F_VERSION_1);
-    await fe.addMemRegion(mem.region); // → SET_MEM_TABLE
-    expect(sessions[0]!.guestMemory.regionCount).to.equal(1);
+    await fe.addMemRegion(echo.mem.region); // → SET_MEM_TABLE
+    expect(echo.sessions[0]!.guestMemory.regionCount).to.equal(1);
     const r0 = ring(0, RING0, 16, { eventIdx: false });
     await r0.setup(fe);
     await fe.enableVring(0, true);
     expect(Array.from(await r0.echo(pattern(50, 6), DATA, DATA + 0x1000))).to.deep.equal(Array.from(pattern(50, 6)));
     // An unchanged table (same layout, same file) keeps the mappings of the running ring.
-    const gm = sessions[0]!.guestMemory;
-    await fe.setMemTable([mem.region]);
-    expect(sessions[0]!.guestMemory).to.equal(gm);
+    const gm = echo.sessions[0]!.guestMemory;
+    await fe.setMemTable([echo.mem.region]);
+    expect(echo.sessions[0]!.guestMemory).to.equal(gm);
     expect(Array.from(await r0.echo(pattern(51, 6), DATA, DATA + 0x1000))).to.deep.equal(Array.from(pattern(51, 6)));
     // Same layout over another file: remapped, and the running ring follows.
     const other = new FrontendMemory(MEM_SIZE, GUEST_BASE);
-    toClose.push(other);
-    await fe.setMemTable([{ ...other.region, userAddr: mem.userAddr }]);
-    expect(sessions[0]!.guestMemory).to.not.equal(gm);
-    expect(sessions[0]!.startedQueues).to.deep.equal([0]);
-    await fe.setMemTable([mem.region]);
+    echo.toClose.push(other);
+    await fe.setMemTable([{ ...other.region, userAddr: echo.mem.userAddr }]);
+    expect(echo.sessions[0]!.guestMemory).to.not.equal(gm);
+    expect(echo.sessions[0]!.startedQueues).to.deep.equal([0]);
+    await fe.setMemTable([echo.mem.region]);
     expect(Array.from(await r0.echo(pattern(52, 6), DATA, DATA + 0x1000))).to.deep.equal(Array.from(pattern(52, 6)));
     await fe.enableVring(0, false);
     await fe.getVringBase(0);
-    await fe.removeMemRegion(mem.region); // → SET_MEM_TABLE with no regions
-    expect(sessions[0]!.guestMemory.regionCount).to.equal(0);
+    await fe.removeMemRegion(echo.mem.region); // → SET_MEM_TABLE with no regions
+    expect(echo.sessions[0]!.guestMemory.regionCount).to.equal(0);
 
     const fe2Mem = new FrontendMemory(1 << 16, 0x100000000);
-    toClose.push(fe2Mem);
-    await fe.setMemTable([mem.region, fe2Mem.region]);
-    expect(sessions[0]!.guestMemory.regionCount).to.equal(2);
+    echo.toClose.push(fe2Mem);
+    await fe.setMemTable([echo.mem.region, fe2Mem.region]);
+    expect(echo.sessions[0]!.guestMemory.regionCount).to.equal(2);
   });
 
   it('answers bad messages with errors and keeps working', async () => {
-    const fe = await connect();
+    const fe = await echo.connect();
     await bringUp(fe);
-    const before = device.events.length;
+    const before = echo.device.events.length;
     // Queue index out of range, on every per-queue request.
     await rejectsWith(fe.setVringNum(2, 16), 'EIO');
     await rejectsWith(fe.setVringBase(200, 0), 'EIO');
@@ -244,8 +212,8 @@ describe('vhost-user backend session (driven by the frontend session)', function
     } finally {
       native.close(efd);
     }
-    await rejectsWith(fe.addMemRegion({ ...mem.region, userAddr: mem.userAddr + 0x1000 }), 'EIO');
-    await rejectsWith(fe.addMemRegion({ ...mem.region, mmapOffset: 100 }), 'EIO');
+    await rejectsWith(fe.addMemRegion({ ...echo.mem.region, userAddr: echo.mem.userAddr + 0x1000 }), 'EIO');
+    await rejectsWith(fe.addMemRegion({ ...echo.mem.region, mmapOffset: 100 }), 'EIO');
     await rejectsWith(fe.removeMemRegion({ guestAddr: 1, size: 2, userAddr: 3, mmapOffset: 0 }), 'ENOENT');
     // Payloads of the wrong size.
     const short = await fe.request(FrontendReq.SET_VRING_NUM, new Uint8Array(4), [], 'ack');
@@ -262,18 +230,18 @@ describe('vhost-user backend session (driven by the frontend session)', function
     expect(status!.payload.byteLength).to.equal(0);
     // Unknown without NEED_REPLY: logged and ignored.
     await fe.request(98, undefined, [], 'none');
-    expect(device.events.length).to.equal(before);
+    expect(echo.device.events.length).to.equal(before);
 
     // Still fully usable.
     const r0 = ring(0, RING0);
     await r0.setup(fe);
     await fe.enableVring(0, true);
     expect(Array.from(await r0.echo(pattern(77, 8), DATA, DATA + 0x1000))).to.deep.equal(Array.from(pattern(77, 8)));
-    expect(server.session).to.equal(sessions[0]);
+    expect(echo.server.session).to.equal(echo.sessions[0]);
   });
 
   it('closes received fds of failed messages (no fd leak)', async () => {
-    const fe = await connect();
+    const fe = await echo.connect();
     await bringUp(fe);
     const efd = native.eventfd(0);
     const baseline = fdCount();
@@ -288,28 +256,28 @@ describe('vhost-user backend session (driven by the frontend session)', function
 
   it('tears down on disconnect and serves the next frontend from a clean state', async () => {
     const baseline = fdCount();
-    const fe = await connect();
+    const fe = await echo.connect();
     await bringUp(fe);
     const r0 = ring(0, RING0);
     await r0.setup(fe);
     await fe.enableVring(0, true);
     await r0.echo(pattern(10, 1), DATA, DATA + 0x1000);
-    device.hold = true;
+    echo.device.hold = true;
     r0.submit(pattern(10, 2), DATA, DATA + 0x1000, 2);
-    await waitFor(() => device.held.length === 1);
-    const first = sessions[0]!;
+    await waitFor(() => echo.device.held.length === 1);
+    const first = echo.sessions[0]!;
     fe.close();
     await sleep(50);
-    expect(server.session).to.equal(first); // still stopping: the request is in flight
-    device.release();
+    expect(echo.server.session).to.equal(first); // still stopping: the request is in flight
+    echo.device.release();
     await first.closed;
-    expect(device.resets).to.equal(1);
+    expect(echo.device.resets).to.equal(1);
     expect(first.guestMemory.regionCount).to.equal(0);
-    device.hold = false;
+    echo.device.hold = false;
 
-    const fe2 = await connect();
-    await waitFor(() => sessions.length === 2, 2000, 'second session');
-    const s2 = sessions[1]!;
+    const fe2 = await echo.connect();
+    await waitFor(() => echo.sessions.length === 2, 2000, 'second session');
+    const s2 = echo.sessions[1]!;
     expect(s2.ackedFeatures).to.equal(0n);
     expect(s2.guestMemory.regionCount).to.equal(0);
     await bringUp(fe2);
@@ -319,67 +287,67 @@ describe('vhost-user backend session (driven by the frontend session)', function
     expect(Array.from(await r2.echo(pattern(12, 3), DATA, DATA + 0x1000))).to.deep.equal(Array.from(pattern(12, 3)));
     fe2.close();
     await s2.closed;
-    for (const c of toClose.splice(0)) c.close();
+    for (const c of echo.toClose.splice(0)) c.close();
     expect(fdCount()).to.equal(baseline);
   });
 
   it('refuses a second frontend while one is connected', async () => {
-    const fe = await connect();
+    const fe = await echo.connect();
     await fe.getFeatures();
-    const fe2 = await connect();
+    const fe2 = await echo.connect();
     await rejectsWith(fe2.getFeatures(), 'ECONNRESET');
     expect(await fe.getQueueNum()).to.equal(2);
-    expect(sessions).to.have.length(1);
+    expect(echo.sessions).to.have.length(1);
   });
 
   it('server.close() completes in-flight requests, closes the session and removes the socket', async () => {
     const { existsSync } = await import('node:fs');
-    const fe = await connect();
+    const fe = await echo.connect();
     await bringUp(fe);
     const r0 = ring(0, RING0);
     await r0.setup(fe);
     await fe.enableVring(0, true);
-    device.hold = true;
+    echo.device.hold = true;
     r0.submit(pattern(10, 2), DATA, DATA + 0x1000, 2);
-    await waitFor(() => device.held.length === 1);
-    const closing = server.close();
+    await waitFor(() => echo.device.held.length === 1);
+    const closing = echo.server.close();
     expect(await settledWithin(closing, 50)).to.equal('pending');
-    expect(existsSync(path)).to.equal(false);
-    device.release();
+    expect(existsSync(echo.path)).to.equal(false);
+    echo.device.release();
     await closing;
-    expect(device.resets).to.equal(1);
+    expect(echo.device.resets).to.equal(1);
     expect((await r0.waitCompletions(1))[0]!.token).to.equal(2);
     await fe.closed;
   });
 
   it('a frontend sending garbage is disconnected; the server serves the next one', async () => {
-    const fd = native.unixConnect(path);
+    const fd = native.unixConnect(echo.path);
     native.sendMsg(fd, Uint8Array.of(1, 0, 0, 0, 0x99, 0, 0, 0, 0, 0, 0, 0), 0, 12, []); // version 0x99 & 3 = 1 → ok header
     native.sendMsg(fd, Uint8Array.of(1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0), 0, 12, []); // version 2: fatal
-    await waitFor(() => sessions.length === 1 && sessions[0]!.isClosing, 2000, 'session to close');
-    await sessions[0]!.closed;
+    await waitFor(() => echo.sessions.length === 1 && echo.sessions[0]!.isClosing, 2000, 'session to close');
+    await echo.sessions[0]!.closed;
     native.close(fd);
-    const fe = await connect();
+    const fe = await echo.connect();
     expect(await fe.getQueueNum()).to.equal(2);
   });
 
   it('handles a payload size above the limit by disconnecting', async () => {
-    const fd = native.unixConnect(path);
+    const fd = native.unixConnect(echo.path);
     native.sendMsg(fd, Uint8Array.of(5, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0), 0, 12, []);
-    await waitFor(() => sessions.length === 1, 2000);
-    await sessions[0]!.closed;
+    await waitFor(() => echo.sessions.length === 1, 2000);
+    await echo.sessions[0]!.closed;
     native.close(fd);
   });
 
   it('does not start a ring whose state is incomplete and replaces kick/call fds', async () => {
-    const fe = await connect();
+    const fe = await echo.connect();
     await bringUp(fe);
     const r0 = ring(0, RING0);
     await fe.setVringNum(0, 16);
     await fe.enableVring(0, true);
-    expect(sessions[0]!.startedQueues).to.deep.equal([]);
+    expect(echo.sessions[0]!.startedQueues).to.deep.equal([]);
     await r0.setup(fe);
-    expect(sessions[0]!.startedQueues).to.deep.equal([0]);
+    expect(echo.sessions[0]!.startedQueues).to.deep.equal([0]);
     // New call fd while running: completions signal the new one.
     const call2 = native.eventfd(0);
     try {
@@ -411,12 +379,8 @@ describe('vhost-user backend session back-pressure', function () {
   this.timeout(20000);
 
   it('stops reading from a frontend that does not read its replies, and loses nothing', async () => {
-    const dir = new TempDir();
-    const device = new EchoDevice(1);
-    const server = new VhostUserServer(dir.file('bp.sock'), device);
-    const sessions: BackendSession[] = [];
-    server.on('session', (s: BackendSession) => sessions.push(s));
-    server.listen();
+    const echo = new EchoServer(new EchoDevice(1), 'bp.sock');
+    const { server, sessions } = echo;
     const fd = native.unixConnect(server.socketPath);
     try {
       const { encodeMessage, requestFlags } = await import('../../src/vhost/codec.js');
@@ -461,8 +425,7 @@ describe('vhost-user backend session back-pressure', function () {
       expect(got).to.equal(sent * 20);
     } finally {
       native.close(fd);
-      await server.close();
-      dir.remove();
+      await echo.close();
     }
   });
 });
@@ -471,11 +434,8 @@ describe('vhost-user server close with a stalled frontend', function () {
   this.timeout(20000);
 
   it('completes even when the frontend never reads its replies', async () => {
-    const dir = new TempDir();
-    const server = new VhostUserServer(dir.file('stall.sock'), new EchoDevice(1));
-    const sessions: BackendSession[] = [];
-    server.on('session', (s: BackendSession) => sessions.push(s));
-    server.listen();
+    const echo = new EchoServer(new EchoDevice(1), 'stall.sock');
+    const { server, sessions } = echo;
     const fd = native.unixConnect(server.socketPath);
     try {
       const { encodeMessage, requestFlags } = await import('../../src/vhost/codec.js');
@@ -491,8 +451,7 @@ describe('vhost-user server close with a stalled frontend', function () {
       expect(await settledWithin(closing, 300)).to.equal('settled');
     } finally {
       native.close(fd);
-      await server.close();
-      dir.remove();
+      await echo.close();
     }
   });
 });
