@@ -284,12 +284,13 @@ export class FileStore implements ObjectStore {
     const metadata = normalizeMetadata(opts.metadata);
     requireConditional(this, 'put', key, opts);
     const header: Header = { etag: newEtag(), lastModified: Date.now(), metadata, ...(opts.contentType !== undefined ? { contentType: opts.contentType } : {}) };
-    const encoded = encodeHeader(header, key);
     if (body instanceof Uint8Array && body.length <= SYNC_IO_MAX) {
       // Small: the whole write as a few synchronous calls, atomic with respect to this
-      // event loop (no lock needed: nothing else runs meanwhile).
-      if (!this.locks.has(key)) return this.putSmall(key, path, encoded, body, header.etag, opts);
+      // event loop (no lock needed: nothing else runs meanwhile), so the header is encoded
+      // into one scratch buffer shared by all of them.
+      if (!this.locks.has(key)) return this.putSmall(key, path, encodeHeader(header, key, smallPutHeader), body, header.etag, opts);
     }
+    const encoded = encodeHeader(header, key);
     return this.withLock(key, () =>
       this.commit(key, path, 'put', opts, async (fh) => {
         await writeAll(fh, encoded, 0);
@@ -895,13 +896,27 @@ function partName(partNumber: number, etag: string): string {
   return `p${partNumber}-${etag.replace(/"/g, '')}`;
 }
 
-function encodeHeader(h: Header, key: string): Buffer {
-  const json = Buffer.from(JSON.stringify(h), 'utf8');
-  if (json.length > HEADER_SIZE - 12) throw new StoreError('EINVAL', `metadata of ${key} too large`, { op: 'put', key });
-  const buf = Buffer.alloc(HEADER_SIZE);
+/** The header of small puts (see put): written with no await after encoding, so one buffer serves them all. */
+const smallPutHeader = { buf: Buffer.alloc(HEADER_SIZE), end: HEADER_SIZE };
+
+/**
+ * The 4 KiB header for `h`, zero past the JSON (nothing of the process's memory reaches the
+ * file), in a new buffer or, for small puts, in `scratch` (which must not be in use: its
+ * previous contents are overwritten).
+ */
+function encodeHeader(h: Header, key: string, scratch?: { buf: Buffer; end: number }): Buffer {
+  const json = JSON.stringify(h);
+  const len = Buffer.byteLength(json, 'utf8');
+  if (len > HEADER_SIZE - 12) throw new StoreError('EINVAL', `metadata of ${key} too large`, { op: 'put', key });
+  const buf = scratch?.buf ?? Buffer.alloc(HEADER_SIZE);
   MAGIC.copy(buf, 0);
-  buf.writeUInt32LE(json.length, 8);
-  json.copy(buf, 12);
+  buf.writeUInt32LE(len, 8);
+  buf.write(json, 12, 'utf8');
+  if (scratch) {
+    // Zero what the previous, longer header left.
+    if (scratch.end > 12 + len) buf.fill(0, 12 + len, scratch.end);
+    scratch.end = 12 + len;
+  }
   return buf;
 }
 

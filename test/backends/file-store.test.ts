@@ -4,7 +4,7 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, openSync, writeSync, closeSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, openSync, writeSync, closeSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve, sep } from 'node:path';
 import { FileStore, HEADER_SIZE } from '../../src/backends/file-store.js';
 import { MemoryStore } from '../../src/backends/memory-store.js';
@@ -163,6 +163,26 @@ describe('FileStore', () => {
       expect(statSync(path).size).to.equal(HEADER_SIZE + 5000);
       await store.delete('a/b/c');
       expect(readdirSync(d.file('s'))).to.deep.equal([]);
+    });
+
+    it('writes headers zero past their JSON, whatever a longer header before left (small puts share a buffer), and ETags that differ', async () => {
+      const d = tmp();
+      const store = await FileStore.open(d.file('s'), { create: true });
+      const etags = new Set<string>();
+      const long = { 'x-long': 'v'.repeat(1500) };
+      for (const [key, metadata] of [['long', long], ['short', {}], ['big', long], ['short2', { a: 'b' }]] as const) {
+        const body = key === 'big' ? patternBytes(1, 300 * 1024) : patternBytes(2, 10); // 'big': the unshared path
+        etags.add((await store.put(key, body, { metadata })).etag);
+        const header = readFileSync(store.pathOf(key)).subarray(0, HEADER_SIZE);
+        const len = header.readUInt32LE(8);
+        const json = JSON.parse(header.toString('utf8', 12, 12 + len)) as { metadata: Record<string, string> };
+        expect(json.metadata).to.deep.equal(metadata);
+        expect(header.subarray(12 + len).every((b) => b === 0), `${key}: header tail`).to.equal(true);
+      }
+      expect(etags.size).to.equal(4);
+      for (const e of etags) expect(e).to.match(/^"[0-9a-f]{32}"$/);
+      // Temp names come from a counter too: none left behind, none reused as an object.
+      expect(readdirSync(d.file('s')).sort()).to.deep.equal(['obig', 'olong', 'oshort', 'oshort2']);
     });
 
     it('a store directory removed while in use is reported as missing, never made again by a write', async () => {
