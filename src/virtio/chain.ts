@@ -49,6 +49,12 @@ function viewsOf(buf: ArrayBuffer): WindowViews {
   return v;
 }
 
+/**
+ * Copies up to this many bytes are done byte by byte: a request header and its arguments
+ * (LOOKUP, GETATTR, ...) are this small, and a subarray to copy from costs more.
+ */
+const SMALL_COPY = 128;
+
 /** Whether a segment's bytes are still mapped (its window not detached). */
 function live(seg: Segment): boolean {
   return seg.buf.byteLength >= seg.offset + seg.length;
@@ -114,8 +120,15 @@ class Side {
       const b = viewsOf(seg.buf).u8;
       const n = Math.min(total - done, seg.length - rel);
       const at = seg.offset + rel;
-      if (toChain) b.set(n === data.length ? data : data.subarray(done, done + n), at);
-      else data.set(b.subarray(at, at + n), done);
+      if (toChain) {
+        if (n === data.length) b.set(data, at);
+        else if (n <= SMALL_COPY) for (let k = 0; k < n; k++) b[at + k] = data[done + k]!;
+        else b.set(data.subarray(done, done + n), at);
+      } else if (n <= SMALL_COPY) {
+        for (let k = 0; k < n; k++) data[done + k] = b[at + k]!;
+      } else {
+        data.set(b.subarray(at, at + n), done);
+      }
       done += n;
       i++;
       rel = 0;
