@@ -23,12 +23,10 @@ import { createHash } from 'node:crypto';
 import { closeSync, openSync, readFileSync, statSync, fsyncSync, writeSync } from 'node:fs';
 
 import {
-  assertGuestPrereqs,
   blkGuestFiles,
   blkGuestScript,
   bootGuest,
   checkBlkGuestResults,
-  ensureGuestImage,
   GUEST_PRELUDE,
   makeBlkCheckPlan,
   patternBytes,
@@ -38,6 +36,7 @@ import {
   vhostUserBlkArgs,
   type BlkCheckPlan,
   type BootResult,
+  useGuestImage,
 } from '../support/guest/index.js';
 import { CliProcess, startBlkServer } from '../support/cli.js';
 import { TmpDir, makeRawFile } from '../support/tmp.js';
@@ -205,10 +204,8 @@ describe('guest: virtio-blk via vhost-s3 blk (CLI child process)', function () {
   let rw: CliProcess | null = null;
   let ro: CliProcess | null = null;
 
-  before(async function () {
-    this.timeout(600_000); // the first run downloads and builds the guest image
-    assertGuestPrereqs();
-    await ensureGuestImage();
+  useGuestImage();
+  before(() => {
     dir = new TmpDir('vhost-s3-guest-blk-');
   });
 
