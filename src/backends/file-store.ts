@@ -63,6 +63,7 @@ import {
   normalizeMetadata,
   requireConditional,
   validateKey,
+  validateListOptions,
   validatePartList,
   validatePartNumber,
   validateRange,
@@ -154,6 +155,8 @@ export class FileStore implements ObjectStore {
   readonly description: string;
   readonly capabilities: StoreCapabilities;
   readonly root: string;
+  /** The root with one trailing '/'. */
+  private readonly rootSlash: string;
   readonly syncStats: FileStoreSyncStats = { syncs: 0, files: 0, dirs: 0, syncfs: 0 };
   private readonly fsyncs: boolean;
   private readonly locks = new Map<string, Promise<unknown>>();
@@ -172,6 +175,7 @@ export class FileStore implements ObjectStore {
 
   constructor(root: string, opts: FileStoreOptions = {}) {
     this.root = resolve(root);
+    this.rootSlash = this.root.endsWith('/') ? this.root : this.root + '/';
     this.description = `file:${this.root}`;
     this.fsyncs = !opts.noSync;
     this.maxUnsynced = opts.maxUnsynced ?? MAX_UNSYNCED;
@@ -201,7 +205,9 @@ export class FileStore implements ObjectStore {
   pathOf(key: string): string {
     validateKey(key);
     const p = keyToPath(key);
-    return join(this.root, ...p.dirs, p.file);
+    // The components are plain names (never empty, '.', '..', nor holding '/': file-keys.ts),
+    // so concatenation is the join, without path.join's normalising pass.
+    return p.dirs.length === 0 ? this.rootSlash + p.file : this.rootSlash + p.dirs.join('/') + '/' + p.file;
   }
 
   // ---- reads
@@ -274,7 +280,27 @@ export class FileStore implements ObjectStore {
   }
 
   async list(opts: ListOptions = {}): Promise<ListPage> {
+    // A lookup of a name that is neither a file nor a marker asks whether any key lies under
+    // `name/` (an implicit directory); mostly there is no directory for it, which one stat
+    // tells without the seek machinery (the first page only: a token means there was one).
+    const prefix = opts.prefix;
+    if (prefix !== undefined && prefix.endsWith('/') && opts.continuationToken === undefined) {
+      validateListOptions(opts);
+      const dir = this.prefixDir(prefix);
+      if (dir === null || !isDirSync(dir)) {
+        this.checkRoot('list', undefined); // a missing store directory is an error, not an empty listing
+        return { objects: [], commonPrefixes: [] };
+      }
+    }
     return listPage(new TreeSeeker(this), opts);
+  }
+
+  /** @internal The directory holding every key that starts with `base` (empty or ending in '/'); null when a segment cannot be a file name (no such keys). */
+  prefixDir(base: string): string | null {
+    if (base === '') return this.root;
+    const names = base.slice(0, -1).split('/').map((s) => DIR_TAG + encodeSegment(s));
+    if (names.some((n) => Buffer.byteLength(n, 'utf8') > NAME_MAX)) return null;
+    return join(this.root, ...names);
   }
 
   // ---- writes
@@ -828,10 +854,10 @@ class TreeSeeker implements SeekSource {
     let base = '';
     if (cut >= 0) {
       base = prefix.slice(0, cut + 1);
-      const names = base.slice(0, -1).split('/').map((s) => DIR_TAG + encodeSegment(s));
       // A segment too long for a file name holds no key of this store.
-      if (names.some((n) => Buffer.byteLength(n, 'utf8') > NAME_MAX)) return null;
-      dir = join(this.store.root, ...names);
+      const d = this.store.prefixDir(base);
+      if (d === null) return null;
+      dir = d;
       if (!this.dirs.has(dir) && !isDirSync(dir)) {
         this.store.checkRoot('list', undefined); // a missing store directory is an error, not an empty listing
         return null;
@@ -906,12 +932,19 @@ const smallPutHeader = { buf: Buffer.alloc(HEADER_SIZE), end: HEADER_SIZE };
  */
 function encodeHeader(h: Header, key: string, scratch?: { buf: Buffer; end: number }): Buffer {
   const json = JSON.stringify(h);
-  const len = Buffer.byteLength(json, 'utf8');
-  if (len > HEADER_SIZE - 12) throw new StoreError('EINVAL', `metadata of ${key} too large`, { op: 'put', key });
   const buf = scratch?.buf ?? Buffer.alloc(HEADER_SIZE);
+  // write() stops before a character that does not fit whole; 4 bytes left over means
+  // every one did (checked exactly only when the header comes close to full).
+  const len = buf.write(json, 12, 'utf8');
+  if (len > HEADER_SIZE - 16 && Buffer.byteLength(json, 'utf8') !== len) {
+    if (scratch) {
+      buf.fill(0, 12); // what this attempt wrote
+      scratch.end = 12;
+    }
+    throw new StoreError('EINVAL', `metadata of ${key} too large`, { op: 'put', key });
+  }
   MAGIC.copy(buf, 0);
   buf.writeUInt32LE(len, 8);
-  buf.write(json, 12, 'utf8');
   if (scratch) {
     // Zero what the previous, longer header left.
     if (scratch.end > 12 + len) buf.fill(0, 12 + len, scratch.end);
@@ -1087,9 +1120,11 @@ async function syncfsPath(path: string): Promise<void> {
 
 function isDirSync(path: string): boolean {
   try {
-    return statSync(path).isDirectory();
+    // Mostly asked of directories that do not exist: no exception for that (an Error with a
+    // stack cost more than the stat).
+    return statSync(path, { throwIfNoEntry: false })?.isDirectory() ?? false;
   } catch {
-    return false;
+    return false; // ENOTDIR and the like
   }
 }
 

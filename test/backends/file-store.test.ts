@@ -179,6 +179,12 @@ describe('FileStore', () => {
         expect(json.metadata).to.deep.equal(metadata);
         expect(header.subarray(12 + len).every((b) => b === 0), `${key}: header tail`).to.equal(true);
       }
+      // A header too large is refused (and leaves the shared buffer clean for the next put).
+      await expectErrno(store.put('huge', patternBytes(3, 10), { contentType: 'x'.repeat(HEADER_SIZE) }), 'EINVAL');
+      await store.put('after', patternBytes(4, 10));
+      const after = readFileSync(store.pathOf('after')).subarray(0, HEADER_SIZE);
+      expect(after.subarray(12 + after.readUInt32LE(8)).every((b) => b === 0)).to.equal(true);
+      await store.delete('after');
       expect(etags.size).to.equal(4);
       for (const e of etags) expect(e).to.match(/^"[0-9a-f]{32}"$/);
       // Temp names come from a counter too: none left behind, none reused as an object.
