@@ -75,8 +75,8 @@ export function childEnv(extra: Readonly<Record<string, string>> = {}): NodeJS.P
   return env;
 }
 
-/** A file of pseudo-random bytes, fdatasync'ed. */
-export function randomFile(path: string, size: number): void {
+/** A file of pseudo-random bytes, fdatasync'ed; `progress` is told the percentage done every 256 MiB. */
+export function randomFile(path: string, size: number, progress?: (percent: number) => void): void {
   const CH = 8 << 20;
   const buf = Buffer.allocUnsafe(CH);
   const fd = openSync(path, 'w');
@@ -85,6 +85,7 @@ export function randomFile(path: string, size: number): void {
       const n = Math.min(CH, size - off);
       randomFillSync(buf, 0, n);
       writeSync(fd, buf, 0, n, off);
+      if (progress && (off / CH) % 32 === 0) progress(Math.floor((100 * off) / size));
     }
     fdatasyncSync(fd);
   } finally {
