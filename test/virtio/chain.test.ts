@@ -4,6 +4,20 @@ import { DescriptorChain } from '../../src/virtio/chain.js';
 import type { Segment } from '../../src/virtio/memory.js';
 import { concat, pattern } from './helpers.js';
 
+/** `total` bytes cut into segments of the lengths in `cuts` (each at most what is left), the rest in one last segment. */
+function cutLengths(total: number, cuts: readonly number[]): number[] {
+  const lens: number[] = [];
+  let left = total;
+  for (const c of cuts) {
+    if (left === 0) break;
+    const l = Math.min(c, left);
+    lens.push(l);
+    left -= l;
+  }
+  if (left > 0) lens.push(left);
+  return lens;
+}
+
 /** Splits `bytes` into segments of the given lengths, each in its own buffer at offset 3. */
 function segments(bytes: Uint8Array, lengths: number[]): Segment[] {
   const out: Segment[] = [];
@@ -142,15 +156,7 @@ describe('virtio/DescriptorChain', () => {
         fc.integer({ min: 0, max: 400 }),
         (total, cuts, off, len) => {
           const b = pattern(total, total);
-          const lens: number[] = [];
-          let left = total;
-          for (const c of cuts) {
-            if (left === 0) break;
-            const l = Math.min(c, left);
-            lens.push(l);
-            left -= l;
-          }
-          if (left > 0) lens.push(left);
+          const lens = cutLengths(total, cuts);
           const c = DescriptorChain.fromSegments(0, segments(b, lens), segments(new Uint8Array(total), lens));
           const d = new Uint8Array(len);
           const n = c.read(off, d);
@@ -179,15 +185,7 @@ describe('virtio/DescriptorChain', () => {
         ),
         fc.nat(70),
         ([b, cuts], off) => {
-          const lens: number[] = [];
-          let left = b.length;
-          for (const c of cuts) {
-            if (left === 0) break;
-            const l = Math.min(c, left);
-            lens.push(l);
-            left -= l;
-          }
-          if (left > 0) lens.push(left);
+          const lens = cutLengths(b.length, cuts);
           const c = DescriptorChain.fromSegments(0, segments(b, lens), []);
           const padded = new Uint8Array(b.length + 8);
           padded.set(b);
