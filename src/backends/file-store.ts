@@ -198,7 +198,9 @@ export class FileStore implements ObjectStore {
 
   /** Every segment must fit in a file name once encoded (see file-keys.ts). */
   keyFits(key: string): boolean {
-    return keyPathFits(key);
+    // A segment takes at most 3 bytes per UTF-16 unit once encoded ('%' → '%25', UTF-8):
+    // a short key fits without encoding it.
+    return key.length * 3 < NAME_MAX || keyPathFits(key);
   }
 
   /** The file holding `key` (its bytes start at HEADER_SIZE). */

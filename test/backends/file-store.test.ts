@@ -8,7 +8,7 @@ import { existsSync, openSync, writeSync, closeSync, readdirSync, readFileSync, 
 import { dirname, join, resolve, sep } from 'node:path';
 import { FileStore, HEADER_SIZE } from '../../src/backends/file-store.js';
 import { MemoryStore } from '../../src/backends/memory-store.js';
-import { decodeSegment, encodeSegment, keyToPath, pathToKey, NAME_MAX, TEMP_TAG } from '../../src/backends/file-keys.js';
+import { decodeSegment, encodeSegment, keyPathFits, keyToPath, pathToKey, NAME_MAX, TEMP_TAG } from '../../src/backends/file-keys.js';
 import { compareKeys, listAll, listKeys, StoreError, validateKey, type ObjectStore } from '../../src/backends/object-store.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
 import { expectErrno, objectStoreConformance } from './conformance.js';
@@ -81,6 +81,17 @@ describe('FileStore', () => {
           expect(pathToKey(p.dirs, p.file)).to.equal(key);
         }),
         { numRuns: 5000 },
+      );
+    });
+
+    it('keyFits (with its shortcut for short keys) agrees with encoding every segment', () => {
+      const store = new FileStore(root);
+      const longish = fc.array(fc.constantFrom('%', '\0', 'é', '\u{1F600}', 'a', '/'), { minLength: 70, maxLength: 140 }).map((a) => a.join(''));
+      fc.assert(
+        fc.property(fc.oneof(awkwardKey, longish), (key) => {
+          expect(store.keyFits(key)).to.equal(keyPathFits(key));
+        }),
+        { numRuns: 2000 },
       );
     });
 
