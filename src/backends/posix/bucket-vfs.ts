@@ -1290,7 +1290,7 @@ export class BucketVfs implements Vfs {
             size,
             read: async (offset: number, target: Uint8Array): Promise<number> => {
               // A part meant to be copied whose copy was refused: the old object's bytes.
-              if (copyable.get(offset) === target.length) await this.store.getInto(base!.key, offset, target);
+              if (copyable.get(offset) === target.length) this.checkBaseRead(base!, offset, target.length, await this.store.getInto(base!.key, offset, target));
               else await buf.readLocal(offset, target);
               return target.length;
             },
@@ -1362,10 +1362,23 @@ export class BucketVfs implements Vfs {
       else {
         const r = await this.store.getInto(base.key, s, data);
         if (r.etag !== base.etag) changed = true;
+        else this.checkBaseRead(base, s, data.length, r);
       }
       await buf.fill(s, data);
     });
     if (changed) this.log.warn('object changed by someone else while open for writing; unwritten ranges come from the new version', { path: n.path });
+  }
+
+  /**
+   * The stored object answered fewer bytes than it holds at `offset` while its ETag says it
+   * is the same version: a broken store. Storing the file now would put zeros where those
+   * bytes were, so the flush fails (EIO) and the node stays dirty instead.
+   */
+  private checkBaseRead(base: { readonly key: string; readonly etag: string; readonly size: number }, offset: number, length: number, r: { readonly etag: string; readonly bytesRead: number }): void {
+    const expected = Math.min(length, Math.max(0, base.size - offset));
+    if (r.etag === base.etag && r.bytesRead < expected) {
+      throw new StoreError('EIO', `get: ${base.key} (ETag ${base.etag}) gave ${r.bytesRead} of its ${expected} bytes at ${offset}`, { op: 'get', key: base.key });
+    }
   }
 
   /** EINVAL / EFBIG for a file size we cannot have. */
