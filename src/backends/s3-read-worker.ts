@@ -19,8 +19,11 @@ import { StoreError, type ReadIntoResult, type StoreErrorDetails } from './objec
 import type { ErrnoName } from '../util/errors.js';
 
 const MiB = 1024 * 1024;
-/** Shared buffers kept for reuse (their pages are already faulted in), in bytes. */
-const POOL_BYTES = 64 * MiB;
+/**
+ * Shared buffers kept for reuse (their pages are already faulted in), in bytes: enough for
+ * the reads a page cache keeps in flight (16 × 1 MiB) without holding much memory.
+ */
+const POOL_BYTES = 16 * MiB;
 
 /** The S3Store options a worker can be given (structured-clonable: no logger, no observer). */
 export interface WorkerStoreOptions {
