@@ -300,12 +300,11 @@ export class FuseServer {
     const unique = req.h.unique;
     this.pending.set(unique, p);
     this.inflight++;
-    let result: Promise<FuseReply>;
-    try {
-      result = this.run(req, p);
-    } catch (err) {
-      result = Promise.reject(err);
-    }
+    // LOOKUP and GETATTR (a cache miss) in small functions of their own: run() is too
+    // large for the optimizing compiler.
+    const result = req.op === Opcode.LOOKUP ? this.lookupLater(req, p)
+      : req.op === Opcode.GETATTR ? this.getattrLater(req)
+        : this.run(req, p);
     void result.then(
       (reply) => this.settle(p, reply),
       (err: unknown) => this.settle(p, this.failure(req, err)),
@@ -564,6 +563,16 @@ export class FuseServer {
     return okReply(req.h.unique, [encodeAttrOut(this.opts.attrTimeoutMs, this.wireAttr(ino.nodeid, attr))]);
   }
 
+  private async lookupLater(req: Extract<FuseRequest, { op: Opcode.LOOKUP }>, p: Pending): Promise<FuseReply> {
+    return this.lookupReply(p, req, await this.vfs.stat(this.childPath(req.h.nodeid, req.name)));
+  }
+
+  private async getattrLater(req: Extract<FuseRequest, { op: Opcode.GETATTR }>): Promise<FuseReply> {
+    const ino = this.inode(req.h.nodeid);
+    const h = this.getattrHandle(req, ino);
+    return this.attrReply(req, ino, h !== undefined ? await h.file.attr() : await this.vfs.stat(this.pathOf(req.h.nodeid)));
+  }
+
   private async run(req: FuseRequest, p: Pending): Promise<FuseReply> {
     const u = req.h.unique;
     const ok = (...parts: Uint8Array[]): FuseReply => okReply(u, parts);
@@ -571,12 +580,9 @@ export class FuseServer {
       case Opcode.INIT:
         return this.init(req);
       case Opcode.LOOKUP:
-        return this.lookupReply(p, req, await this.vfs.stat(this.childPath(req.h.nodeid, req.name)));
-      case Opcode.GETATTR: {
-        const ino = this.inode(req.h.nodeid);
-        const h = this.getattrHandle(req, ino);
-        return this.attrReply(req, ino, h !== undefined ? await h.file.attr() : await this.vfs.stat(this.pathOf(req.h.nodeid)));
-      }
+        return this.lookupLater(req, p);
+      case Opcode.GETATTR:
+        return this.getattrLater(req);
       case Opcode.SETATTR:
         return ok(await this.setattr(req));
       case Opcode.READLINK: {
