@@ -5,10 +5,12 @@
 // loop it competes with everything else the gateway does (FUSE/virtio requests, their
 // replies). A cold sequential read of a mounted file was bounded by that one thread (and
 // on a loaded machine by the small share of the cores one thread gets). A worker thread
-// receives the body into a SharedArrayBuffer and the event loop only copies the bytes out
-// (or nothing, when the caller's buffer is itself shared): in-process against s3rver (8
-// MiB GETs, 16 in flight) the event loop's CPU per MiB fell from 1.1-2.0 ms to 0.3-0.8 ms
-// and the rate rose 2-3× (docs/performance-storage.md, "fs, s3").
+// receives the body straight into the caller's buffer, which must be in shared memory (the
+// page cache allocates its blocks so for such a store); the event loop only posts the
+// request and takes the answer. A cold `dd` through a mount: the daemon's CPU per MiB fell
+// by about a third and the rate rose 1.3-2× (docs/performance-storage.md, "fs, s3").
+// Reads into private memory (a blk image's chunk cache) stay on the event loop: copying
+// out of a worker's buffer cost more CPU in all than reading there.
 //
 // Each worker runs its own S3Store with the same options (so the same retries, resumption
 // of broken bodies, ETag pinning and errno mapping); errors come back as StoreErrors, and
@@ -17,13 +19,6 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import type { S3Observer } from '../metrics/observer.js';
 import { StoreError, type ReadIntoResult, type StoreErrorDetails } from './object-store.js';
 import type { ErrnoName } from '../util/errors.js';
-
-const MiB = 1024 * 1024;
-/**
- * Shared buffers kept for reuse (their pages are already faulted in), in bytes: enough for
- * the reads a page cache keeps in flight (16 × 1 MiB) without holding much memory.
- */
-const POOL_BYTES = 16 * MiB;
 
 /** The S3Store options a worker can be given (structured-clonable: no logger, no observer). */
 export interface WorkerStoreOptions {
@@ -61,9 +56,6 @@ export class S3ReadWorkers {
   /** Reads the workers have served. */
   served = 0;
   private nextWorker = 0;
-  /** Free shared buffers by size (powers of two from 1 MiB). */
-  private readonly free = new Map<number, SharedArrayBuffer[]>();
-  private pooledBytes = 0;
   private closed = false;
 
   constructor(
@@ -75,12 +67,13 @@ export class S3ReadWorkers {
   }
 
   /**
-   * Reads `target.length` bytes at `offset` of `key` into `target` on a worker; null (and
-   * the worker is started) while no worker is ready: the caller reads on its own thread
-   * meanwhile, so that the first reads do not wait for a thread to load the SDK.
+   * Reads `target.length` bytes at `offset` of `key` into `target` (in shared memory) on a
+   * worker; null (and the worker is started) while no worker is ready: the caller reads on
+   * its own thread meanwhile, so that the first reads do not wait for a thread to load the
+   * SDK. Null too for a target in private memory.
    */
   tryGetInto(key: string, offset: number, target: Uint8Array): Promise<ReadIntoResult> | null {
-    if (this.closed) return null;
+    if (this.closed || !(target.buffer instanceof SharedArrayBuffer)) return null;
     const w = this.nextWorker;
     const worker = this.worker(w);
     if (!this.ready.has(worker)) return null;
@@ -89,26 +82,10 @@ export class S3ReadWorkers {
   }
 
   private getInto(worker: Worker, w: number, key: string, offset: number, target: Uint8Array): Promise<ReadIntoResult> {
-    const direct = target.buffer instanceof SharedArrayBuffer;
-    const buffer = direct ? (target.buffer as SharedArrayBuffer) : this.take(target.length);
-    const byteOffset = direct ? target.byteOffset : 0;
     const id = this.nextId++;
     return new Promise<ReadIntoResult>((resolve, reject) => {
-      this.pending.set(id, {
-        worker: w,
-        resolve: (r) => {
-          if (!direct) {
-            target.set(new Uint8Array(buffer, 0, r.bytesRead));
-            this.give(buffer);
-          }
-          resolve(r);
-        },
-        reject: (e) => {
-          if (!direct) this.give(buffer);
-          reject(e);
-        },
-      });
-      const msg: ReadRequest = { id, key, offset, length: target.length, buffer, byteOffset };
+      this.pending.set(id, { worker: w, resolve, reject });
+      const msg: ReadRequest = { id, key, offset, length: target.length, buffer: target.buffer as SharedArrayBuffer, byteOffset: target.byteOffset };
       worker.postMessage(msg);
     });
   }
@@ -141,7 +118,6 @@ export class S3ReadWorkers {
     this.ready.clear();
     await Promise.all(ws.map((w) => w?.terminate()));
     this.failAll(() => new StoreError('EIO', 'store closed during a read', { op: 'get' }));
-    this.free.clear();
   }
 
   private worker(i: number): Worker {
@@ -189,31 +165,6 @@ export class S3ReadWorkers {
       p.reject(err());
     }
   }
-
-  private take(length: number): SharedArrayBuffer {
-    const size = sizeClass(length);
-    const list = this.free.get(size);
-    const b = list?.pop();
-    if (b) {
-      this.pooledBytes -= size;
-      return b;
-    }
-    return new SharedArrayBuffer(size);
-  }
-
-  private give(b: SharedArrayBuffer): void {
-    if (this.closed || this.pooledBytes + b.byteLength > POOL_BYTES) return;
-    let list = this.free.get(b.byteLength);
-    if (!list) this.free.set(b.byteLength, (list = []));
-    list.push(b);
-    this.pooledBytes += b.byteLength;
-  }
-}
-
-function sizeClass(n: number): number {
-  let s = MiB;
-  while (s < n) s *= 2;
-  return s;
 }
 
 // ---- the worker side

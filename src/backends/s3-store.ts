@@ -140,8 +140,8 @@ export interface S3StoreOptions {
   readonly observer?: S3Observer;
   /**
    * Worker threads that receive the bodies of large ranged reads (`getInto` of at least
-   * `readWorkerMinBytes`), off the event loop (s3-read-worker.ts). Default 1; 0: on the
-   * event loop.
+   * `readWorkerMinBytes` into a SharedArrayBuffer-backed target), off the event loop
+   * (s3-read-worker.ts). Default 1; 0: on the event loop.
    */
   readonly readWorkers?: number;
   /** Smallest getInto handed to a read worker. Default 1 MiB. */
@@ -547,7 +547,7 @@ export class S3Store implements ObjectStore {
     await this.call('abortMultipart', key, () => this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId })));
   }
 
-  /** getInto fills SharedArrayBuffer-backed targets in place on a read worker (others are copied into). */
+  /** getInto fills large SharedArrayBuffer-backed targets on a read worker (others on the event loop). */
   get sharedReadBuffers(): boolean {
     return this.readWorkers !== null;
   }

@@ -11,6 +11,8 @@ import { patternBytes } from '../support/tmp.js';
 import { expectErrno } from './conformance.js';
 
 const MiB = 1024 * 1024;
+/** A target in shared memory (as the page cache allocates them for a store with read workers). */
+const shared = (n: number): Uint8Array => new Uint8Array(new SharedArrayBuffer(n));
 
 describe('S3Store read workers (s3rver)', function () {
   this.timeout(60_000);
@@ -38,14 +40,14 @@ describe('S3Store read workers (s3rver)', function () {
     const observer: S3Observer = { attempt: (op, status) => events.push(`${op} ${status}`), finished: (op, n) => events.push(`${op} done ${n}`) };
     const store = new S3Store({ bucket: 'rw', endpoint: s3.endpoint, credentials: s3.credentials, readWorkers: 1, observer });
     try {
-      const first = new Uint8Array(2 * MiB);
+      const first = shared(2 * MiB);
       const r0 = await store.getInto('big', 7, first); // the worker is only starting: the event loop reads
       expect(same(first, 7)).to.equal(true);
       expect(store.readsOnWorkers).to.equal(0);
       await store.startReadWorkers();
       events.length = 0;
       const reads = await Promise.all(Array.from({ length: 6 }, async (_, i) => {
-        const t = new Uint8Array(MiB + i * 1000);
+        const t = shared(MiB + i * 1000);
         const r = await store.getInto('big', i * 700_000, t);
         return { ok: same(t, i * 700_000) && r.bytesRead === t.length, r };
       }));
@@ -59,15 +61,21 @@ describe('S3Store read workers (s3rver)', function () {
       expect(events.filter((e) => e === 'GetObject 206').length).to.equal(6);
       expect(events.filter((e) => e === 'GetObject done 1').length).to.equal(6);
       // The end of the object: a short read, as on the event loop.
-      const tail = new Uint8Array(2 * MiB);
+      const tail = shared(2 * MiB);
       expect((await store.getInto('big', data.length - 100, tail)).bytesRead).to.equal(100);
       expect(Buffer.from(tail.subarray(0, 100)).equals(Buffer.from(data.subarray(data.length - 100)))).to.equal(true);
-      // A shared target is filled by the worker directly.
-      const shared = new Uint8Array(new SharedArrayBuffer(3 * MiB), MiB, MiB);
-      await store.getInto('big', 12345, shared);
-      expect(same(shared, 12345)).to.equal(true);
+      // A view in the middle of a shared buffer is filled where it lies.
+      const mid = new Uint8Array(new SharedArrayBuffer(3 * MiB), MiB, MiB);
+      await store.getInto('big', 12345, mid);
+      expect(same(mid, 12345)).to.equal(true);
+      expect(Buffer.from(new Uint8Array(mid.buffer, 0, MiB)).every((b) => b === 0)).to.equal(true);
+      // A target in private memory is read on the event loop.
+      const priv = new Uint8Array(2 * MiB);
+      await store.getInto('big', 99, priv);
+      expect(same(priv, 99)).to.equal(true);
+      expect(store.readsOnWorkers).to.equal(8);
       // Errors cross the thread as StoreErrors with their details.
-      const e = await expectErrno(store.getInto('missing', 0, new Uint8Array(MiB)), 'ENOENT');
+      const e = await expectErrno(store.getInto('missing', 0, shared(MiB)), 'ENOENT');
       expect(e.op).to.equal('get');
       expect(e.key).to.equal('missing');
       expect(store.readsOnWorkers).to.equal(9);
@@ -82,7 +90,7 @@ describe('S3Store read workers (s3rver)', function () {
       await store.startReadWorkers();
       proxy.seen = [];
       proxy.cutNextGets(2, 300_000);
-      const t = new Uint8Array(2 * MiB);
+      const t = shared(2 * MiB);
       const r = await store.getInto('big', 1000, t);
       expect(r.bytesRead).to.equal(t.length);
       expect(same(t, 1000)).to.equal(true);
@@ -91,7 +99,7 @@ describe('S3Store read workers (s3rver)', function () {
       expect(gets[1]!.headers['if-match']).to.equal(r.etag);
       proxy.seen = [];
       proxy.failNext(2, 503);
-      const t2 = new Uint8Array(MiB);
+      const t2 = shared(MiB);
       await store.getInto('big', 0, t2);
       expect(same(t2, 0)).to.equal(true);
       expect(store.readsOnWorkers).to.equal(2);
@@ -106,7 +114,7 @@ describe('S3Store read workers (s3rver)', function () {
       const store = new S3Store({ bucket: 'rw', endpoint: s3.endpoint, credentials: s3.credentials, ...o });
       try {
         await store.startReadWorkers();
-        const t = new Uint8Array(2 * MiB);
+        const t = shared(2 * MiB);
         await store.getInto('big', 5, t);
         expect(same(t, 5)).to.equal(true);
         expect(store.readsOnWorkers).to.equal(0);
