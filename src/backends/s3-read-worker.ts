@@ -53,6 +53,8 @@ export class S3ReadWorkers {
   private readonly ready = new Set<Worker>();
   private readonly pending = new Map<number, { readonly worker: number } & Pending>();
   private nextId = 0;
+  /** Reads in flight per worker. */
+  private readonly inFlight: number[] = [];
   /** Reads the workers have served. */
   served = 0;
   private nextWorker = 0;
@@ -85,6 +87,7 @@ export class S3ReadWorkers {
     const id = this.nextId++;
     return new Promise<ReadIntoResult>((resolve, reject) => {
       this.pending.set(id, { worker: w, resolve, reject });
+      this.busy(w, 1);
       const msg: ReadRequest = { id, key, offset, length: target.length, buffer: target.buffer as SharedArrayBuffer, byteOffset: target.byteOffset };
       worker.postMessage(msg);
     });
@@ -95,15 +98,21 @@ export class S3ReadWorkers {
     await Promise.all(this.workers.map((_, i) => {
       const w = this.worker(i);
       if (this.ready.has(w)) return undefined;
+      // Someone waits for it: the worker keeps the process alive until it is ready.
+      this.busy(i, 1);
       return new Promise<void>((resolve, reject) => {
+        const settle = (): void => {
+          w.off('message', onMessage);
+          w.off('exit', onExit);
+          this.busy(i, -1);
+        };
         const onMessage = (m: WorkerMessage): void => {
           if (m.type !== 'ready') return;
-          w.off('exit', onExit);
-          w.off('message', onMessage);
+          settle();
           resolve();
         };
         const onExit = (code: number): void => {
-          w.off('message', onMessage);
+          settle();
           reject(new StoreError('EIO', `S3 read worker exited (${code}) before it was ready`, { op: 'get' }));
         };
         w.on('message', onMessage);
@@ -123,8 +132,12 @@ export class S3ReadWorkers {
   private worker(i: number): Worker {
     const existing = this.workers[i];
     if (existing) return existing;
-    const w = new Worker(new URL(import.meta.url), { workerData: { s3ReadWorker: true, options: this.storeOptions } });
-    // Idle workers do not keep the process alive; reads in flight are promises someone awaits.
+    const w = new Worker(new URL(import.meta.url), {
+      workerData: { s3ReadWorker: true, options: this.storeOptions },
+      // The process's flags, but --input-type (which refuses to load a module file).
+      execArgv: process.execArgv.filter((a) => !a.startsWith('--input-type')),
+    });
+    // An idle worker does not keep the process alive (busy() refs it while it reads).
     w.unref();
     w.on('message', (m: WorkerMessage) => {
       if (m.type === 'ready') this.ready.add(w);
@@ -153,6 +166,7 @@ export class S3ReadWorkers {
     const p = this.pending.get(m.id);
     if (!p) return;
     this.pending.delete(m.id);
+    this.busy(p.worker, -1);
     this.served++;
     if (m.type === 'done') p.resolve(m.result);
     else p.reject(new StoreError(m.code, m.message, m.details));
@@ -162,8 +176,23 @@ export class S3ReadWorkers {
     for (const [id, p] of this.pending) {
       if (worker !== undefined && p.worker !== worker) continue;
       this.pending.delete(id);
+      this.busy(p.worker, -1);
       p.reject(err());
     }
+  }
+
+  /**
+   * Counts a worker's reads in flight: while it has some it keeps the process alive (an
+   * answer from an unref'ed worker would not, and a command whose only work left is that
+   * read would exit with it unanswered).
+   */
+  private busy(i: number, delta: number): void {
+    const n = (this.inFlight[i] ?? 0) + delta;
+    this.inFlight[i] = n;
+    const w = this.workers[i];
+    if (!w) return;
+    if (n > 0 && delta > 0 && n === 1) w.ref();
+    else if (n === 0) w.unref();
   }
 }
 

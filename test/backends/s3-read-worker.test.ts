@@ -3,6 +3,8 @@
 // of broken bodies inside the worker, metrics from the worker, reads on the event loop
 // until a worker is ready.
 import { expect } from 'chai';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { S3Store } from '../../src/backends/s3-store.js';
 import type { S3Observer } from '../../src/metrics/observer.js';
 import { FaultProxy } from '../support/fault-proxy.js';
@@ -122,5 +124,25 @@ describe('S3Store read workers (s3rver)', function () {
         await store.close();
       }
     }
+  });
+  it('a process whose only work left is a read on the worker waits for it (the worker is referenced while busy)', async () => {
+    const storeUrl = new URL('../../src/backends/s3-store.js', import.meta.url).href;
+    const script = `
+      const { S3Store } = await import(${JSON.stringify(storeUrl)});
+      const store = new S3Store({ bucket: 'rw', endpoint: process.env.EP, credentials: { accessKeyId: process.env.AK, secretAccessKey: process.env.SK }, readWorkers: 1 });
+      await store.startReadWorkers();
+      const t = new Uint8Array(new SharedArrayBuffer(2 * 1024 * 1024));
+      const r = await store.getInto('big', 0, t);
+      console.log('read', r.bytesRead, store.readsOnWorkers);
+      process.exit(0);
+    `;
+    const out = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, ['--input-type=module', '-e', script], {
+        cwd: fileURLToPath(new URL('.', import.meta.url)),
+        env: { ...process.env, EP: s3.endpoint, AK: s3.credentials.accessKeyId, SK: s3.credentials.secretAccessKey },
+        timeout: 30_000,
+      }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)));
+    });
+    expect(out.trim()).to.equal(`read ${2 * MiB} 1`);
   });
 });
