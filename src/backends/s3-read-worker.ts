@@ -34,6 +34,9 @@ interface ReadRequest {
   readonly byteOffset: number;
 }
 
+/** Workers that died before they were ready, after which none is started again. */
+const MAX_START_FAILURES = 3;
+
 type WorkerMessage =
   | { readonly type: 'ready' }
   | { readonly type: 'done'; readonly id: number; readonly result: ReadIntoResult }
@@ -53,6 +56,9 @@ export class S3ReadWorkers {
   private readonly ready = new Set<Worker>();
   private readonly pending = new Map<number, { readonly worker: number } & Pending>();
   private nextId = 0;
+  /** No worker could be made: reads stay on the caller's thread. */
+  private unavailable = false;
+  private startFailures = 0;
   /** Reads in flight per worker. */
   private readonly inFlight: number[] = [];
   /** Reads the workers have served. */
@@ -78,7 +84,7 @@ export class S3ReadWorkers {
     if (this.closed || !(target.buffer instanceof SharedArrayBuffer)) return null;
     const w = this.nextWorker;
     const worker = this.worker(w);
-    if (!this.ready.has(worker)) return null;
+    if (!worker || !this.ready.has(worker)) return null;
     this.nextWorker = (w + 1) % this.workers.length;
     return this.getInto(worker, w, key, offset, target);
   }
@@ -97,7 +103,7 @@ export class S3ReadWorkers {
   async whenReady(): Promise<void> {
     await Promise.all(this.workers.map((_, i) => {
       const w = this.worker(i);
-      if (this.ready.has(w)) return undefined;
+      if (!w || this.ready.has(w)) return undefined;
       // Someone waits for it: the worker keeps the process alive until it is ready.
       this.busy(i, 1);
       return new Promise<void>((resolve, reject) => {
@@ -129,14 +135,15 @@ export class S3ReadWorkers {
     this.failAll(() => new StoreError('EIO', 'store closed during a read', { op: 'get' }));
   }
 
-  private worker(i: number): Worker {
+  /** The worker `i` (started if need be); null when no worker can be made in this process. */
+  private worker(i: number): Worker | null {
     const existing = this.workers[i];
-    if (existing) return existing;
-    const w = new Worker(new URL(import.meta.url), {
-      workerData: { s3ReadWorker: true, options: this.storeOptions },
-      // The process's flags, but --input-type (which refuses to load a module file).
-      execArgv: process.execArgv.filter((a) => !a.startsWith('--input-type')),
-    });
+    if (existing || this.unavailable) return existing ?? null;
+    const w = this.spawn();
+    if (!w) {
+      this.unavailable = true;
+      return null;
+    }
     // An idle worker does not keep the process alive (busy() refs it while it reads).
     w.unref();
     w.on('message', (m: WorkerMessage) => {
@@ -144,6 +151,8 @@ export class S3ReadWorkers {
       else this.onMessage(m);
     });
     const lost = (why: string): void => {
+      // A worker that dies before it is ready would die again: after a few, none is made.
+      if (!this.ready.has(w) && this.workers[i] === w && ++this.startFailures >= MAX_START_FAILURES) this.unavailable = true;
       this.ready.delete(w);
       if (this.workers[i] === w) this.workers[i] = null;
       this.failAll(() => new StoreError('EIO', `S3 read worker ${why}`, { op: 'get' }), i);
@@ -152,6 +161,27 @@ export class S3ReadWorkers {
     w.on('exit', (code) => lost(`exited (${code})`));
     this.workers[i] = w;
     return w;
+  }
+
+  /**
+   * A worker with the process's flags (so --cpu-prof profiles it too). Node inherits them
+   * leaving out those a thread cannot have, but not --input-type, which refuses to load a
+   * module file: with it, the flags are given explicitly, and if Node refuses one of them
+   * (a per-process flag such as --max-old-space-size), none.
+   */
+  private spawn(): Worker | null {
+    const workerData = { s3ReadWorker: true, options: this.storeOptions };
+    const url = new URL(import.meta.url);
+    const flags = process.execArgv.filter((a) => !a.startsWith('--input-type'));
+    const tries: (string[] | undefined)[] = flags.length === process.execArgv.length ? [undefined, []] : [flags, []];
+    for (const execArgv of tries) {
+      try {
+        return new Worker(url, { workerData, ...(execArgv ? { execArgv } : {}) });
+      } catch {
+        // ERR_WORKER_INVALID_EXEC_ARGV, or threads unavailable: the next try, else none.
+      }
+    }
+    return null;
   }
 
   private onMessage(m: Exclude<WorkerMessage, { type: 'ready' }>): void {
