@@ -514,7 +514,9 @@ export class FileStore implements ObjectStore {
 
   /** Removes temporary files (from crashed writers) older than `olderThanMs`. Returns how many. */
   async removeStaleTemps(olderThanMs = 3600_000): Promise<number> {
-    const cutoff = Date.now() - olderThanMs;
+    // Sub-millisecond now (Date.now() is whole milliseconds, mtimes are not): with 0, a temp
+    // file written earlier in the same millisecond counts as old enough.
+    const cutoff = performance.timeOrigin + performance.now() - olderThanMs;
     let removed = 0;
     const walk = async (dir: string): Promise<void> => {
       let names: string[];
@@ -529,7 +531,7 @@ export class FileStore implements ObjectStore {
         if (c?.isDir) await walk(p);
         else if (n.startsWith(TEMP_TAG)) {
           const st = await stat(p).catch(() => null);
-          if (st && st.mtimeMs < cutoff && (await unlink(p).then(() => true, () => false))) removed++;
+          if (st && st.mtimeMs <= cutoff && (await unlink(p).then(() => true, () => false))) removed++;
         }
       }
     };

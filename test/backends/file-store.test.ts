@@ -273,6 +273,15 @@ describe('FileStore', () => {
   describe('file store atomicity', function () {
     this.timeout(60_000);
 
+    it('removeStaleTemps(0) removes a temp file written within the same millisecond', async () => {
+      const d = tmp();
+      const store = await FileStore.open(d.file('s'), { create: true });
+      for (let i = 0; i < 100; i++) {
+        writeFileSync(join(d.file('s'), TEMP_TAG + 'fresh'), Buffer.alloc(1));
+        expect(await store.removeStaleTemps(0), `attempt ${i}`).to.equal(1);
+      }
+    });
+
     it('ignores a leftover temp file (a write that crashed) in get, head and list', async () => {
       const d = tmp();
       const store = await FileStore.open(d.file('s'), { create: true });
