@@ -261,6 +261,8 @@ export async function runFsSuite(o: FsSuiteOptions): Promise<StorageSuiteResult>
               await c.init();
               // Untimed warm-up (JIT, first touches): a few creates.
               await localWorkload(c, 'create', -1 - round, 0.2, big, 50, 'warm');
+              // stat looks up the files create made: without a timed create, make them untimed.
+              if (localWs.includes('stat') && !localWs.includes('create')) await localWorkload(c, 'create', round, o.runtime, big, files, target);
               for (const w of localWs) {
                 await waitForQuiet(o.quietCores, o.quietWait, log);
                 const probe = new CpuProbe({ backend: backend.pid });
