@@ -19,7 +19,7 @@ import type { VhostUserDevice } from '../vhost/device.js';
 import type { DeviceQueue } from '../virtio/queue.js';
 import { ServedQueue } from '../virtio/served-queue.js';
 import type { DescriptorChain } from '../virtio/chain.js';
-import type { Segment } from '../virtio/memory.js';
+import type { GuestMemory, Segment } from '../virtio/memory.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../virtio/features.js';
 import type { Logger } from '../util/log.js';
 import { E, IN_HEADER_SIZE, OUT_HEADER_SIZE, Opcode, encodeOutHeader, opcodeName } from './abi.js';
@@ -173,12 +173,15 @@ export class VirtioFsDevice implements VhostUserDevice {
     }
     const bytes = Buffer.allocUnsafe(rlen);
     const got = chain.read(0, bytes);
+    // The memory the chain was translated in (popped this turn): pinned while the kernel
+    // copies into its buffers on another thread (a large READ of a local file).
+    const memory = st.queue.guestMemory;
     st.begin();
     this.server.dispatch(got === rlen ? bytes : bytes.subarray(0, got), wlen - OUT_HEADER_SIZE, (reply) => {
       if (reply === null) st.complete(chain.head, 0);
       else this.replyNow(st, chain, reply);
       st.end();
-    }, (length) => payloadViews(chain, length));
+    }, (length) => payloadViews(chain, length), memory === null ? undefined : (length) => pinnedPayload(chain, memory, length));
   }
 
   /** Writes out header + parts into the writable part and returns the chain. */
@@ -203,6 +206,20 @@ export class VirtioFsDevice implements VhostUserDevice {
     }
     st.complete(chain.head, total);
   }
+}
+
+/**
+ * The guest's writable buffers after the out header as segments for a copy off the event
+ * loop, with `memory` pinned until release(); null when they are not all mapped.
+ */
+function pinnedPayload(chain: DescriptorChain, memory: GuestMemory, length: number): { segments: Segment[]; release: () => void } | null {
+  const room = chain.writableLength - OUT_HEADER_SIZE;
+  if (length <= 0 || length > room) return null;
+  const segments: Segment[] = [];
+  if (!chain.sliceWritable(OUT_HEADER_SIZE, length, segments)) return null;
+  // A window detached by an unmap (byteLength 0) would have the kernel write into freed addresses.
+  for (const g of segments) if (g.buf.byteLength < g.offset + g.length) return null;
+  return { segments, release: memory.pin() };
 }
 
 /** Views of the guest's writable buffers after the out header (the reply payload room), or null. */
