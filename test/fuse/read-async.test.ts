@@ -164,7 +164,11 @@ describe('FUSE READ copied off the event loop (virtio-fs, file store, io_uring)'
     await c.interrupt(unique);
     await sleep(50);
     expect(answered, 'answered while the copy was in flight').to.equal(false);
+    // Guest memory stays mapped for the copy whatever SET_MEM_TABLE comes meanwhile.
+    const memory = exp.vhostServer.session!.guestMemory;
+    expect(memory.pinCount).to.equal(1);
     gate.release();
+    expect(memory.pinCount).to.equal(0);
     const r = await reading;
     expect(r.error).to.equal(0);
     expectBytes(r.payload, body.subarray(4096, 4096 + MiB), 'interrupted READ');
