@@ -1,6 +1,6 @@
 // Synchronous vectored file I/O straight into mapped guest memory, for the paths where
 // a blocking syscall on the event loop is acceptable (page-cache hits, setup, tests)
-// and a Buffer copy is not.
+// and a Buffer copy is not; and syncfs(2) on the thread pool (Node has no call for it).
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/uio.h>
@@ -67,6 +67,43 @@ Napi::Value Fallocate(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// syncfs(2) on libuv's thread pool: it writes back a whole file system (seconds on a busy
+// disk), so never on the event loop. done(err) runs on the loop with 0 or a positive errno;
+// the caller keeps `fd` open until then.
+class SyncfsWorker : public Napi::AsyncWorker {
+ public:
+  SyncfsWorker(const Napi::Function& done, int fd) : Napi::AsyncWorker(done, "vhost-s3:syncfs"), fd_(fd) {}
+
+  void Execute() override {
+    int r;
+    do {
+      r = ::syncfs(fd_);
+    } while (r < 0 && errno == EINTR);
+    err_ = r < 0 ? errno : 0;
+  }
+
+  void OnOK() override {
+    Napi::HandleScope scope(Env());
+    Callback().Call({Napi::Number::New(Env(), err_)});
+  }
+
+ private:
+  int fd_;
+  int err_ = 0;
+};
+
+Napi::Value Syncfs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!ArgFd(info, 0, &fd)) return env.Undefined();
+  if (info.Length() < 2 || !info[1].IsFunction()) {
+    ThrowType(env, "syncfs: done must be a function");
+    return env.Undefined();
+  }
+  (new SyncfsWorker(info[1].As<Napi::Function>(), fd))->Queue();  // deletes itself once done ran
+  return env.Undefined();
+}
+
 }  // namespace
 
 void InitFileIo(Napi::Env env, Napi::Object exports) {
@@ -74,6 +111,7 @@ void InitFileIo(Napi::Env env, Napi::Object exports) {
   exports.Set("pwritev", Napi::Function::New(env, Vectored<true>, "pwritev"));
   exports.Set("fdatasync", Napi::Function::New(env, Fdatasync, "fdatasync"));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
+  exports.Set("syncfs", Napi::Function::New(env, Syncfs, "syncfs"));
 }
 
 }  // namespace vhs

@@ -299,7 +299,8 @@ export class FuseClient {
     const room = o.replyRoom ?? 4096;
     const { len, bytes } = await this.raw(msg, OUT_HEADER_SIZE + room, o.queue);
     const header = len >= OUT_HEADER_SIZE ? decodeOutHeader(bytes) : null;
-    return { len, header, error: header?.error ?? 0, payload: bytes.slice(OUT_HEADER_SIZE, Math.max(OUT_HEADER_SIZE, len)) };
+    // raw() already copied the reply out of the slot: the payload is a view of that copy.
+    return { len, header, error: header?.error ?? 0, payload: bytes.subarray(OUT_HEADER_SIZE, Math.max(OUT_HEADER_SIZE, len)) };
   }
 
   /** A request whose reply must be a success: returns the payload; throws ErrnoError / ReplyFormatError. */

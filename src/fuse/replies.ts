@@ -36,6 +36,43 @@ export function okReply(unique: bigint, parts: readonly Uint8Array[]): FuseReply
 
 // ---- encoders -----------------------------------------------------------------------------
 
+/**
+ * Reply structs are carved from shared 64 KiB slabs instead of each getting its own
+ * Uint8Array and DataView: a typed array over 64 bytes gets a backing store of its own
+ * (calloc, an ArrayBuffer, GC bookkeeping), which cost more than encoding the reply.
+ * Slab bytes are handed out once and never reused, so they are zero like a fresh array's
+ * (padding and unset fields stay zero); a slab lives as long as any reply carved from it.
+ */
+const SLAB_SIZE = 64 * 1024;
+/** Larger buffers get their own allocation. */
+const SLAB_MAX = 16 * 1024;
+let slab = new Uint8Array(0);
+let slabView: DataView = new DataView(slab.buffer);
+let slabPos = 0;
+
+/** Where the buffer carve() returned last is written: a view holding it, and its offset there. */
+let carvedView: DataView = slabView;
+let carvedAt = 0;
+
+/** `size` zero bytes (8-aligned in a slab); write them through carvedView at carvedAt. */
+function carve(size: number): Uint8Array {
+  if (size > SLAB_MAX) {
+    const own = new Uint8Array(size);
+    carvedView = viewOf(own);
+    carvedAt = 0;
+    return own;
+  }
+  if (slabPos + size > slab.length) {
+    slab = new Uint8Array(SLAB_SIZE);
+    slabView = new DataView(slab.buffer);
+    slabPos = 0;
+  }
+  carvedView = slabView;
+  carvedAt = slabPos;
+  slabPos += (size + 7) & ~7;
+  return slab.subarray(carvedAt, carvedAt + size);
+}
+
 export interface EntryOut {
   readonly nodeid: number;
   readonly generation: number;
@@ -44,9 +81,14 @@ export interface EntryOut {
   readonly attr: WireAttr;
 }
 
-export function encodeEntryOut(e: EntryOut, out: Uint8Array = new Uint8Array(ENTRY_OUT_SIZE), at = 0): Uint8Array {
-  putEntryOut(viewOf(out), at, e);
-  return out;
+export function encodeEntryOut(e: EntryOut, out?: Uint8Array, at = 0): Uint8Array {
+  if (out !== undefined) {
+    putEntryOut(viewOf(out), at, e);
+    return out;
+  }
+  const b = carve(ENTRY_OUT_SIZE);
+  putEntryOut(carvedView, carvedAt, e);
+  return b;
 }
 
 /** fuse_entry_out at `at` of the view (ENTRY_OUT_SIZE bytes must be there). */
@@ -63,20 +105,22 @@ function putEntryOut(v: DataView, at: number, e: EntryOut): void {
 }
 
 export function encodeAttrOut(attrValidMs: number, attr: WireAttr): Uint8Array {
-  const out = new Uint8Array(ATTR_OUT_SIZE);
-  const v = viewOf(out);
+  const out = carve(ATTR_OUT_SIZE);
+  const v = carvedView;
+  const at = carvedAt;
   const av = splitTimeout(attrValidMs);
-  setU64(v, 0, av.sec);
-  v.setUint32(8, av.nsec, true);
-  encodeAttr(v, 16, attr);
+  setU64(v, at, av.sec);
+  v.setUint32(at + 8, av.nsec, true);
+  encodeAttr(v, at + 16, attr);
   return out;
 }
 
 export function encodeOpenOut(fh: number, openFlags: number): Uint8Array {
-  const out = new Uint8Array(OPEN_OUT_SIZE);
-  const v = viewOf(out);
-  setU64(v, 0, fh);
-  v.setUint32(8, openFlags >>> 0, true);
+  const out = carve(OPEN_OUT_SIZE);
+  const v = carvedView;
+  const at = carvedAt;
+  setU64(v, at, fh);
+  v.setUint32(at + 8, openFlags >>> 0, true);
   return out;
 }
 
@@ -158,12 +202,15 @@ export function encodeInitOut(o: InitOut): Uint8Array {
  */
 export class DirentWriter {
   private readonly buf: Uint8Array;
+  /** A view holding buf, which starts at `base` in it (buf is carved from a slab). */
   private readonly v: DataView;
+  private readonly base: number;
   private pos = 0;
 
   constructor(readonly capacity: number) {
-    this.buf = new Uint8Array(Math.max(0, capacity));
-    this.v = viewOf(this.buf);
+    this.buf = carve(Math.max(0, capacity));
+    this.v = carvedView;
+    this.base = carvedAt;
   }
 
   get length(): number {
@@ -188,17 +235,19 @@ export class DirentWriter {
 
   addPlus(entry: EntryOut, off: number, type: number, name: Uint8Array): boolean {
     if (!this.fits(name, true)) return false;
-    putEntryOut(this.v, this.pos, entry);
+    putEntryOut(this.v, this.base + this.pos, entry);
     this.dirent(this.pos + ENTRY_OUT_SIZE, entry.attr.ino, off, type, name);
     this.pos += direntAlign(DIRENTPLUS_SIZE + name.length);
     return true;
   }
 
   private dirent(at: number, ino: number, off: number, type: number, name: Uint8Array): void {
-    setU64(this.v, at, ino);
-    setU64(this.v, at + 8, off);
-    this.v.setUint32(at + 16, name.length, true);
-    this.v.setUint32(at + 20, type, true);
+    const v = this.v;
+    const vat = this.base + at;
+    setU64(v, vat, ino);
+    setU64(v, vat + 8, off);
+    v.setUint32(vat + 16, name.length, true);
+    v.setUint32(vat + 20, type, true);
     this.buf.set(name, at + DIRENT_SIZE);
     // padding stays zero: the buffer is fresh
   }

@@ -135,15 +135,22 @@ export function checkName(bytes: Uint8Array): number {
   return 0;
 }
 
-/** Argument-area reader: bounds-checked, throws Bad (caught in decodeRequest) on any violation. */
+/**
+ * Argument-area reader over the whole message: one DataView per request (shared with the
+ * header), positions absolute, the area [base, end) (extensions after it are not read).
+ * Bounds-checked; throws Bad (caught in decodeRequest) on any violation.
+ */
 class Args {
-  readonly v: DataView;
-  pos = 0;
-  constructor(readonly b: Uint8Array) {
-    this.v = viewOf(b);
+  pos: number;
+  constructor(readonly b: Uint8Array, readonly v: DataView, readonly base: number, readonly limit: number) {
+    this.pos = base;
   }
   get left(): number {
-    return this.b.length - this.pos;
+    return this.limit - this.pos;
+  }
+  /** The bytes [from, to) of the area, as offsets relative to its start. */
+  bytes(from: number, to: number): Uint8Array {
+    return this.b.subarray(this.base + from, this.base + to);
   }
   /** Takes the fixed struct at the start: `size` bytes must be there. */
   struct(size: number): number {
@@ -156,24 +163,48 @@ class Args {
   end(): void {
     if (this.left !== 0) throw new Bad(E.EINVAL, `${this.left} unexpected bytes after the arguments`);
   }
+  /** Index of the NUL ending the string at pos (inside the area). */
+  private nul(): number {
+    const b = this.b;
+    for (let i = this.pos; i < this.limit; i++) if (b[i] === 0) return i;
+    throw new Bad(E.EINVAL, 'string without NUL terminator');
+  }
   /** A NUL-terminated string; `last` requires the NUL to be the last byte of the area. */
   cstring(last: boolean): Uint8Array {
-    const nul = this.b.indexOf(0, this.pos);
-    if (nul < 0) throw new Bad(E.EINVAL, 'string without NUL terminator');
+    const nul = this.nul();
     const s = this.b.subarray(this.pos, nul);
     this.pos = nul + 1;
     if (last) this.end();
     return s;
   }
-  /** A file name component. */
+  /**
+   * A file name component, checked as checkName does (same errnos, same order). Short
+   * ASCII names (nearly all of them) become strings without the UTF-8 decoder.
+   */
   name(last: boolean, dotErrno = E.EINVAL): string {
-    const bytes = this.cstring(last);
-    const err = checkName(bytes);
-    if (err !== 0) {
-      const isDot = err === E.EINVAL && bytes.length > 0 && bytes.length <= 2 && bytes.every((c) => c === 0x2e);
-      throw new Bad(isDot ? dotErrno : err, 'bad file name');
+    const b = this.b;
+    const start = this.pos;
+    const nul = this.nul();
+    this.pos = nul + 1;
+    if (last) this.end();
+    const len = nul - start;
+    if (len === 0) throw new Bad(E.EINVAL, 'bad file name');
+    if (len > NAME_MAX) throw new Bad(E.ENAMETOOLONG, 'bad file name');
+    let ascii = true;
+    let dots = true;
+    for (let i = start; i < nul; i++) {
+      const c = b[i]!;
+      if (c === 0x2f) throw new Bad(E.EINVAL, 'bad file name');
+      if (c !== 0x2e) dots = false;
+      if (c >= 0x80) ascii = false;
     }
-    const s = decodeUtf8(bytes);
+    if (dots && len <= 2) throw new Bad(dotErrno, 'bad file name');
+    if (ascii && len <= SHORT_NAME) {
+      let s = '';
+      for (let i = start; i < nul; i++) s += String.fromCharCode(b[i]!);
+      return s;
+    }
+    const s = decodeUtf8(b.subarray(start, nul));
     if (s === null) throw new Bad(E.EINVAL, 'file name is not UTF-8');
     return s;
   }
@@ -185,40 +216,58 @@ class Args {
     return s;
   }
   u32(off: number): number {
-    return this.v.getUint32(off, true);
+    return this.v.getUint32(this.base + off, true);
   }
   u64(off: number): number {
-    return getU64(this.v, off);
+    return getU64(this.v, this.base + off);
   }
   i64(off: number): number {
-    return getI64(this.v, off);
+    return getI64(this.v, this.base + off);
   }
   big(off: number): bigint {
-    return this.v.getBigUint64(off, true);
+    return this.v.getBigUint64(this.base + off, true);
   }
   ns(secOff: number, nsecOff: number): bigint {
-    return this.v.getBigInt64(secOff, true) * 1_000_000_000n + BigInt(this.u32(nsecOff) % 1_000_000_000);
+    return this.v.getBigInt64(this.base + secOff, true) * 1_000_000_000n + BigInt(this.u32(nsecOff) % 1_000_000_000);
   }
 }
+
+/** Names up to this long that are plain ASCII are built char by char (faster than TextDecoder). */
+const SHORT_NAME = 64;
 
 /**
  * Decodes one request from `bytes` (the whole message: header first). Never throws.
  * Returns the request, or the header (zero-filled where missing) and the errno to answer.
  */
 export function decodeRequest(bytes: Uint8Array, opts: DecodeOptions = {}): DecodeResult {
-  const h = decodeInHeader(bytes);
-  if (bytes.length < IN_HEADER_SIZE) return { ok: false, h, errno: E.EINVAL, why: 'truncated header' };
+  if (bytes.length < IN_HEADER_SIZE) return { ok: false, h: decodeInHeader(bytes), errno: E.EINVAL, why: 'truncated header' };
+  const v = viewOf(bytes);
+  const h = headerOf(v);
   if (h.len < IN_HEADER_SIZE || h.len > bytes.length) {
     return { ok: false, h, errno: E.EINVAL, why: `header length ${h.len} does not match the ${bytes.length} bytes received` };
   }
   if (h.extLen > h.len - IN_HEADER_SIZE) return { ok: false, h, errno: E.EINVAL, why: 'extensions longer than the request' };
-  const a = new Args(bytes.subarray(IN_HEADER_SIZE, h.len - h.extLen));
+  const a = new Args(bytes, v, IN_HEADER_SIZE, h.len - h.extLen);
   try {
     return { ok: true, req: decodeArgs(h, a, opts) };
   } catch (err) {
     if (err instanceof Bad) return { ok: false, h, errno: err.errno, why: err.why };
     return { ok: false, h, errno: E.EINVAL, why: `decoder error: ${(err as Error).message}` };
   }
+}
+
+/** fuse_in_header from a view of at least IN_HEADER_SIZE bytes (as decodeInHeader reads it). */
+function headerOf(v: DataView): InHeader {
+  return {
+    len: v.getUint32(0, true),
+    opcode: v.getUint32(4, true),
+    unique: v.getBigUint64(8, true),
+    nodeid: getU64(v, 16),
+    uid: v.getUint32(24, true),
+    gid: v.getUint32(28, true),
+    pid: v.getUint32(32, true),
+    extLen: v.getUint16(36, true) * 8,
+  };
 }
 
 function decodeArgs(h: InHeader, a: Args, opts: DecodeOptions): FuseRequest {
@@ -316,7 +365,7 @@ function decodeArgs(h: InHeader, a: Args, opts: DecodeOptions): FuseRequest {
       if (a.left !== size) throw new Bad(E.EINVAL, `write of ${size} bytes carries ${a.left}`);
       return {
         op, h, fh: a.u64(0), offset: a.u64(8), writeFlags: a.u32(20), flags: a.u32(32),
-        data: a.b.subarray(WRITE_IN_SIZE, WRITE_IN_SIZE + size),
+        data: a.bytes(WRITE_IN_SIZE, WRITE_IN_SIZE + size),
       };
     }
     case Opcode.RELEASE:

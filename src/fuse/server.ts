@@ -118,12 +118,21 @@ class Pending {
   settled = false;
   /** A READ being copied into the reply buffers off the event loop: not interruptible (readIntoAsync). */
   copying = false;
-  /** Undo what the request did if its reply is not delivered (interrupted, did not fit). */
-  readonly undo: (() => void)[] = [];
+  /** Undo what the request did if its reply is not delivered (interrupted, did not fit); made on first use. */
+  private undos: (() => void)[] | null = null;
   constructor(
     readonly req: FuseRequest, readonly maxReply: number, readonly done: ReplyCallback,
     readonly payload: PayloadTarget | undefined, readonly asyncPayload: AsyncPayloadTarget | undefined,
   ) {}
+
+  onUndo(f: () => void): void {
+    (this.undos ??= []).push(f);
+  }
+
+  undo(): void {
+    const u = this.undos;
+    if (u !== null) for (const f of u) f();
+  }
 }
 
 /** The open(2) flags of an OPEN or CREATE as the Vfs takes them. */
@@ -228,7 +237,10 @@ export class FuseServer {
   lookupCount(nodeid: number): number | undefined {
     return this.inodes.get(nodeid)?.lookups;
   }
-  /** Requests started and not yet finished (including interrupted ones whose Vfs call still runs). */
+  /**
+   * Requests started and not yet finished (including interrupted ones whose Vfs call still
+   * runs), and files an undone OPEN or CREATE opened that are still being released.
+   */
   get inflightCount(): number {
     return this.inflight;
   }
@@ -295,17 +307,30 @@ export class FuseServer {
     } catch (err) {
       result = Promise.reject(err);
     }
-    result.then(
-      (reply) => this.finish(p, reply),
-      (err: unknown) => this.finish(p, this.failure(req, err)),
-    ).finally(() => {
+    void result.then(
+      (reply) => this.settle(p, reply),
+      (err: unknown) => this.settle(p, this.failure(req, err)),
+    );
+  }
+
+  /** The end of a request that went asynchronous: its reply, then it is no longer in flight. */
+  private settle(p: Pending, reply: FuseReply): void {
+    try {
+      this.finish(p, reply);
+    } finally {
+      const unique = p.req.h.unique;
       if (this.pending.get(unique) === p) this.pending.delete(unique);
-      if (--this.inflight === 0) {
-        const w = this.idleWaiters;
-        this.idleWaiters = [];
-        for (const f of w) f();
-      }
-    });
+      this.ended();
+    }
+  }
+
+  /** Something counted in `inflight` is over: wakes idle() waiters at zero. */
+  private ended(): void {
+    if (--this.inflight === 0) {
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const f of w) f();
+    }
   }
 
   /** Promise form of dispatch(), for tests and simple transports. */
@@ -356,12 +381,12 @@ export class FuseServer {
   private finish(p: Pending, reply: FuseReply): void {
     if (p.settled) {
       // Interrupted: the kernel already has EINTR. Undo what the late result did.
-      for (const u of p.undo) u();
+      p.undo();
       return;
     }
     p.settled = true;
     if (reply.length > p.maxReply) {
-      for (const u of p.undo) u();
+      p.undo();
       const op = p.req.h.opcode;
       const errno = op === Opcode.GETXATTR || op === Opcode.LISTXATTR ? E.ERANGE : op === Opcode.READLINK ? E.ENAMETOOLONG : E.EIO;
       this.log.debug('FUSE reply does not fit', { opcode: opcodeName(op), length: reply.length, room: p.maxReply });
@@ -492,10 +517,11 @@ export class FuseServer {
     return this.enterInode(p, parent, name, attr).bytes;
   }
 
-  private enterInode(p: Pending, parent: number, name: string, attr: FileAttr): { ino: Inode; bytes: Uint8Array } {
-    const path = this.childPath(parent, name);
+  private enterInode(p: Pending, parent: number, name: string, attr: FileAttr, known?: string): { ino: Inode; bytes: Uint8Array } {
+    // `known`: the path just computed, with nothing run since (the synchronous LOOKUP).
+    const path = known ?? this.childPath(parent, name);
     const ino = this.inodes.lookup(path, attr.kind);
-    if (ino !== this.inodes.root) p.undo.push(() => this.inodes.forget(ino.nodeid, 1));
+    if (ino !== this.inodes.root) p.onUndo(() => this.inodes.forget(ino.nodeid, 1));
     return { ino, bytes: encodeEntryOut(this.entry(ino, attr)) };
   }
 
@@ -543,8 +569,9 @@ export class FuseServer {
     const vfs = this.vfs;
     if (vfs.statNow === undefined) return undefined;
     if (req.op === Opcode.LOOKUP) {
-      const attr = vfs.statNow(this.childPath(req.h.nodeid, req.name));
-      return attr === undefined ? undefined : this.lookupReply(p, req, attr);
+      const path = this.childPath(req.h.nodeid, req.name);
+      const attr = vfs.statNow(path);
+      return attr === undefined ? undefined : this.lookupReply(p, req, attr, path);
     }
     if (req.op !== Opcode.GETATTR) return undefined; // READ: never here
     const ino = this.inode(req.h.nodeid);
@@ -553,8 +580,8 @@ export class FuseServer {
     return attr === undefined ? undefined : this.attrReply(req, ino, attr);
   }
 
-  private lookupReply(p: Pending, req: Extract<FuseRequest, { op: Opcode.LOOKUP }>, attr: FileAttr | null): FuseReply {
-    if (attr !== null) return okReply(req.h.unique, [this.enter(p, req.h.nodeid, req.name, attr)]);
+  private lookupReply(p: Pending, req: Extract<FuseRequest, { op: Opcode.LOOKUP }>, attr: FileAttr | null, path?: string): FuseReply {
+    if (attr !== null) return okReply(req.h.unique, [this.enterInode(p, req.h.nodeid, req.name, attr, path).bytes]);
     if (this.opts.negativeTimeoutMs <= 0) fail('ENOENT');
     const neg: EntryOut = {
       nodeid: 0, generation: 0, entryValidMs: this.opts.negativeTimeoutMs, attrValidMs: 0,
@@ -645,7 +672,7 @@ export class FuseServer {
         const flags = openFlags(req.flags);
         const file = await this.vfs.open(path, flags);
         const fh = this.addFile(ino, file, flags);
-        p.undo.push(() => this.dropFile(fh));
+        p.onUndo(() => this.dropFile(fh));
         return ok(encodeOpenOut(fh, 0));
       }
       case Opcode.CREATE: {
@@ -659,7 +686,7 @@ export class FuseServer {
           throw err;
         }
         const fh = this.addFile(entered.ino, made.file, flags);
-        p.undo.push(() => this.dropFile(fh));
+        p.onUndo(() => this.dropFile(fh));
         return ok(entered.bytes, encodeOpenOut(fh, 0));
       }
       case Opcode.READ: {
@@ -753,7 +780,7 @@ export class FuseServer {
         if (ino.kind !== 'dir') fail('ENOTDIR');
         const entries = await this.snapshot(ino);
         const fh = this.handles.add({ kind: 'dir', inode: ino, entries, consumed: false });
-        p.undo.push(() => this.handles.take(fh, 'dir'));
+        p.onUndo(() => this.handles.take(fh, 'dir'));
         return ok(encodeOpenOut(fh, 0));
       }
       case Opcode.READDIR:
@@ -952,7 +979,7 @@ export class FuseServer {
       looked.push(ino.nodeid);
       w.addPlus(this.entry(ino, e.attr), i + 1, type, e.bytes);
     }
-    if (looked.length > 0) p.undo.push(() => {
+    if (looked.length > 0) p.onUndo(() => {
       for (const nodeid of looked) this.inodes.forget(nodeid, 1);
     });
     h.consumed = true;
@@ -975,7 +1002,15 @@ export class FuseServer {
   private dropFile(fh: number): void {
     const h = this.handles.take(fh, 'file');
     if (h === undefined) return;
-    h.file.release().catch((err: unknown) => this.log.warn('releasing an abandoned file failed', { error: err }));
+    // Counted in flight: idle() (and so reset()) waits for it like for a request.
+    this.inflight++;
+    h.file.release().then(
+      () => this.ended(),
+      (err: unknown) => {
+        this.log.warn('releasing an abandoned file failed', { error: err });
+        this.ended();
+      },
+    );
   }
 }
 

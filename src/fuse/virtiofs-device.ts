@@ -22,7 +22,7 @@ import type { DescriptorChain } from '../virtio/chain.js';
 import type { GuestMemory, Segment } from '../virtio/memory.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../virtio/features.js';
 import type { Logger } from '../util/log.js';
-import { E, IN_HEADER_SIZE, OUT_HEADER_SIZE, Opcode, encodeOutHeader, opcodeName } from './abi.js';
+import { E, IN_HEADER_SIZE, OUT_HEADER_SIZE, Opcode, opcodeName } from './abi.js';
 import type { FuseServer } from './server.js';
 import type { FuseReply } from './replies.js';
 
@@ -50,6 +50,13 @@ export interface VirtioFsCounters {
   /** Chains given back with length 0 because no reply could be written into them. */
   dropped: number;
 }
+
+/**
+ * The out header of the reply being written (replies are written one at a time, each
+ * completely, on the event loop's thread): no buffer or view per reply.
+ */
+const outHeader = new Uint8Array(OUT_HEADER_SIZE);
+const outHeaderView = new DataView(outHeader.buffer);
 
 /** Per started queue: what is in flight, so that stopping can wait for it. */
 export class VirtioFsDevice implements VhostUserDevice {
@@ -193,7 +200,10 @@ export class VirtioFsDevice implements VhostUserDevice {
       st.complete(chain.head, 0);
       return;
     }
-    chain.write(0, encodeOutHeader({ len: total, error: reply.error, unique: reply.unique }));
+    outHeaderView.setUint32(0, total, true);
+    outHeaderView.setInt32(4, reply.error | 0, true);
+    outHeaderView.setBigUint64(8, reply.unique, true); // wraps modulo 2^64 (ToBigUint64)
+    chain.write(0, outHeader);
     if (reply.inPlace) {
       // The payload was read straight into the writable descriptors (PayloadTarget).
       st.complete(chain.head, total);

@@ -178,6 +178,8 @@ export interface NativeAddon {
   pwritev(fd: number, iov: Float64Array, iovCount: number, position: number): number;
   fdatasync(fd: number): void;
   fallocate(fd: number, mode: number, offset: number, length: number): void;
+  /** syncfs(2) of the file system holding `fd`, on the thread pool; `done` gets 0 or a positive errno. Keep `fd` open until then. */
+  syncfs(fd: number, done: (err: number) => void): void;
 
   // /dev/fuse (vhost-s3 mount)
   /** Opens /dev/fuse (O_NONBLOCK, O_CLOEXEC). */

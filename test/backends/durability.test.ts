@@ -4,7 +4,7 @@
 // FLUSH (the chunk cache's flush), image creation. FLUSH/RELEASE of a file (close) store the
 // object without asking for durability, as virtiofsd does not fsync on close either.
 import { expect } from 'chai';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { FileStore, HEADER_SIZE } from '../../src/backends/file-store.js';
 import { BucketVfs } from '../../src/backends/posix/bucket-vfs.js';
 import { ChunkCache } from '../../src/backends/chunk-cache.js';
@@ -54,6 +54,37 @@ describe('durability: fsync only where it is asked for', function () {
       await store.sync();
       expect(fsyncs()).to.equal(before);
       expect(store.syncStats.syncs).to.equal(2);
+    });
+
+    it('past the paths it remembers, writes still never sync and the next sync() is one syncfs', async () => {
+      const small = await FileStore.open(dir.file('small'), { create: true, maxUnsynced: 8 });
+      const stats = small.syncStats;
+      for (let i = 0; i < 20; i++) await small.put(`d${i % 3}/k${i}`, patternBytes(i, 100));
+      await small.copy('d0/k0', 'e/copy');
+      await small.delete('d1/k1');
+      expect(stats.syncs + stats.files + stats.dirs + stats.syncfs).to.equal(0);
+      await small.sync();
+      expect(stats).to.deep.equal({ syncs: 1, files: 0, dirs: 0, syncfs: 1 });
+      // Back to remembering paths: a few writes are fsynced one by one again.
+      await small.put('again', patternBytes(99, 10));
+      await small.sync();
+      expect(stats).to.include({ syncs: 2, files: 1, syncfs: 1 });
+      for (let i = 2; i < 20; i++) expect(Buffer.from((await small.get(`d${i % 3}/k${i}`)).body).equals(patternBytes(i, 100))).to.equal(true);
+      expect(await small.head('d1/k1')).to.equal(null);
+      expect((await small.get('e/copy')).body.length).to.equal(100);
+    });
+
+    it('a failed syncfs is retried by the next sync()', async () => {
+      const small = await FileStore.open(dir.file('gone'), { create: true, maxUnsynced: 2 });
+      for (let i = 0; i < 5; i++) await small.put(`k${i}`, patternBytes(i, 10));
+      rmSync(dir.file('gone'), { recursive: true, force: true });
+      await small.sync().then(
+        () => expect.fail('sync() of a removed store succeeded'),
+        (err: unknown) => expect(err).to.have.property('code', 'ENOENT'),
+      );
+      mkdirSync(dir.file('gone'));
+      await small.sync();
+      expect(small.syncStats).to.include({ syncs: 1, syncfs: 1 });
     });
 
     it('with noSync (tests only) never fsyncs', async () => {

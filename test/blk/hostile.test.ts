@@ -9,14 +9,11 @@ import { BlkStatus, BlkType } from '../../src/blk/protocol.js';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtio/layout.js';
 import { silentLogger } from '../../src/util/log.js';
 import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
-import { waitFor } from '../support/wait.js';
-import { MALFORMED_DESCRIPTORS, MALFORMED_SHAPES, writeMalformedChain } from '../support/hostile-chains.js';
+import { MALFORMED_DESCRIPTORS, MALFORMED_SHAPES, sendRawChain, writeMalformedChain } from '../support/hostile-chains.js';
 
 const MiB = 1 << 20;
 const NEXT = VIRTQ_DESC_F_NEXT;
 const WRITE = VIRTQ_DESC_F_WRITE;
-
-const until = (cond: () => boolean, ms = 5000): Promise<void> => waitFor(cond, ms, 'condition', 5);
 
 describe('virtio-blk device against a hostile driver', function () {
   this.timeout(30000);
@@ -50,18 +47,8 @@ describe('virtio-blk device against a hostile driver', function () {
   }
 
   /** Publishes a hand-written chain on queue 0 and waits for the device to give it back. */
-  async function sendRaw(write: (ring: ReturnType<BlkClient['virtio']['rawRing']>, d: number[]) => void, descs = 3): Promise<number> {
-    const ring = c.virtio.rawRing(0);
-    const d = ring.takeRaw(descs);
-    write(ring, d);
-    ring.publishRawHead(d[0]!);
-    ring.kick();
-    await until(() => c.virtio.rawCompletions.length > 0);
-    const done = c.virtio.rawCompletions.shift()!;
-    expect(done.head).to.equal(d[0]);
-    ring.releaseRaw(d);
-    return done.len;
-  }
+  const sendRaw = (write: (ring: ReturnType<BlkClient['virtio']['rawRing']>, d: number[]) => void, descs = 3): Promise<number> =>
+    sendRawChain(c.virtio, 0, write, { descs, intervalMs: 5 });
 
   function header(type: number, sector: number): { gpa: number } {
     const h = c.allocBuffer(16);

@@ -20,6 +20,7 @@ import { CliProcess, isSocket, runCli, type CliResult } from '../support/cli.js'
 import { startS3rver, type S3rver } from '../support/s3rver.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
+import { errnoCode } from '../support/errno.js';
 
 const run = promisify(execFile);
 const isRoot = process.getuid?.() === 0;
@@ -30,16 +31,6 @@ const td = new TextDecoder();
 function explain(r: CliResult | CliProcess): string {
   if (r instanceof CliProcess) return r.describe();
   return `exit ${r.code ?? r.signal}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
-}
-
-async function errnoOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof ErrnoError) return err.code;
-    throw err;
-  }
-  return 'OK';
 }
 
 /** A TCP port on 127.0.0.1 that nothing listens on. */
@@ -420,21 +411,21 @@ describe('cli: vhost-s3 fs and mount', function () {
       const d = await c.lookup(1, 'dir');
       await c.lookup(1, 'empty');
       const refused: Record<string, string> = {
-        create: await errnoOf(c.create(1, 'new.txt', O_CREAT | O_WRONLY, S_IFREG | 0o644)),
-        openWrite: await errnoOf(c.open(f.nodeid, O_WRONLY)),
-        openRdwr: await errnoOf(c.open(f.nodeid, O_RDWR)),
-        mkdir: await errnoOf(c.mkdir(1, 'newdir')),
-        mknod: await errnoOf(c.mknod(1, 'node', S_IFREG | 0o644)),
-        symlink: await errnoOf(c.symlink(1, 'ln', 'file.txt')),
-        unlink: await errnoOf(c.unlink(d.nodeid, 'x')),
-        rmdir: await errnoOf(c.rmdir(1, 'empty')),
-        rename: await errnoOf(c.rename(1, 'file.txt', 1, 'moved.txt')),
-        chmod: await errnoOf(c.setattr(f.nodeid, { mode: 0o600 })),
-        chown: await errnoOf(c.setattr(f.nodeid, { uid: 1, gid: 1 })),
-        truncate: await errnoOf(c.setattr(f.nodeid, { size: 0 })),
-        utimes: await errnoOf(c.setattr(f.nodeid, { mtimeNs: 0n })),
-        setxattr: await errnoOf(c.setxattr(f.nodeid, 'user.x', te.encode('1'))),
-        removexattr: await errnoOf(c.removexattr(f.nodeid, 'user.x')),
+        create: await errnoCode(c.create(1, 'new.txt', O_CREAT | O_WRONLY, S_IFREG | 0o644)),
+        openWrite: await errnoCode(c.open(f.nodeid, O_WRONLY)),
+        openRdwr: await errnoCode(c.open(f.nodeid, O_RDWR)),
+        mkdir: await errnoCode(c.mkdir(1, 'newdir')),
+        mknod: await errnoCode(c.mknod(1, 'node', S_IFREG | 0o644)),
+        symlink: await errnoCode(c.symlink(1, 'ln', 'file.txt')),
+        unlink: await errnoCode(c.unlink(d.nodeid, 'x')),
+        rmdir: await errnoCode(c.rmdir(1, 'empty')),
+        rename: await errnoCode(c.rename(1, 'file.txt', 1, 'moved.txt')),
+        chmod: await errnoCode(c.setattr(f.nodeid, { mode: 0o600 })),
+        chown: await errnoCode(c.setattr(f.nodeid, { uid: 1, gid: 1 })),
+        truncate: await errnoCode(c.setattr(f.nodeid, { size: 0 })),
+        utimes: await errnoCode(c.setattr(f.nodeid, { mtimeNs: 0n })),
+        setxattr: await errnoCode(c.setxattr(f.nodeid, 'user.x', te.encode('1'))),
+        removexattr: await errnoCode(c.removexattr(f.nodeid, 'user.x')),
       };
       expect(refused).to.deep.equal(Object.fromEntries(Object.keys(refused).map((k) => [k, 'EROFS'])));
       const after = (await store.list({ prefix: 'ro/' })).objects.map((ob) => `${ob.key} ${ob.etag}`);

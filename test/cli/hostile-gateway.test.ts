@@ -17,7 +17,7 @@ import { encode, encodeRequest } from '../../src/fuse/requests.js';
 import { CliProcess } from '../support/cli.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
 import { waitFor } from '../support/wait.js';
-import { MALFORMED_DESCRIPTORS, MALFORMED_SHAPES, writeMalformedChain } from '../support/hostile-chains.js';
+import { MALFORMED_DESCRIPTORS, MALFORMED_SHAPES, sendRawChain, writeMalformedChain, type RawRings } from '../support/hostile-chains.js';
 import { argsFor, fuseInputArb } from '../fuzz/fuse-messages.js';
 
 const MiB = 1 << 20;
@@ -80,17 +80,10 @@ describe('gateway (vhost-s3 serve: a disk and a share in one process) against a 
 
   /** Publishes a malformed chain on a ring and waits for it to come back; returns the used length. */
   async function sendMalformed(c: BlkClient | FuseClient, queue: number, shape: (typeof MALFORMED_SHAPES)[number], req: { addr: number; len: number }, reply: { addr: number; len: number }): Promise<number> {
-    const ring = c.virtio.rawRing(queue) as DriverQueue<unknown>;
-    const d = ring.takeRaw(MALFORMED_DESCRIPTORS);
     const mem = c.virtio.memory;
-    writeMalformedChain(ring, d, shape, { request: req, reply, end: mem.guestBase + mem.size });
-    ring.publishRawHead(d[0]!);
-    ring.kick();
-    await waitFor(() => c.virtio.rawCompletions.length > 0, 10_000, `the ${shape} chain back`);
-    const done = c.virtio.rawCompletions.shift()!;
-    expect(done.head).to.equal(d[0]);
-    ring.releaseRaw(d);
-    return done.len;
+    return sendRawChain(c.virtio as RawRings<unknown>, queue, (ring, d) => writeMalformedChain(ring, d, shape, { request: req, reply, end: mem.guestBase + mem.size }), {
+      descs: MALFORMED_DESCRIPTORS, timeoutMs: 10_000, what: `the ${shape} chain back`,
+    });
   }
 
   it('fails every malformed chain on the disk with length 0; the disk and the share keep serving', async () => {

@@ -207,6 +207,23 @@ describe('FUSE codec', () => {
       expect(checkName(te.encode('ok'))).to.equal(0);
     });
 
+    it('decodes names the same on the ASCII fast path and through the UTF-8 decoder, bounded by the argument area', () => {
+      const lookup = (n: string | Uint8Array): FuseRequest => ok(msg(Opcode.LOOKUP, [cstr(n)]));
+      for (const n of ['a', 'f123', 'x'.repeat(64), 'x'.repeat(65), 'y'.repeat(255), 'é', `${'x'.repeat(63)}é`, '日本語', '..a', '~!@#$%^&*()']) {
+        expect(lookup(n)).to.include({ name: n });
+      }
+      expect(lookup(new Uint8Array([0x7f, 0x01]))).to.include({ name: '\x7f\x01' });
+      expect(errnoOf(msg(Opcode.LOOKUP, [cstr(new Uint8Array([0x61, 0xc3]))]))).to.equal(E.EINVAL); // truncated UTF-8
+      expect(errnoOf(msg(Opcode.LOOKUP, [cstr(new Uint8Array([0xc0, 0xaf]))]))).to.equal(E.EINVAL); // overlong '/'
+      // the NUL must be inside the argument area: one in the extensions after it does not count
+      const m = msg(Opcode.LOOKUP, [te.encode('abc'), new Uint8Array([0, 0, 0, 0, 0, 0, 0, 0])]);
+      viewOf(m).setUint16(36, 1, true); // total_extlen: the last 8 bytes are extensions
+      expect(errnoOf(m)).to.equal(E.EINVAL);
+      const m2 = msg(Opcode.LOOKUP, [te.encode('abc\0'), new Uint8Array(8)]);
+      viewOf(m2).setUint16(36, 1, true);
+      expect(ok(m2)).to.include({ name: 'abc' });
+    });
+
     it('checks variable parts: write size, xattr value size and name, symlink target, batch forget count', () => {
       expect(errnoOf(msg(Opcode.WRITE, [encode.write(1, 0, 4), te.encode('abc')]))).to.equal(E.EINVAL);
       expect(errnoOf(msg(Opcode.WRITE, [encode.write(1, 0, 2), te.encode('abc')]))).to.equal(E.EINVAL);
@@ -274,6 +291,37 @@ describe('FUSE codec', () => {
       const dp = decodeDirentsPlus(p.bytes());
       expect(dp.map((x) => [x.name, x.off, x.ino, x.entry.nodeid])).to.deep.equal([['file', 1n, 9, 9], ['second', 2n, 9, 9]]);
       expect(ENTRY_OUT_SIZE).to.equal(128);
+    });
+
+    it('hands out every encoded reply as its own zero-padded bytes (replies share slabs, never bytes)', () => {
+      const e = { nodeid: 5, generation: 2, entryValidMs: 1500, attrValidMs: 250, attr };
+      const outs: Uint8Array[] = [];
+      // enough replies to cross several 64 KiB slabs
+      for (let i = 0; i < 2000; i++) {
+        outs.push(encodeEntryOut({ ...e, nodeid: i }), encodeAttrOut(i, { ...attr, ino: i }), encodeOpenOut(i, 0));
+        if (i % 100 === 0) outs.push(new DirentWriter(20_000).bytes(), new DirentWriter(4096).bytes());
+      }
+      let k = 0;
+      for (let i = 0; i < 2000; i++) {
+        const en = outs[k++]!;
+        const at = outs[k++]!;
+        const op = outs[k++]!;
+        expect(en.length).to.equal(ENTRY_OUT_SIZE);
+        expect(decodeEntryOut(en)).to.deep.equal({ ...e, nodeid: i });
+        expect(decodeAttrOut(at)).to.deep.equal({ attrValidMs: i, attr: { ...attr, ino: i } });
+        expect(decodeOpenOut(op)).to.deep.equal({ fh: i, openFlags: 0 });
+        expect(op.subarray(12).every((b) => b === 0)).to.equal(true); // padding
+        if (i % 100 === 0) k += 2;
+      }
+      // a page is zero where nothing was written, and a large one is its own buffer
+      const w = new DirentWriter(4096);
+      w.add(1, 1, 4, te.encode('abc'));
+      const page = w.bytes();
+      expect(page.length).to.equal(32);
+      expect(page.subarray(DIRENT_SIZE + 3).every((b) => b === 0)).to.equal(true);
+      const big = new DirentWriter(20_000);
+      expect(big.add(7, 1, 8, te.encode('x'.repeat(200)))).to.equal(true);
+      expect(decodeDirents(big.bytes())[0]).to.deep.include({ ino: 7, name: 'x'.repeat(200) });
     });
 
     it('decodes xattr lists', () => {

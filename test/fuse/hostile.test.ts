@@ -8,17 +8,14 @@ import { FuseClient } from '../../src/frontend/fuse-client.js';
 import { OUT_HEADER_SIZE, Opcode, O_CREAT, O_RDWR, decodeOutHeader, encodeInHeader } from '../../src/fuse/abi.js';
 import { encode, encodeRequest } from '../../src/fuse/requests.js';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtio/layout.js';
-import { MALFORMED_DESCRIPTORS, MALFORMED_SHAPES, writeMalformedChain } from '../support/hostile-chains.js';
+import { MALFORMED_DESCRIPTORS, MALFORMED_SHAPES, sendRawChain, writeMalformedChain } from '../support/hostile-chains.js';
 import { silentLogger } from '../../src/util/log.js';
 import { TmpDir } from '../support/tmp.js';
 import { MemoryVfs } from './memory-vfs.js';
-import { waitFor } from '../support/wait.js';
 
 const NEXT = VIRTQ_DESC_F_NEXT;
 const WRITE = VIRTQ_DESC_F_WRITE;
 const td = new TextDecoder();
-
-const until = (cond: () => boolean, ms = 5000): Promise<void> => waitFor(cond, ms, 'condition', 2);
 
 describe('virtio-fs device against a hostile driver', function () {
   this.timeout(60000);
@@ -51,18 +48,8 @@ describe('virtio-fs device against a hostile driver', function () {
 
   type Ring = ReturnType<FuseClient['virtio']['rawRing']>;
 
-  async function sendRaw(queue: number, write: (ring: Ring, d: number[]) => void, descs = 3): Promise<number> {
-    const ring = c.virtio.rawRing(queue);
-    const d = ring.takeRaw(descs);
-    write(ring, d);
-    ring.publishRawHead(d[0]!);
-    ring.kick();
-    await until(() => c.virtio.rawCompletions.length > 0);
-    const done = c.virtio.rawCompletions.shift()!;
-    expect(done.head).to.equal(d[0]);
-    ring.releaseRaw(d);
-    return done.len;
-  }
+  const sendRaw = (queue: number, write: (ring: Ring, d: number[]) => void, descs = 3): Promise<number> =>
+    sendRawChain(c.virtio, queue, write, { descs });
 
   it('fails malformed chains on hiprio and request queues with length 0 and keeps serving', async () => {
     const req = c.allocBuffer(64);

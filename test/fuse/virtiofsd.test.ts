@@ -9,24 +9,14 @@ import { join } from 'node:path';
 import { FuseClient } from '../../src/frontend/fuse-client.js';
 import { O_CREAT, O_EXCL, O_RDONLY, O_RDWR, S_IFDIR, S_IFMT, S_IFREG } from '../../src/fuse/abi.js';
 import type { DirentPlus } from '../../src/fuse/replies.js';
-import { ErrnoError } from '../../src/util/errors.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
+import { errnoCode } from '../support/errno.js';
 import { waitFor } from '../support/wait.js';
 
 const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
 const canRun = existsSync(VIRTIOFSD) && process.getuid?.() === 0;
 const te = new TextEncoder();
 const td = new TextDecoder();
-
-async function errno(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof ErrnoError) return err.code;
-    throw err;
-  }
-  return 'OK';
-}
 
 
 describe('FUSE client against virtiofsd', function () {
@@ -146,10 +136,10 @@ describe('FUSE client against virtiofsd', function () {
     expect(readlinkSync(join(shared, 'ln'))).to.equal('d/b');
     expect(await cl.readlink((await cl.lookup(1, 'ln')).nodeid)).to.equal('d/b');
 
-    expect(await errno(cl.lookup(1, 'missing'))).to.equal('ENOENT');
-    expect(await errno(cl.mkdir(1, 'd'))).to.equal('EEXIST');
-    expect(await errno(cl.rmdir(1, 'd'))).to.equal('ENOTEMPTY');
-    expect(await errno(cl.unlink(1, 'd'))).to.equal('EISDIR');
+    expect(await errnoCode(cl.lookup(1, 'missing'))).to.equal('ENOENT');
+    expect(await errnoCode(cl.mkdir(1, 'd'))).to.equal('EEXIST');
+    expect(await errnoCode(cl.rmdir(1, 'd'))).to.equal('ENOTEMPTY');
+    expect(await errnoCode(cl.unlink(1, 'd'))).to.equal('EISDIR');
 
     await cl.unlink(d.nodeid, 'b');
     await cl.rmdir(1, 'd');

@@ -31,7 +31,7 @@ import { silentLogger } from '../../src/util/log.js';
 import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
 import { MALFORMED_DESCRIPTORS, MALFORMED_SHAPES, writeMalformedChain, type MalformedShape } from '../support/hostile-chains.js';
 import { GuardedGuestRam } from './guest-ram.js';
-import { check, fuzzTests, type FuzzTarget } from './runner.js';
+import { check, fuzzSuite, type FuzzTarget } from './runner.js';
 
 const DISK = 256 << 10;
 const CAP = DISK / 512;
@@ -480,34 +480,14 @@ function typeName(t: number): string {
 const LAYOUT = [R0, R1, R2, R3];
 
 function blkSuite(title: string, open: (dir: TmpDir) => Promise<BlkHarness>): void {
-  describe(title, function () {
-    this.timeout(120_000);
-    let dir: TmpDir;
-    let ram: GuardedGuestRam;
-    let harness: BlkHarness;
-    let target: ReturnType<typeof makeBlkTarget>;
-    const uncaught: unknown[] = [];
-    const onUncaught = (e: unknown): void => {
-      uncaught.push(e);
-    };
-    before(async () => {
-      process.on('uncaughtException', onUncaught);
-      process.on('unhandledRejection', onUncaught);
-      dir = new TmpDir('vhost-s3-fuzz-blk-');
-      ram = new GuardedGuestRam(LAYOUT);
-      harness = await open(dir);
-      target = makeBlkTarget(ram, harness);
-    });
-    after(async () => {
-      process.off('uncaughtException', onUncaught);
-      process.off('unhandledRejection', onUncaught);
-      await target?.stop();
-      await harness?.close();
-      ram?.close();
-      dir?.remove();
-      expect(uncaught, 'exceptions that escaped').to.deep.equal([]);
-    });
-    fuzzTests(() => target);
+  fuzzSuite(title, 'vhost-s3-fuzz-blk-', async ({ dir, defer }) => {
+    const ram = new GuardedGuestRam(LAYOUT);
+    defer(() => ram.close());
+    const harness = await open(dir);
+    defer(() => harness.close());
+    const target = makeBlkTarget(ram, harness);
+    defer(() => target.stop());
+    return target;
   });
 }
 

@@ -31,7 +31,7 @@ import { DeviceQueue } from '../../src/virtio/queue.js';
 import { DriverQueue, type GuestBuffer } from '../../src/virtio/driver-queue.js';
 import { silentLogger } from '../../src/util/log.js';
 import { GuardedGuestRam } from './guest-ram.js';
-import { check, fuzzTests, type FuzzTarget } from './runner.js';
+import { check, fuzzSuite, type FuzzTarget } from './runner.js';
 
 const R0 = { guestAddr: 0x100000, size: 0x40000 };
 const R1 = { guestAddr: 0x140000, size: 0x20000 };
@@ -281,40 +281,19 @@ export function makeFuseTarget(
 }
 
 function fuseSuite(title: string, label: string, open: (dir: TmpDir) => Promise<{ store: ObjectStore; prefix: string }>): void {
-  describe(title, function () {
-    this.timeout(120_000);
-    let dir: TmpDir;
-    let ram: GuardedGuestRam;
-    let store: ObjectStore;
-    let vfs: BucketVfs;
-    let target: ReturnType<typeof makeFuseTarget>;
-    const uncaught: unknown[] = [];
-    const onUncaught = (e: unknown): void => {
-      uncaught.push(e);
-    };
-    before(async () => {
-      process.on('uncaughtException', onUncaught);
-      process.on('unhandledRejection', onUncaught);
-      dir = new TmpDir('vhost-s3-fuzz-fuse-');
-      ram = new GuardedGuestRam([R0, R1, R2]);
-      const opened = await open(dir);
-      store = opened.store;
-      vfs = new BucketVfs({ store, prefix: opened.prefix, logger: silentLogger });
-      const server = new FuseServer(vfs, { log: silentLogger, maxWrite: 64 * 1024 });
-      const device = new VirtioFsDevice({ server, requestQueues: 1, log: silentLogger });
-      target = makeFuseTarget(ram, store, vfs, server, device, label);
-    });
-    after(async () => {
-      process.off('uncaughtException', onUncaught);
-      process.off('unhandledRejection', onUncaught);
-      await target?.stop();
-      await vfs?.close();
-      await store?.close();
-      ram?.close();
-      dir?.remove();
-      expect(uncaught, 'exceptions that escaped').to.deep.equal([]);
-    });
-    fuzzTests(() => target);
+  fuzzSuite(title, 'vhost-s3-fuzz-fuse-', async ({ dir, defer }) => {
+    const ram = new GuardedGuestRam([R0, R1, R2]);
+    defer(() => ram.close());
+    const opened = await open(dir);
+    const store = opened.store;
+    defer(() => store.close());
+    const vfs = new BucketVfs({ store, prefix: opened.prefix, logger: silentLogger });
+    defer(() => vfs.close());
+    const server = new FuseServer(vfs, { log: silentLogger, maxWrite: 64 * 1024 });
+    const device = new VirtioFsDevice({ server, requestQueues: 1, log: silentLogger });
+    const target = makeFuseTarget(ram, store, vfs, server, device, label);
+    defer(() => target.stop());
+    return target;
   });
 }
 

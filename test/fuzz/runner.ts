@@ -17,7 +17,9 @@ import { createHash } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
+import { expect } from 'chai';
 import fc from 'fast-check';
+import { TmpDir } from '../support/tmp.js';
 
 /** The corpus lives in the source tree (tests run from dist/test/fuzz). */
 export const CORPUS_DIR = fileURLToPath(new URL('../../../test/fuzz/corpus/', import.meta.url));
@@ -183,5 +185,45 @@ export function fuzzTests<T>(target: () => FuzzTarget<T>): void {
     const f = await fuzzFor(target(), known);
     // One line of figures per run: what docs/reliability.md records.
     console.log(`      fuzz ${f.target}: ${f.iterations} inputs in ${f.seconds} s, corpus ${f.corpus}, ${f.features} features${f.newCorpusEntries > 0 ? `, ${f.newCorpusEntries} new corpus entries` : ''}`);
+  });
+}
+
+export interface FuzzSuiteSetUp {
+  /** A temporary directory for the suite, removed after it. */
+  readonly dir: TmpDir;
+  /** Registers a teardown step; after() runs them in reverse order (last set up, first closed). */
+  defer(close: () => unknown): void;
+}
+
+/**
+ * A describe() for a target with resources: before() starts collecting exceptions that
+ * escape (uncaught, unhandled rejections), makes the TmpDir and calls setUp; after() runs
+ * the deferred teardowns (also when setUp failed half way), removes the directory and
+ * fails if anything escaped. Then the fuzzTests.
+ */
+export function fuzzSuite<T>(title: string, tmpPrefix: string, setUp: (s: FuzzSuiteSetUp) => Promise<FuzzTarget<T>>): void {
+  describe(title, function () {
+    this.timeout(120_000);
+    let dir: TmpDir | undefined;
+    let target: FuzzTarget<T>;
+    const closers: Array<() => unknown> = [];
+    const uncaught: unknown[] = [];
+    const onUncaught = (e: unknown): void => {
+      uncaught.push(e);
+    };
+    before(async () => {
+      process.on('uncaughtException', onUncaught);
+      process.on('unhandledRejection', onUncaught);
+      dir = new TmpDir(tmpPrefix);
+      target = await setUp({ dir, defer: (close) => closers.push(close) });
+    });
+    after(async () => {
+      process.off('uncaughtException', onUncaught);
+      process.off('unhandledRejection', onUncaught);
+      for (const close of closers.splice(0).reverse()) await close();
+      dir?.remove();
+      expect(uncaught, 'exceptions that escaped').to.deep.equal([]);
+    });
+    fuzzTests(() => target);
   });
 }

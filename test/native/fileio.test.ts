@@ -1,42 +1,27 @@
 import { expect } from 'chai';
-import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, fstatSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, Mapping, native } from '../../src/native/index.js';
-import { nativeError } from './helpers.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, native } from '../../src/native/index.js';
+import { nativeError, useFileAndMemory } from './helpers.js';
 
 describe('native: synchronous file I/O into mapped memory', () => {
-  let dir: string;
-  let memfd: number;
-  let mem: Mapping;
-
-  beforeEach(() => {
-    dir = mkdtempSync(join(tmpdir(), 'vhs-fileio-'));
-    memfd = native.memfdCreate('guest', 1 << 20);
-    mem = native.mmap(memfd, 0, 1 << 20, true);
-  });
-
-  afterEach(() => {
-    mem.unmap();
-    native.close(memfd);
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const fx = useFileAndMemory('vhs-fileio-');
 
   it('preadv scatters a file into guest memory; pwritev gathers it back', () => {
-    const path = join(dir, 'data');
+    const path = join(fx.dir, 'data');
     const content = Buffer.alloc(8192);
     for (let i = 0; i < content.length; i++) content[i] = (i * 7) & 0xff;
     writeFileSync(path, content);
     const fd = openSync(path, 'r+');
     try {
-      const iov = new Float64Array([mem.address + 65536, 1000, mem.address + 4096, 3096, 0, 0]);
+      const iov = new Float64Array([fx.mem.address + 65536, 1000, fx.mem.address + 4096, 3096, 0, 0]);
       expect(native.preadv(fd, iov, 2, 100)).to.equal(4096);
-      const bytes = new Uint8Array(mem.windows[0]!);
+      const bytes = new Uint8Array(fx.mem.windows[0]!);
       expect(Buffer.from(bytes.subarray(65536, 66536)).equals(content.subarray(100, 1100))).to.equal(true);
       expect(Buffer.from(bytes.subarray(4096, 7192)).equals(content.subarray(1100, 4196))).to.equal(true);
 
       bytes.fill(0xab, 200000, 200512);
-      const out = new Float64Array([mem.address + 200000, 512]);
+      const out = new Float64Array([fx.mem.address + 200000, 512]);
       expect(native.pwritev(fd, out, 1, 8192)).to.equal(512);
       native.fdatasync(fd);
       const back = readFileSync(path);
@@ -50,27 +35,27 @@ describe('native: synchronous file I/O into mapped memory', () => {
   });
 
   it('refuses iovecs outside live mappings with EFAULT', () => {
-    const path = join(dir, 'f');
+    const path = join(fx.dir, 'f');
     writeFileSync(path, Buffer.alloc(4096, 1));
     const fd = openSync(path, 'r+');
     try {
-      const end = mem.address + mem.length;
+      const end = fx.mem.address + fx.mem.length;
       const bad = [
         [end - 10, 20],
         [4096, 10],
-        [mem.address - 1, 2],
+        [fx.mem.address - 1, 2],
         [-1, 1],
-        [mem.address + 0.5, 1],
+        [fx.mem.address + 0.5, 1],
       ];
       for (const [addr, len] of bad) {
-        const iov = new Float64Array([mem.address, 16, addr!, len!]);
+        const iov = new Float64Array([fx.mem.address, 16, addr!, len!]);
         expect(nativeError(() => native.preadv(fd, iov, 2, 0)).code, `${addr}`).to.equal('EFAULT');
         expect(nativeError(() => native.pwritev(fd, iov, 2, 0)).code).to.equal('EFAULT');
       }
       // a range ending exactly at the end of the mapping is fine
       expect(native.preadv(fd, new Float64Array([end - 16, 16]), 1, 0)).to.equal(16);
       // after unmap the range is gone
-      const other = native.mmap(memfd, 0, 4096, true);
+      const other = native.mmap(fx.memfd, 0, 4096, true);
       const iov = new Float64Array([other.address, 16]);
       expect(native.preadv(fd, iov, 1, 0)).to.equal(16);
       other.unmap();
@@ -89,7 +74,7 @@ describe('native: synchronous file I/O into mapped memory', () => {
   });
 
   it('fallocate punches holes that read as zeros', () => {
-    const path = join(dir, 'sparse');
+    const path = join(fx.dir, 'sparse');
     writeFileSync(path, Buffer.alloc(1 << 20, 0xff));
     const fd = openSync(path, 'r+');
     try {

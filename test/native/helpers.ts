@@ -1,8 +1,10 @@
 // Shared helpers for the addon tests.
-import { readdirSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { NativeError } from '../../src/native/index.js';
+import { NativeError, native, type Mapping } from '../../src/native/index.js';
 
 /** Number of open fds of this process. */
 export function fdCount(): number {
@@ -29,4 +31,29 @@ export async function collectGarbage(): Promise<void> {
     gc();
     await new Promise((resolve) => setImmediate(resolve));
   }
+}
+
+/** What useFileAndMemory gives each test. */
+export class FileAndMemory {
+  /** A fresh temporary directory for the test's files. */
+  dir!: string;
+  /** 1 MiB of "guest memory": a memfd mapped shared, read and written by the file I/O under test. */
+  memfd!: number;
+  mem!: Mapping;
+}
+
+/** Registers beforeEach/afterEach: each test gets a new directory (named prefix…) and memory; both go after it. */
+export function useFileAndMemory(prefix: string): FileAndMemory {
+  const fx = new FileAndMemory();
+  beforeEach(() => {
+    fx.dir = mkdtempSync(join(tmpdir(), prefix));
+    fx.memfd = native.memfdCreate('guest', 1 << 20);
+    fx.mem = native.mmap(fx.memfd, 0, 1 << 20, true);
+  });
+  afterEach(() => {
+    fx.mem.unmap();
+    native.close(fx.memfd);
+    rmSync(fx.dir, { recursive: true, force: true });
+  });
+  return fx;
 }

@@ -1,11 +1,10 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, Mapping, native, Uring } from '../../src/native/index.js';
-import { collectGarbage, fdCount, nativeError } from './helpers.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, native, Uring } from '../../src/native/index.js';
+import { collectGarbage, fdCount, nativeError, useFileAndMemory } from './helpers.js';
 
 interface Batch {
   tags: number[];
@@ -36,9 +35,7 @@ function collectingRing(entries: number) {
 }
 
 describe('native: io_uring', function () {
-  let dir: string;
-  let memfd: number;
-  let mem: Mapping;
+  const fx = useFileAndMemory('vhs-uring-');
 
   before(function () {
     const probe = native.createUring(4, () => undefined);
@@ -46,33 +43,21 @@ describe('native: io_uring', function () {
     probe.close();
   });
 
-  beforeEach(() => {
-    dir = mkdtempSync(join(tmpdir(), 'vhs-uring-'));
-    memfd = native.memfdCreate('guest', 1 << 20);
-    mem = native.mmap(memfd, 0, 1 << 20, true);
-  });
-
-  afterEach(() => {
-    mem.unmap();
-    native.close(memfd);
-    rmSync(dir, { recursive: true, force: true });
-  });
-
   it('runs a batch of writev, fdatasync and readv with their tags', async () => {
-    const path = join(dir, 'disk');
+    const path = join(fx.dir, 'disk');
     writeFileSync(path, Buffer.alloc(0));
     const fd = openSync(path, 'r+');
     const { ring, batches, done, wait } = collectingRing(8);
     try {
-      const bytes = new Uint8Array(mem.windows[0]!);
+      const bytes = new Uint8Array(fx.mem.windows[0]!);
       bytes.fill(1, 0, 4096);
       bytes.fill(2, 8192, 8192 + 4096);
       const iov = new Float64Array(8);
       expect(ring!.sqSpace).to.equal(8);
-      iov.set([mem.address, 4096]);
+      iov.set([fx.mem.address, 4096]);
       ring!.prepWritev(fd, iov, 1, 0, 101);
       // the iovec array is copied at prep: reusing it for the next request is safe
-      iov.set([mem.address + 8192, 2048, mem.address + 8192 + 2048, 2048]);
+      iov.set([fx.mem.address + 8192, 2048, fx.mem.address + 8192 + 2048, 2048]);
       ring!.prepWritev(fd, iov, 2, 4096, 102);
       expect(ring!.sqSpace).to.equal(6);
       expect(ring!.submit()).to.equal(2);
@@ -88,9 +73,9 @@ describe('native: io_uring', function () {
       expect(file.subarray(0, 4096).every((b) => b === 1)).to.equal(true);
       expect(file.subarray(4096).every((b) => b === 2)).to.equal(true);
 
-      iov.set([mem.address + 100000, 8192]);
+      iov.set([fx.mem.address + 100000, 8192]);
       ring!.prepReadv(fd, iov, 1, 0, 104);
-      iov.set([mem.address + 200000, 100, mem.address + 300000, 100]);
+      iov.set([fx.mem.address + 200000, 100, fx.mem.address + 300000, 100]);
       ring!.prepReadv(fd, iov, 2, 8192 - 150, 105);
       ring!.submit();
       await wait(5);
@@ -110,20 +95,20 @@ describe('native: io_uring', function () {
   });
 
   it('runs async (IOSQE_ASYNC) readv and writev through io-wq with the same results', async () => {
-    const path = join(dir, 'async');
+    const path = join(fx.dir, 'async');
     writeFileSync(path, Buffer.alloc(0));
     const fd = openSync(path, 'r+');
     const { ring, done, wait } = collectingRing(8);
     try {
-      const bytes = new Uint8Array(mem.windows[0]!);
+      const bytes = new Uint8Array(fx.mem.windows[0]!);
       for (let i = 0; i < 65536; i++) bytes[i] = (i * 7) & 0xff;
       const iov = new Float64Array(4);
-      iov.set([mem.address, 32768, mem.address + 32768, 32768]);
+      iov.set([fx.mem.address, 32768, fx.mem.address + 32768, 32768]);
       ring!.prepWritev(fd, iov, 2, 0, 1, true);
       expect(ring!.submit()).to.equal(1);
       await wait(1);
       expect(done.get(1)).to.equal(65536);
-      iov.set([mem.address + 524288, 65536]);
+      iov.set([fx.mem.address + 524288, 65536]);
       ring!.prepReadv(fd, iov, 1, 0, 2, true);
       ring!.prepReadv(fd, iov, 1, 0, 3, false);
       ring!.prepReadv(fd, iov, 1, 0, 4, undefined);
@@ -141,14 +126,14 @@ describe('native: io_uring', function () {
   });
 
   it('submit(true) delivers inline completions before returning; later ones still wake the loop', async () => {
-    const path = join(dir, 'reap');
+    const path = join(fx.dir, 'reap');
     writeFileSync(path, Buffer.alloc(64 * 1024, 9)); // in the page cache: reads complete inline
     const fd = openSync(path, 'r+');
     const { ring, batches, done, wait } = collectingRing(16);
     try {
       const iov = new Float64Array(2);
       for (let i = 0; i < 8; i++) {
-        iov.set([mem.address + i * 4096, 4096]);
+        iov.set([fx.mem.address + i * 4096, 4096]);
         ring!.prepReadv(fd, iov, 1, i * 4096, 200 + i);
       }
       expect(ring!.submit(true)).to.equal(8);
@@ -171,7 +156,7 @@ describe('native: io_uring', function () {
   });
 
   it('a submit(true) from inside onComplete only submits; the running delivery picks its completions up', async () => {
-    const path = join(dir, 'nested');
+    const path = join(fx.dir, 'nested');
     writeFileSync(path, Buffer.alloc(64 * 1024, 5));
     const fd = openSync(path, 'r');
     const seen: number[] = [];
@@ -187,7 +172,7 @@ describe('native: io_uring', function () {
       for (const t of mine) {
         seen.push(t);
         if (t < 10) {
-          iov.set([mem.address + t * 4096, 4096]);
+          iov.set([fx.mem.address + t * 4096, 4096]);
           ring!.prepReadv(fd, iov, 1, 0, t + 1);
           ring!.submit(true);
         }
@@ -197,7 +182,7 @@ describe('native: io_uring', function () {
       depth--;
     });
     try {
-      iov.set([mem.address, 4096]);
+      iov.set([fx.mem.address, 4096]);
       ring!.prepReadv(fd, iov, 1, 0, 1);
       ring!.submit(true);
       // inline completions chain through the same delivery loop, never nested
@@ -211,14 +196,14 @@ describe('native: io_uring', function () {
   });
 
   it('delivers many completions in few callbacks', async () => {
-    const path = join(dir, 'many');
+    const path = join(fx.dir, 'many');
     writeFileSync(path, Buffer.alloc(64 * 1024, 7));
     const fd = openSync(path, 'r');
     const { ring, batches, done, wait } = collectingRing(64);
     try {
       const iov = new Float64Array(2);
       for (let i = 0; i < 64; i++) {
-        iov.set([mem.address + i * 1024, 1024]);
+        iov.set([fx.mem.address + i * 1024, 1024]);
         ring!.prepReadv(fd, iov, 1, i * 1024, 1000 + i);
       }
       expect(ring!.sqSpace).to.equal(0);
@@ -226,7 +211,7 @@ describe('native: io_uring', function () {
       await wait(64);
       expect([...done.values()].every((r) => r === 1024)).to.equal(true);
       expect(batches.length).to.be.lessThan(64);
-      expect(new Uint8Array(mem.windows[0]!, 0, 65536).every((b) => b === 7)).to.equal(true);
+      expect(new Uint8Array(fx.mem.windows[0]!, 0, 65536).every((b) => b === 7)).to.equal(true);
     } finally {
       ring!.close();
       closeSync(fd);
@@ -234,7 +219,7 @@ describe('native: io_uring', function () {
   });
 
   it('fallocate punches a hole; errors come back as negative errno results', async () => {
-    const path = join(dir, 'holes');
+    const path = join(fx.dir, 'holes');
     writeFileSync(path, Buffer.alloc(1 << 20, 0xee));
     const fd = openSync(path, 'r+');
     const { ring, done, wait } = collectingRing(4);
@@ -259,7 +244,7 @@ describe('native: io_uring', function () {
   it('refuses iovecs outside mappings with EFAULT and leaves the ring usable', () => {
     const { ring } = collectingRing(4);
     try {
-      const iov = new Float64Array([mem.address + mem.length - 1, 2]);
+      const iov = new Float64Array([fx.mem.address + fx.mem.length - 1, 2]);
       expect(nativeError(() => ring!.prepReadv(0, iov, 1, 0, 1)).code).to.equal('EFAULT');
       expect(nativeError(() => ring!.prepWritev(0, iov, 1, 0, 1)).code).to.equal('EFAULT');
       expect(() => ring!.prepReadv(0, iov, 2, 0, 1)).to.throw(RangeError);
@@ -281,20 +266,20 @@ describe('native: io_uring', function () {
   });
 
   it('close() waits for submitted requests and drops their completions', () => {
-    const path = join(dir, 'inflight');
+    const path = join(fx.dir, 'inflight');
     writeFileSync(path, Buffer.alloc(1 << 20, 3));
     const fd = openSync(path, 'r');
     let calls = 0;
     const ring = native.createUring(16, () => calls++)!;
     const iov = new Float64Array(2);
     for (let i = 0; i < 16; i++) {
-      iov.set([mem.address + i * 65536, 65536]);
+      iov.set([fx.mem.address + i * 65536, 65536]);
       ring.prepReadv(fd, iov, 1, i * 65536, i);
     }
     ring.submit();
     ring.close();
     // every read finished before close() returned
-    expect(new Uint8Array(mem.windows[0]!).every((b) => b === 3)).to.equal(true);
+    expect(new Uint8Array(fx.mem.windows[0]!).every((b) => b === 3)).to.equal(true);
     expect(calls).to.equal(0);
     closeSync(fd);
   });

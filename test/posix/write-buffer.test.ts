@@ -139,6 +139,27 @@ describe('posix write buffer', () => {
       expect(fds(), 'temporary files left open').to.equal(before);
     });
 
+    it('sizes the first allocation to the first write (rounded to 4 KiB), then grows by doubling', async () => {
+      const budget = new MemoryBudget(1 << 20);
+      const buf = new WriteBuffer({ budget, spillThreshold: 512 * 1024, tempDir: tmp.path }, 0);
+      await buf.write(0, patternBytes(1, 4096));
+      expect(buf.memoryBytes).to.equal(4096);
+      expect(budget.used).to.equal(4096);
+      await buf.write(4096, patternBytes(2, 100));
+      expect(buf.memoryBytes).to.equal(64 * 1024);
+      await buf.write(64 * 1024, patternBytes(3, 1));
+      expect(buf.memoryBytes).to.equal(128 * 1024);
+      const out = new Uint8Array(4196);
+      await buf.readLocal(0, out);
+      expect(Buffer.from(out).equals(Buffer.concat([patternBytes(1, 4096), patternBytes(2, 100)]))).to.equal(true);
+      await buf.close();
+      const odd = new WriteBuffer({ budget, spillThreshold: 512 * 1024, tempDir: tmp.path }, 0);
+      await odd.write(5000, patternBytes(4, 10));
+      expect(odd.memoryBytes).to.equal(8192);
+      await odd.close();
+      expect(budget.used).to.equal(0);
+    });
+
     it('spills past the per-file threshold or the shared budget, leaving no file behind', async () => {
       const budget = new MemoryBudget(100 * 1024);
       const a = new WriteBuffer({ budget, spillThreshold: 64 * 1024, tempDir: tmp.path }, 0);

@@ -1,7 +1,10 @@
 // Malformed descriptor chains a hostile driver can put in front of any device, written
 // through the driver ring's raw access. Shared by the device hostile tests, the blk fuzz
 // target and the gateway test; every one of them must come back with used length 0.
+import { expect } from 'chai';
 import type { DriverQueue } from '../../src/virtio/driver-queue.js';
+import type { RawCompletion } from '../../src/frontend/virtio-client.js';
+import { waitFor } from './wait.js';
 import { VIRTQ_DESC_F_INDIRECT as IND, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE } from '../../src/virtio/layout.js';
 
 export const MALFORMED_SHAPES = [
@@ -18,6 +21,42 @@ export interface ChainBuffers {
   readonly reply: { readonly addr: number; readonly len: number };
   /** One past the last guest-physical byte of the region the buffers are in. */
   readonly end: number;
+}
+
+/** What sendRawChain needs of a client's VirtioClient (BlkClient.virtio, FuseClient.virtio). */
+export interface RawRings<T> {
+  rawRing(queue: number): DriverQueue<T>;
+  readonly rawCompletions: RawCompletion[];
+}
+
+export interface SendRawOptions {
+  /** Descriptors to take for `write` (default 3). */
+  descs?: number;
+  /** How long the device may take to give the chain back (default 5 s), polled every intervalMs (default 2). */
+  timeoutMs?: number;
+  intervalMs?: number;
+  /** What the wait is for, in its timeout error. */
+  what?: string;
+}
+
+/**
+ * Publishes a hand-written chain on `queue`: `write` fills the descriptors taken for it
+ * (d[0] is the head), then the ring is kicked and the chain waited for; its head is
+ * checked, the descriptors released, and the used length returned.
+ */
+export async function sendRawChain<T>(
+  virtio: RawRings<T>, queue: number, write: (ring: DriverQueue<T>, d: number[]) => void, o: SendRawOptions = {},
+): Promise<number> {
+  const ring = virtio.rawRing(queue);
+  const d = ring.takeRaw(o.descs ?? 3);
+  write(ring, d);
+  ring.publishRawHead(d[0]!);
+  ring.kick();
+  await waitFor(() => virtio.rawCompletions.length > 0, o.timeoutMs ?? 5000, o.what ?? 'condition', o.intervalMs ?? 2);
+  const done = virtio.rawCompletions.shift()!;
+  expect(done.head).to.equal(d[0]);
+  ring.releaseRaw(d);
+  return done.len;
 }
 
 /** Descriptors a shape needs from takeRaw(). */
