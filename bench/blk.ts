@@ -2,7 +2,7 @@
 // same raw file (page-cache resident, cache.direct=off for both), driven by the same
 // QEMU-free frontend running in this process; fio with io_uring on the same file is the
 // host limit. Rounds rotate the order of the three targets; the summary takes medians.
-import { closeSync, fdatasyncSync, mkdtempSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fdatasyncSync, mkdtempSync, openSync, readSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +13,7 @@ import { runBlkLoad, type BlkIo, type RwPattern } from '../src/frontend/blk-load
 import type { SharedBuffer } from '../src/frontend/memory.js';
 import { machineBusy, machineCpu, procCores, procCpu, round3 } from './lib/cpu.js';
 import { removeAtExit, removeNow, runToEnd, startChild, waitForSocket, type Child } from './lib/procs.js';
-import { waitForQuiet } from './lib/storage.js';
+import { randomFile, waitForQuiet } from './lib/storage.js';
 import { fmtBytesRate, fmtNum, median, table } from './lib/report.js';
 
 export interface BlkSuiteOptions {
@@ -108,19 +108,7 @@ const FILL_CHUNK = 8 << 20;
 /** Pseudo-random (non-zero) bytes, fdatasync'ed so no writeback runs later, then read once. */
 function createImage(path: string, size: number, log: (m: string) => void): { fill_seconds: number; warm_seconds: number } {
   const t0 = performance.now();
-  const buf = Buffer.allocUnsafe(FILL_CHUNK);
-  const fd = openSync(path, 'w');
-  try {
-    for (let off = 0; off < size; off += FILL_CHUNK) {
-      const n = Math.min(FILL_CHUNK, size - off);
-      randomFillSync(buf, 0, n);
-      writeSync(fd, buf, 0, n, off);
-      if ((off / FILL_CHUNK) % 32 === 0) log(`  filling image: ${Math.floor((100 * off) / size)}%`);
-    }
-    fdatasyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
+  randomFile(path, size, (pct) => log(`  filling image: ${pct}%`));
   const t1 = performance.now();
   warm(path, size);
   return { fill_seconds: round3((t1 - t0) / 1000), warm_seconds: round3((performance.now() - t1) / 1000) };

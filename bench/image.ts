@@ -20,10 +20,10 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { BlkClient } from '../src/frontend/blk-client.js';
-import { runBlkLoad } from '../src/frontend/blk-load.js';
+import { runBlkLoad, type LoadOptions } from '../src/frontend/blk-load.js';
 import { S3Store } from '../src/backends/s3-store.js';
 import { round3 } from './lib/cpu.js';
-import { cleanupNow, removeAtExit, removeNow, startChild, waitForSocket, type Child } from './lib/procs.js';
+import { cleanupNow, removeAtExit, removeNow, startChild, waitForSocket } from './lib/procs.js';
 import { fmtBytesRate, fmtNum, median, table } from './lib/report.js';
 import { withFilledBuffers } from './blk.js';
 import {
@@ -118,38 +118,51 @@ export async function runImageSuite(o: ImageSuiteOptions): Promise<StorageSuiteR
     const chunkKey = (prefix: string, i: number): string => `${prefix}chunks/${i.toString(16).padStart(16, '0')}`;
     const s3pid = s3.child.pid;
 
-    const gateway = async (name: string, image: string, extra: string[]): Promise<{ child: Child; socket: string }> => {
+    /** `vhost-s3 blk` on `image` with a frontend connected to it for `fn`; both closed after it, however it ends. */
+    const onGateway = async <R>(name: string, image: string, extra: string[], fn: (c: BlkClient, gatewayPid: number) => Promise<R>): Promise<R> => {
       const socket = join(dir, `${name}.sock`);
       const args = [...o.vhostNodeArgs, cli, 'blk', '--socket', socket, '--image', image, '--log-level', 'warn', ...extra, ...o.vhostArgs];
       commands[name] = `node ${args.join(' ')}`;
       const child = startChild(`vhost-s3 blk (${name})`, process.execPath, args, { env });
-      await waitForSocket(child, socket, 30000);
-      return { child, socket };
+      try {
+        await waitForSocket(child, socket, 30000);
+        const c = await connect(socket, SEQ_BS, SEQ_QD);
+        try {
+          return await fn(c, child.pid);
+        } finally {
+          await c.close();
+        }
+      } finally {
+        await child.stop(30000);
+        const code = child.proc.exitCode;
+        if (code !== 0 && code !== null) log(`warning: ${child.name} exited with ${code}: ${child.output().slice(-400)}`);
+      }
     };
-    const stopGateway = async (g: { child: Child } | null): Promise<void> => {
-      if (!g) return;
-      await g.child.stop(30000);
-      const code = g.child.proc.exitCode;
-      if (code !== 0 && code !== null) log(`warning: ${g.child.name} exited with ${code}: ${g.child.output().slice(-400)}`);
+    /** The whole image read sequentially, SEQ_QD requests of SEQ_BS in flight. */
+    const seqRead: LoadOptions = { rw: 'read', bs: SEQ_BS, iodepth: SEQ_QD, queues: 1, runtime: 0, totalBytes: size, rwmixread: 100, verify: false };
+    const randRead = (runtime: number): LoadOptions => ({ rw: 'randread', bs: 4096, iodepth: 32, queues: 1, runtime, totalBytes: 0, rwmixread: 100, verify: false });
+    /**
+     * randread-4k-qd32 on a warm device: the whole image read once (the gateway's cache
+     * filled), a short untimed run so JIT warm-up stays out of the numbers (as bench/blk.ts
+     * does), then the timed run, measured by the probe made just before it.
+     */
+    const warmRandRead = async (c: BlkClient, probe: () => CpuProbe): Promise<Omit<ImageMeasurement, 'round' | 'workload' | 'target'>> => {
+      const warm = await runBlkLoad(c, seqRead);
+      if (warm.errors) throw new Error(`warming read had ${warm.errors} errors`);
+      await runBlkLoad(c, randRead(0.5));
+      const p = probe();
+      const r = await runBlkLoad(c, randRead(o.runtime));
+      return { value: r.iops, bytes: r.bytes, seconds: r.seconds, lat_us: r.lat_us, errors: r.errors, cpu: p.end() };
     };
 
     const runners: Record<WorkloadId, Record<string, (round: number) => Promise<Omit<ImageMeasurement, 'round' | 'workload' | 'target'>>>> = {
       'seqread-1m': {
-        'vhost-s3': async () => {
-          const g = await gateway('vhost-s3-seqread', 's3://bkt/images/x', ['--readonly']);
-          try {
-            const c = await connect(g.socket, SEQ_BS, SEQ_QD);
-            try {
-              const probe = new CpuProbe({ gateway: g.child.pid, s3rver: s3pid });
-              const r = await runBlkLoad(c, { rw: 'read', bs: SEQ_BS, iodepth: SEQ_QD, queues: 1, runtime: 0, totalBytes: size, rwmixread: 100, verify: false });
-              return { value: r.bw_bytes_per_s, bytes: r.bytes, seconds: r.seconds, lat_us: r.lat_us, errors: r.errors, cpu: probe.end() };
-            } finally {
-              await c.close();
-            }
-          } finally {
-            await stopGateway(g);
-          }
-        },
+        'vhost-s3': () =>
+          onGateway('vhost-s3-seqread', 's3://bkt/images/x', ['--readonly'], async (c, gw) => {
+            const probe = new CpuProbe({ gateway: gw, s3rver: s3pid });
+            const r = await runBlkLoad(c, seqRead);
+            return { value: r.bw_bytes_per_s, bytes: r.bytes, seconds: r.seconds, lat_us: r.lat_us, errors: r.errors, cpu: probe.end() };
+          }),
         's3-direct': async () => {
           // Same client settings, same concurrency as the gateway's fetches: UPLOADS chunks in
           // flight, each as parallel FETCH_PART ranged GETs straight into one buffer per worker.
@@ -175,52 +188,18 @@ export async function runImageSuite(o: ImageSuiteOptions): Promise<StorageSuiteR
         },
       },
       'randread-4k-qd32': {
-        'vhost-s3': async () => {
-          const g = await gateway('vhost-s3-cached', 's3://bkt/images/x', ['--readonly', '--cache-size', sizeArg(Math.ceil((size * 2) / (1 << 20)) << 20)]);
-          try {
-            const c = await connect(g.socket, SEQ_BS, SEQ_QD);
-            try {
-              const warm = await runBlkLoad(c, { rw: 'read', bs: SEQ_BS, iodepth: SEQ_QD, queues: 1, runtime: 0, totalBytes: size, rwmixread: 100, verify: false });
-              if (warm.errors) throw new Error(`warming read had ${warm.errors} errors`);
-              // A short untimed run so JIT warm-up stays out of the numbers (as bench/blk.ts does).
-              await runBlkLoad(c, { rw: 'randread', bs: 4096, iodepth: 32, queues: 1, runtime: 0.5, totalBytes: 0, rwmixread: 100, verify: false });
-              const probe = new CpuProbe({ gateway: g.child.pid, s3rver: s3pid });
-              const r = await runBlkLoad(c, { rw: 'randread', bs: 4096, iodepth: 32, queues: 1, runtime: o.runtime, totalBytes: 0, rwmixread: 100, verify: false });
-              return { value: r.iops, bytes: r.bytes, seconds: r.seconds, lat_us: r.lat_us, errors: r.errors, cpu: probe.end() };
-            } finally {
-              await c.close();
-            }
-          } finally {
-            await stopGateway(g);
-          }
-        },
-        'raw-file': async () => {
-          const g = await gateway('raw-file', `file:${raw}`, ['--readonly']);
-          try {
-            const c = await connect(g.socket, SEQ_BS, SEQ_QD);
-            try {
-              await runBlkLoad(c, { rw: 'read', bs: SEQ_BS, iodepth: SEQ_QD, queues: 1, runtime: 0, totalBytes: size, rwmixread: 100, verify: false });
-              await runBlkLoad(c, { rw: 'randread', bs: 4096, iodepth: 32, queues: 1, runtime: 0.5, totalBytes: 0, rwmixread: 100, verify: false });
-              const probe = new CpuProbe({ gateway: g.child.pid });
-              const r = await runBlkLoad(c, { rw: 'randread', bs: 4096, iodepth: 32, queues: 1, runtime: o.runtime, totalBytes: 0, rwmixread: 100, verify: false });
-              return { value: r.iops, bytes: r.bytes, seconds: r.seconds, lat_us: r.lat_us, errors: r.errors, cpu: probe.end() };
-            } finally {
-              await c.close();
-            }
-          } finally {
-            await stopGateway(g);
-          }
-        },
+        'vhost-s3': () =>
+          onGateway('vhost-s3-cached', 's3://bkt/images/x', ['--readonly', '--cache-size', sizeArg(Math.ceil((size * 2) / (1 << 20)) << 20)], (c, gw) =>
+            warmRandRead(c, () => new CpuProbe({ gateway: gw, s3rver: s3pid }))),
+        'raw-file': () => onGateway('raw-file', `file:${raw}`, ['--readonly'], (c, gw) => warmRandRead(c, () => new CpuProbe({ gateway: gw }))),
       },
       'write-1m-flush': {
         'vhost-s3': async (round) => {
           const image = `s3://bkt/images/w${round}`;
           await cliRun('image create', ['image', 'create', image, '--size', sizeArg(size), '--chunk-size', sizeArg(chunk)]);
-          const g = await gateway('vhost-s3-write', image, []);
           try {
-            const c = await connect(g.socket, SEQ_BS, SEQ_QD);
-            try {
-              const probe = new CpuProbe({ gateway: g.child.pid, s3rver: s3pid });
+            return await onGateway('vhost-s3-write', image, [], async (c, gw) => {
+              const probe = new CpuProbe({ gateway: gw, s3rver: s3pid });
               const t = performance.now();
               const r = await runBlkLoad(withFilledBuffers(c), { rw: 'write', bs: SEQ_BS, iodepth: SEQ_QD, queues: 1, runtime: 0, totalBytes: size, rwmixread: 0, verify: false });
               const tw = performance.now();
@@ -230,11 +209,8 @@ export async function runImageSuite(o: ImageSuiteOptions): Promise<StorageSuiteR
                 value: r.bytes / seconds, bytes: r.bytes, seconds, lat_us: r.lat_us, errors: r.errors + (st === 0 ? 0 : 1),
                 write_s: round3((tw - t) / 1000), flush_s: round3((performance.now() - tw) / 1000), cpu: probe.end(),
               };
-            } finally {
-              await c.close();
-            }
+            });
           } finally {
-            await stopGateway(g);
             await cliRun('image rm', ['image', 'rm', image, '--force']).catch((e: unknown) => log(`warning: image rm: ${String(e)}`));
           }
         },

@@ -1,7 +1,7 @@
 // What s3rver itself costs per request, and what our S3 client costs, measured in one
 // process against a bench s3rver: CPU per HEAD, per PUT (empty and 4 KiB), per LIST page of
 // 1,000 keys, and per MiB of ranged GET (8 MiB GETs, 16 in flight, as the page cache's
-// read-ahead sends them) on both GET transports. s3rver is one Node thread: its CPU per
+// read-ahead sends them) on both GET transports, on the event loop and on a read worker. s3rver is one Node thread: its CPU per
 // request is a floor under what any mount of it can do (10,000 HEADs of `ls -l` cost it
 // 10,000 × its CPU per HEAD whoever sends them), and the comparison of the targets in
 // docs/performance-storage.md says which targets that floor decides.
@@ -49,8 +49,8 @@ async function pool(n: number, width: number, fn: (i: number) => Promise<unknown
 export async function measureFloors(o: FloorOptions): Promise<FloorMeasurement[]> {
   const s3 = await startS3rver(['floors'], o.dir);
   const out: FloorMeasurement[] = [];
-  const store = (transport: 'undici' | 'node-http' = 'undici'): S3Store =>
-    new S3Store({ bucket: 'floors', endpoint: s3.endpoint, credentials: { ...S3RVER_KEYS }, conditionalWrites: false, rangedGetTransport: transport });
+  const store = (transport: 'undici' | 'node-http' = 'undici', readWorkers = 0): S3Store =>
+    new S3Store({ bucket: 'floors', endpoint: s3.endpoint, credentials: { ...S3RVER_KEYS }, conditionalWrites: false, rangedGetTransport: transport, readWorkers });
   const measure = async (name: string, count: number, unit: FloorMeasurement['unit'], fn: () => Promise<unknown>): Promise<void> => {
     const before = await fetchS3Counts(s3.endpoint);
     const s0 = procCpu(s3.child.pid);
@@ -81,13 +81,17 @@ export async function measureFloors(o: FloorOptions): Promise<FloorMeasurement[]
       await measure('HEAD', o.count, 'request', () => pool(o.count, 16, (i) => s.head(`e/${r}-${i}`)));
       await measure('LIST page of 1000', 10, 'request', () => pool(10, 1, () => s.list({ prefix: 'e/', maxKeys: 1000 })));
       await s.close();
-      // Interleaved, so that both transports see the same load.
-      for (const transport of ['node-http', 'undici'] as const) {
-        const g = store(transport);
+      // Interleaved, so that the variants see the same load: node:http and undici on the
+      // event loop, undici on a read worker (client CPU: all threads).
+      for (const [transport, workers] of [['node-http', 0], ['undici', 0], ['undici', 1]] as const) {
+        const g = store(transport, workers);
         await g.head('big.bin');
-        await measure(`GET MiB (${transport})`, o.getMiB, 'MiB', () => pool(Math.ceil(o.getMiB / 8), 16, (i) => {
+        await g.startReadWorkers();
+        await measure(`GET MiB (${transport}${workers ? ', worker' : ''})`, o.getMiB, 'MiB', () => pool(Math.ceil(o.getMiB / 8), 16, (i) => {
           const off = i * 8 * MiB;
-          return g.getInto('big.bin', off, new Uint8Array(Math.min(8 * MiB, big.length - off)));
+          const n = Math.min(8 * MiB, big.length - off);
+          // Shared targets on the worker, as the page cache allocates them for such a store.
+          return g.getInto('big.bin', off, workers ? new Uint8Array(new SharedArrayBuffer(n)) : new Uint8Array(n));
         }));
         await g.close();
       }

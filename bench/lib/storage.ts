@@ -15,6 +15,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { machineBusy, machineCpu, procCores, procCpu, round3, type ProcCpu } from './cpu.js';
 import { removeAtExit, startChild, tail, type Child } from './procs.js';
 import { writeCountingPreload } from './s3-counts.js';
+import { writeDurableWritesPreload } from '../../test/support/s3rver.js';
 
 export const S3RVER_KEYS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } as const;
 
@@ -29,7 +30,8 @@ export interface S3rverChild {
 
 /**
  * s3rver (the npm fake S3 the tests use) on 127.0.0.1 with a kernel-chosen port, started
- * the way test/support/s3rver.ts starts it (node --openssl-legacy-provider, -s), but as a
+ * the way test/support/s3rver.ts starts it (node --openssl-legacy-provider, -s, its
+ * durable-writes preload), but as a
  * bench child so that every exit path stops it and removes its data directory.
  */
 export async function startS3rver(buckets: readonly string[], baseDir: string | null, timeoutMs = 15000): Promise<S3rverChild> {
@@ -40,7 +42,9 @@ export async function startS3rver(buckets: readonly string[], baseDir: string | 
   // Requests are counted by kind (bench/lib/s3-counts.ts); the preload lives beside the data directory.
   const preloadDir = mkdtempSync(join(baseDir ?? tmpdir(), 'vhost-s3-bench-s3rver-preload-'));
   removeAtExit(preloadDir);
-  const args = ['--openssl-legacy-provider', '-r', writeCountingPreload(preloadDir), bin, '-d', directory, '-a', '127.0.0.1', '-p', '0', '-s'];
+  // And it answers writes only once their bytes are stored, as the tests' s3rver does.
+  const durable = writeDurableWritesPreload(join(preloadDir, 'durable-writes.cjs'));
+  const args = ['--openssl-legacy-provider', '-r', writeCountingPreload(preloadDir), '-r', durable, bin, '-d', directory, '-a', '127.0.0.1', '-p', '0', '-s'];
   for (const b of buckets) args.push('--configure-bucket', b);
   const env = { ...process.env };
   delete env.NODE_OPTIONS;
@@ -75,8 +79,8 @@ export function childEnv(extra: Readonly<Record<string, string>> = {}): NodeJS.P
   return env;
 }
 
-/** A file of pseudo-random bytes, fdatasync'ed. */
-export function randomFile(path: string, size: number): void {
+/** A file of pseudo-random bytes, fdatasync'ed; `progress` is told the percentage done every 256 MiB. */
+export function randomFile(path: string, size: number, progress?: (percent: number) => void): void {
   const CH = 8 << 20;
   const buf = Buffer.allocUnsafe(CH);
   const fd = openSync(path, 'w');
@@ -85,6 +89,7 @@ export function randomFile(path: string, size: number): void {
       const n = Math.min(CH, size - off);
       randomFillSync(buf, 0, n);
       writeSync(fd, buf, 0, n, off);
+      if (progress && (off / CH) % 32 === 0) progress(Math.floor((100 * off) / size));
     }
     fdatasyncSync(fd);
   } finally {

@@ -65,6 +65,7 @@ import {
   normalizeMetadata,
   requireConditional,
   validateKey,
+  validateListOptions,
   validatePartList,
   validatePartNumber,
   validateRange,
@@ -157,6 +158,8 @@ export class FileStore implements ObjectStore {
   readonly description: string;
   readonly capabilities: StoreCapabilities;
   readonly root: string;
+  /** The root with one trailing '/'. */
+  private readonly rootSlash: string;
   readonly syncStats: FileStoreSyncStats = { syncs: 0, files: 0, dirs: 0, syncfs: 0 };
   private readonly fsyncs: boolean;
   private readonly locks = new Map<string, Promise<unknown>>();
@@ -177,6 +180,7 @@ export class FileStore implements ObjectStore {
 
   constructor(root: string, opts: FileStoreOptions = {}) {
     this.root = resolve(root);
+    this.rootSlash = this.root.endsWith('/') ? this.root : this.root + '/';
     this.description = `file:${this.root}`;
     this.fsyncs = !opts.noSync;
     this.maxUnsynced = opts.maxUnsynced ?? MAX_UNSYNCED;
@@ -199,14 +203,18 @@ export class FileStore implements ObjectStore {
 
   /** Every segment must fit in a file name once encoded (see file-keys.ts). */
   keyFits(key: string): boolean {
-    return keyPathFits(key);
+    // A segment takes at most 3 bytes per UTF-16 unit once encoded ('%' → '%25', UTF-8):
+    // a short key fits without encoding it.
+    return key.length * 3 < NAME_MAX || keyPathFits(key);
   }
 
   /** The file holding `key` (its bytes start at HEADER_SIZE). */
   pathOf(key: string): string {
     validateKey(key);
     const p = keyToPath(key);
-    return join(this.root, ...p.dirs, p.file);
+    // The components are plain names (never empty, '.', '..', nor holding '/': file-keys.ts),
+    // so concatenation is the join, without path.join's normalising pass.
+    return p.dirs.length === 0 ? this.rootSlash + p.file : this.rootSlash + p.dirs.join('/') + '/' + p.file;
   }
 
   // ---- reads
@@ -301,7 +309,27 @@ export class FileStore implements ObjectStore {
   }
 
   async list(opts: ListOptions = {}): Promise<ListPage> {
+    // A lookup of a name that is neither a file nor a marker asks whether any key lies under
+    // `name/` (an implicit directory); mostly there is no directory for it, which one stat
+    // tells without the seek machinery (the first page only: a token means there was one).
+    const prefix = opts.prefix;
+    if (prefix !== undefined && prefix.endsWith('/') && opts.continuationToken === undefined) {
+      validateListOptions(opts);
+      const dir = this.prefixDir(prefix);
+      if (dir === null || !isDirSync(dir)) {
+        this.checkRoot('list', undefined); // a missing store directory is an error, not an empty listing
+        return { objects: [], commonPrefixes: [] };
+      }
+    }
     return listPage(new TreeSeeker(this), opts);
+  }
+
+  /** @internal The directory holding every key that starts with `base` (empty or ending in '/'); null when a segment cannot be a file name (no such keys). */
+  prefixDir(base: string): string | null {
+    if (base === '') return this.root;
+    const names = base.slice(0, -1).split('/').map((s) => DIR_TAG + encodeSegment(s));
+    if (names.some((n) => Buffer.byteLength(n, 'utf8') > NAME_MAX)) return null;
+    return join(this.root, ...names);
   }
 
   // ---- writes
@@ -311,12 +339,13 @@ export class FileStore implements ObjectStore {
     const metadata = normalizeMetadata(opts.metadata);
     requireConditional(this, 'put', key, opts);
     const header: Header = { etag: newEtag(), lastModified: Date.now(), metadata, ...(opts.contentType !== undefined ? { contentType: opts.contentType } : {}) };
-    const encoded = encodeHeader(header, key);
     if (body instanceof Uint8Array && body.length <= SYNC_IO_MAX) {
       // Small: the whole write as a few synchronous calls, atomic with respect to this
-      // event loop (no lock needed: nothing else runs meanwhile).
-      if (!this.locks.has(key)) return this.putSmall(key, path, encoded, body, header.etag, opts);
+      // event loop (no lock needed: nothing else runs meanwhile), so the header is encoded
+      // into one scratch buffer shared by all of them.
+      if (!this.locks.has(key)) return this.putSmall(key, path, encodeHeader(header, key, smallPutHeader), body, header.etag, opts);
     }
+    const encoded = encodeHeader(header, key);
     return this.withLock(key, () =>
       this.commit(key, path, 'put', opts, async (fh) => {
         await writeAll(fh, encoded, 0);
@@ -858,10 +887,10 @@ class TreeSeeker implements SeekSource {
     let base = '';
     if (cut >= 0) {
       base = prefix.slice(0, cut + 1);
-      const names = base.slice(0, -1).split('/').map((s) => DIR_TAG + encodeSegment(s));
       // A segment too long for a file name holds no key of this store.
-      if (names.some((n) => Buffer.byteLength(n, 'utf8') > NAME_MAX)) return null;
-      dir = join(this.store.root, ...names);
+      const d = this.store.prefixDir(base);
+      if (d === null) return null;
+      dir = d;
       if (!this.dirs.has(dir) && !isDirSync(dir)) {
         this.store.checkRoot('list', undefined); // a missing store directory is an error, not an empty listing
         return null;
@@ -926,13 +955,34 @@ function partName(partNumber: number, etag: string): string {
   return `p${partNumber}-${etag.replace(/"/g, '')}`;
 }
 
-function encodeHeader(h: Header, key: string): Buffer {
-  const json = Buffer.from(JSON.stringify(h), 'utf8');
-  if (json.length > HEADER_SIZE - 12) throw new StoreError('EINVAL', `metadata of ${key} too large`, { op: 'put', key });
-  const buf = Buffer.alloc(HEADER_SIZE);
+/** The header of small puts (see put): written with no await after encoding, so one buffer serves them all. */
+const smallPutHeader = { buf: Buffer.alloc(HEADER_SIZE), end: HEADER_SIZE };
+
+/**
+ * The 4 KiB header for `h`, zero past the JSON (nothing of the process's memory reaches the
+ * file), in a new buffer or, for small puts, in `scratch` (which must not be in use: its
+ * previous contents are overwritten).
+ */
+function encodeHeader(h: Header, key: string, scratch?: { buf: Buffer; end: number }): Buffer {
+  const json = JSON.stringify(h);
+  const buf = scratch?.buf ?? Buffer.alloc(HEADER_SIZE);
+  // write() stops before a character that does not fit whole; 4 bytes left over means
+  // every one did (checked exactly only when the header comes close to full).
+  const len = buf.write(json, 12, 'utf8');
+  if (len > HEADER_SIZE - 16 && Buffer.byteLength(json, 'utf8') !== len) {
+    if (scratch) {
+      buf.fill(0, 12); // what this attempt wrote
+      scratch.end = 12;
+    }
+    throw new StoreError('EINVAL', `metadata of ${key} too large`, { op: 'put', key });
+  }
   MAGIC.copy(buf, 0);
-  buf.writeUInt32LE(json.length, 8);
-  json.copy(buf, 12);
+  buf.writeUInt32LE(len, 8);
+  if (scratch) {
+    // Zero what the previous, longer header left.
+    if (scratch.end > 12 + len) buf.fill(0, 12 + len, scratch.end);
+    scratch.end = 12 + len;
+  }
   return buf;
 }
 
@@ -1103,9 +1153,11 @@ async function syncfsPath(path: string): Promise<void> {
 
 function isDirSync(path: string): boolean {
   try {
-    return statSync(path).isDirectory();
+    // Mostly asked of directories that do not exist: no exception for that (an Error with a
+    // stack cost more than the stat).
+    return statSync(path, { throwIfNoEntry: false })?.isDirectory() ?? false;
   } catch {
-    return false;
+    return false; // ENOTDIR and the like
   }
 }
 

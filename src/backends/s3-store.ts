@@ -63,6 +63,7 @@ import {
 import PQueue from 'p-queue';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { RangedGetHandler, SinkableBody } from './s3-ranged-get.js';
+import { S3ReadWorkers } from './s3-read-worker.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import type { ErrnoName } from '../util/errors.js';
 import type { S3Observer } from '../metrics/observer.js';
@@ -137,6 +138,14 @@ export interface S3StoreOptions {
   readonly logger?: Logger;
   /** Reports every request and attempt (metrics). */
   readonly observer?: S3Observer;
+  /**
+   * Worker threads that receive the bodies of large ranged reads (`getInto` of at least
+   * `readWorkerMinBytes` into a SharedArrayBuffer-backed target), off the event loop
+   * (s3-read-worker.ts). Default 1; 0: on the event loop.
+   */
+  readonly readWorkers?: number;
+  /** Smallest getInto handed to a read worker. Default 1 MiB. */
+  readonly readWorkerMinBytes?: number;
   /** Transport of ranged GETs: undici (default; less CPU per byte, s3-ranged-get.ts) or node:http as every other request. */
   readonly rangedGetTransport?: 'undici' | 'node-http';
 }
@@ -164,6 +173,8 @@ export class S3Store implements ObjectStore {
   private conditionalKnown: boolean;
   /** The client's retry strategy and budget. */
   readonly retry: GatewayRetryStrategy;
+  private readonly readWorkers: S3ReadWorkers | null;
+  private readonly readWorkerMinBytes: number;
 
   constructor(opts: S3StoreOptions) {
     if (!opts.bucket) throw new StoreError('EINVAL', 's3: bucket name required');
@@ -211,6 +222,12 @@ export class S3Store implements ObjectStore {
     if (opts.observer) observeS3Client(this.client, opts.observer);
     this.caps = { conditionalWrites: opts.conditionalWrites ?? false, minPartSize: MIN_PART_SIZE, maxPartSize: MAX_PART_SIZE, maxParts: MAX_PARTS };
     this.conditionalKnown = opts.conditionalWrites !== undefined;
+    const workers = opts.readWorkers ?? 1;
+    this.readWorkerMinBytes = opts.readWorkerMinBytes ?? 1024 * 1024;
+    // The workers' stores get the same options but what does not cross threads (their
+    // requests are reported to the observer through the pool).
+    const { logger: _logger, observer: _observer, ...cloneable } = opts;
+    this.readWorkers = workers > 0 ? new S3ReadWorkers({ ...cloneable, conditionalWrites: this.caps.conditionalWrites }, workers, opts.observer) : null;
   }
 
   get capabilities(): StoreCapabilities {
@@ -289,6 +306,10 @@ export class S3Store implements ObjectStore {
     if (target.length === 0) {
       const { body: _unused, ...head } = await this.emptyRead(key);
       return { ...head, bytesRead: 0 };
+    }
+    if (target.length >= this.readWorkerMinBytes) {
+      const onWorker = this.readWorkers?.tryGetInto(key, offset, target);
+      if (onWorker) return onWorker;
     }
     const r = await this.read(key, offset, target.length, target);
     return { ...r.head, bytesRead: r.bytesRead };
@@ -526,10 +547,26 @@ export class S3Store implements ObjectStore {
     await this.call('abortMultipart', key, () => this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId })));
   }
 
+  /** getInto fills large SharedArrayBuffer-backed targets on a read worker (others on the event loop). */
+  get sharedReadBuffers(): boolean {
+    return this.readWorkers !== null;
+  }
+
+  /** Reads served by the read workers so far. */
+  get readsOnWorkers(): number {
+    return this.readWorkers?.served ?? 0;
+  }
+
+  /** Starts the read workers and resolves once they are ready (until then large reads run on the event loop). */
+  async startReadWorkers(): Promise<void> {
+    await this.readWorkers?.whenReady();
+  }
+
   /** Nothing to do: S3 acknowledges a write once it is durable. */
   async sync(): Promise<void> {}
 
   async close(): Promise<void> {
+    await this.readWorkers?.close();
     this.queue.clear();
     this.client.destroy();
     this.agents.http.destroy();

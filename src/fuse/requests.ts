@@ -136,14 +136,17 @@ export function checkName(bytes: Uint8Array): number {
 }
 
 /**
- * Argument-area reader over the whole message: one DataView per request (shared with the
- * header), positions absolute, the area [base, end) (extensions after it are not read).
- * Bounds-checked; throws Bad (caught in decodeRequest) on any violation.
+ * Argument-area reader over the whole message: positions are indexes into `b`, the area
+ * is [base, limit) (extensions after it are not read); `v` views b's whole ArrayBuffer,
+ * b[i] being at v offset vo + i. Bounds-checked; throws Bad (caught in decodeRequest) on
+ * any violation.
  */
 class Args {
   pos: number;
-  constructor(readonly b: Uint8Array, readonly v: DataView, readonly base: number, readonly limit: number) {
+  private readonly vb: number;
+  constructor(readonly b: Uint8Array, readonly v: DataView, vo: number, readonly base: number, readonly limit: number) {
     this.pos = base;
+    this.vb = vo + base;
   }
   get left(): number {
     return this.limit - this.pos;
@@ -216,19 +219,19 @@ class Args {
     return s;
   }
   u32(off: number): number {
-    return this.v.getUint32(this.base + off, true);
+    return this.v.getUint32(this.vb + off, true);
   }
   u64(off: number): number {
-    return getU64(this.v, this.base + off);
+    return getU64(this.v, this.vb + off);
   }
   i64(off: number): number {
-    return getI64(this.v, this.base + off);
+    return getI64(this.v, this.vb + off);
   }
   big(off: number): bigint {
-    return this.v.getBigUint64(this.base + off, true);
+    return this.v.getBigUint64(this.vb + off, true);
   }
   ns(secOff: number, nsecOff: number): bigint {
-    return this.v.getBigInt64(this.base + secOff, true) * 1_000_000_000n + BigInt(this.u32(nsecOff) % 1_000_000_000);
+    return this.v.getBigInt64(this.vb + secOff, true) * 1_000_000_000n + BigInt(this.u32(nsecOff) % 1_000_000_000);
   }
 }
 
@@ -241,13 +244,14 @@ const SHORT_NAME = 64;
  */
 export function decodeRequest(bytes: Uint8Array, opts: DecodeOptions = {}): DecodeResult {
   if (bytes.length < IN_HEADER_SIZE) return { ok: false, h: decodeInHeader(bytes), errno: E.EINVAL, why: 'truncated header' };
-  const v = viewOf(bytes);
-  const h = headerOf(v);
+  const v = bufferView(bytes.buffer);
+  const vo = bytes.byteOffset;
+  const h = headerOf(v, vo);
   if (h.len < IN_HEADER_SIZE || h.len > bytes.length) {
     return { ok: false, h, errno: E.EINVAL, why: `header length ${h.len} does not match the ${bytes.length} bytes received` };
   }
   if (h.extLen > h.len - IN_HEADER_SIZE) return { ok: false, h, errno: E.EINVAL, why: 'extensions longer than the request' };
-  const a = new Args(bytes, v, IN_HEADER_SIZE, h.len - h.extLen);
+  const a = new Args(bytes, v, vo, IN_HEADER_SIZE, h.len - h.extLen);
   try {
     return { ok: true, req: decodeArgs(h, a, opts) };
   } catch (err) {
@@ -256,18 +260,34 @@ export function decodeRequest(bytes: Uint8Array, opts: DecodeOptions = {}): Deco
   }
 }
 
-/** fuse_in_header from a view of at least IN_HEADER_SIZE bytes (as decodeInHeader reads it). */
-function headerOf(v: DataView): InHeader {
+/** fuse_in_header at offset `o` of the view (IN_HEADER_SIZE bytes there), as decodeInHeader reads it. */
+function headerOf(v: DataView, o: number): InHeader {
   return {
-    len: v.getUint32(0, true),
-    opcode: v.getUint32(4, true),
-    unique: v.getBigUint64(8, true),
-    nodeid: getU64(v, 16),
-    uid: v.getUint32(24, true),
-    gid: v.getUint32(28, true),
-    pid: v.getUint32(32, true),
-    extLen: v.getUint16(36, true) * 8,
+    len: v.getUint32(o, true),
+    opcode: v.getUint32(o + 4, true),
+    unique: v.getBigUint64(o + 8, true),
+    nodeid: getU64(v, o + 16),
+    uid: v.getUint32(o + 24, true),
+    gid: v.getUint32(o + 28, true),
+    pid: v.getUint32(o + 32, true),
+    extLen: v.getUint16(o + 36, true) * 8,
   };
+}
+
+/**
+ * A view of a whole ArrayBuffer, kept for the next request in the same buffer: transports
+ * copy requests into slices of a shared pool (Buffer.allocUnsafe), so one view serves the
+ * many requests a pool holds instead of a DataView per request.
+ */
+let viewedBuffer: ArrayBufferLike | null = null;
+let bufferViewCache: DataView | null = null;
+function bufferView(buf: ArrayBufferLike): DataView {
+  // The same buffer, not detached (the caller saw its bytes): the view is still good.
+  if (buf !== viewedBuffer || bufferViewCache === null) {
+    viewedBuffer = buf;
+    bufferViewCache = new DataView(buf);
+  }
+  return bufferViewCache;
 }
 
 function decodeArgs(h: InHeader, a: Args, opts: DecodeOptions): FuseRequest {

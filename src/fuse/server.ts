@@ -118,7 +118,12 @@ class Pending {
   settled = false;
   /** A READ being copied into the reply buffers off the event loop: not interruptible (readIntoAsync). */
   copying = false;
-  /** Undo what the request did if its reply is not delivered (interrupted, did not fit); made on first use. */
+  /**
+   * What to undo if the reply is not delivered (interrupted, did not fit): the lookup of
+   * the node entered first (`entered`, 0 for none: the common case needs no closure), then
+   * `undos` in order (made on first use).
+   */
+  private entered = 0;
   private undos: (() => void)[] | null = null;
   constructor(
     readonly req: FuseRequest, readonly maxReply: number, readonly done: ReplyCallback,
@@ -129,7 +134,14 @@ class Pending {
     (this.undos ??= []).push(f);
   }
 
-  undo(): void {
+  /** The reply hands the kernel one lookup of `nodeid`. */
+  onUndoForget(inodes: InodeTable, nodeid: number): void {
+    if (this.entered === 0 && this.undos === null) this.entered = nodeid;
+    else this.onUndo(() => inodes.forget(nodeid, 1));
+  }
+
+  undo(inodes: InodeTable): void {
+    if (this.entered !== 0) inodes.forget(this.entered, 1);
     const u = this.undos;
     if (u !== null) for (const f of u) f();
   }
@@ -301,12 +313,11 @@ export class FuseServer {
     const unique = req.h.unique;
     this.pending.set(unique, p);
     this.inflight++;
-    let result: Promise<FuseReply>;
-    try {
-      result = this.run(req, p);
-    } catch (err) {
-      result = Promise.reject(err);
-    }
+    // LOOKUP and GETATTR (a cache miss) in small functions of their own: run() is too
+    // large for the optimizing compiler.
+    const result = req.op === Opcode.LOOKUP ? this.lookupLater(req, p)
+      : req.op === Opcode.GETATTR ? this.getattrLater(req)
+        : this.run(req, p);
     void result.then(
       (reply) => this.settle(p, reply),
       (err: unknown) => this.settle(p, this.failure(req, err)),
@@ -381,12 +392,12 @@ export class FuseServer {
   private finish(p: Pending, reply: FuseReply): void {
     if (p.settled) {
       // Interrupted: the kernel already has EINTR. Undo what the late result did.
-      p.undo();
+      p.undo(this.inodes);
       return;
     }
     p.settled = true;
     if (reply.length > p.maxReply) {
-      p.undo();
+      p.undo(this.inodes);
       const op = p.req.h.opcode;
       const errno = op === Opcode.GETXATTR || op === Opcode.LISTXATTR ? E.ERANGE : op === Opcode.READLINK ? E.ENAMETOOLONG : E.EIO;
       this.log.debug('FUSE reply does not fit', { opcode: opcodeName(op), length: reply.length, room: p.maxReply });
@@ -513,16 +524,16 @@ export class FuseServer {
    * and encodes its entry. Uses the parent's path as it is now: a concurrent rename of the
    * parent moved the object too.
    */
-  private enter(p: Pending, parent: number, name: string, attr: FileAttr): Uint8Array {
-    return this.enterInode(p, parent, name, attr).bytes;
+  private enter(p: Pending, parent: number, name: string, attr: FileAttr, known?: string): Uint8Array {
+    return encodeEntryOut(this.entry(this.enterInode(p, parent, name, attr, known), attr));
   }
 
-  private enterInode(p: Pending, parent: number, name: string, attr: FileAttr, known?: string): { ino: Inode; bytes: Uint8Array } {
+  private enterInode(p: Pending, parent: number, name: string, attr: FileAttr, known?: string): Inode {
     // `known`: the path just computed, with nothing run since (the synchronous LOOKUP).
     const path = known ?? this.childPath(parent, name);
     const ino = this.inodes.lookup(path, attr.kind);
-    if (ino !== this.inodes.root) p.onUndo(() => this.inodes.forget(ino.nodeid, 1));
-    return { ino, bytes: encodeEntryOut(this.entry(ino, attr)) };
+    if (ino !== this.inodes.root) p.onUndoForget(this.inodes, ino.nodeid);
+    return ino;
   }
 
   private fileHandle(fh: number): FileHandle {
@@ -581,7 +592,7 @@ export class FuseServer {
   }
 
   private lookupReply(p: Pending, req: Extract<FuseRequest, { op: Opcode.LOOKUP }>, attr: FileAttr | null, path?: string): FuseReply {
-    if (attr !== null) return okReply(req.h.unique, [this.enterInode(p, req.h.nodeid, req.name, attr, path).bytes]);
+    if (attr !== null) return okReply(req.h.unique, [this.enter(p, req.h.nodeid, req.name, attr, path)]);
     if (this.opts.negativeTimeoutMs <= 0) fail('ENOENT');
     const neg: EntryOut = {
       nodeid: 0, generation: 0, entryValidMs: this.opts.negativeTimeoutMs, attrValidMs: 0,
@@ -601,6 +612,16 @@ export class FuseServer {
     return okReply(req.h.unique, [encodeAttrOut(this.opts.attrTimeoutMs, this.wireAttr(ino.nodeid, attr))]);
   }
 
+  private async lookupLater(req: Extract<FuseRequest, { op: Opcode.LOOKUP }>, p: Pending): Promise<FuseReply> {
+    return this.lookupReply(p, req, await this.vfs.stat(this.childPath(req.h.nodeid, req.name)));
+  }
+
+  private async getattrLater(req: Extract<FuseRequest, { op: Opcode.GETATTR }>): Promise<FuseReply> {
+    const ino = this.inode(req.h.nodeid);
+    const h = this.getattrHandle(req, ino);
+    return this.attrReply(req, ino, h !== undefined ? await h.file.attr() : await this.vfs.stat(this.pathOf(req.h.nodeid)));
+  }
+
   private async run(req: FuseRequest, p: Pending): Promise<FuseReply> {
     const u = req.h.unique;
     const ok = (...parts: Uint8Array[]): FuseReply => okReply(u, parts);
@@ -608,12 +629,9 @@ export class FuseServer {
       case Opcode.INIT:
         return this.init(req);
       case Opcode.LOOKUP:
-        return this.lookupReply(p, req, await this.vfs.stat(this.childPath(req.h.nodeid, req.name)));
-      case Opcode.GETATTR: {
-        const ino = this.inode(req.h.nodeid);
-        const h = this.getattrHandle(req, ino);
-        return this.attrReply(req, ino, h !== undefined ? await h.file.attr() : await this.vfs.stat(this.pathOf(req.h.nodeid)));
-      }
+        return this.lookupLater(req, p);
+      case Opcode.GETATTR:
+        return this.getattrLater(req);
       case Opcode.SETATTR:
         return ok(await this.setattr(req));
       case Opcode.READLINK: {
@@ -678,16 +696,16 @@ export class FuseServer {
       case Opcode.CREATE: {
         const flags: CreateFlags = { ...openFlags(req.flags), exclusive: (req.flags & O_EXCL) !== 0 };
         const made = await this.vfs.create(this.childPath(req.h.nodeid, req.name), req.mode & PERM_BITS, this.caller(req), flags);
-        let entered: { ino: Inode; bytes: Uint8Array };
+        let ino: Inode;
         try {
-          entered = this.enterInode(p, req.h.nodeid, req.name, made.attr);
+          ino = this.enterInode(p, req.h.nodeid, req.name, made.attr);
         } catch (err) {
           await made.file.release();
           throw err;
         }
-        const fh = this.addFile(entered.ino, made.file, flags);
+        const fh = this.addFile(ino, made.file, flags);
         p.onUndo(() => this.dropFile(fh));
-        return ok(entered.bytes, encodeOpenOut(fh, 0));
+        return ok(encodeEntryOut(this.entry(ino, made.attr)), encodeOpenOut(fh, 0));
       }
       case Opcode.READ: {
         const h = this.fileHandle(req.fh);

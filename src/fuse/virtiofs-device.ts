@@ -16,7 +16,7 @@
 // hold even an out header is given back with length 0; one with too much readable data is
 // answered EINVAL without being copied.
 import type { VhostUserDevice } from '../vhost/device.js';
-import type { DeviceQueue } from '../virtio/queue.js';
+import type { DeviceQueue, PopResult } from '../virtio/queue.js';
 import { ServedQueue } from '../virtio/served-queue.js';
 import type { DescriptorChain } from '../virtio/chain.js';
 import type { GuestMemory, Segment } from '../virtio/memory.js';
@@ -68,7 +68,8 @@ export class VirtioFsDevice implements VhostUserDevice {
   readonly server: FuseServer;
   private readonly log: Logger;
   private readonly maxRequestBytes: number;
-  private readonly queues = new Map<number, ServedQueue>();
+  /** Started queues, each with its chain handler (made once, not a closure per kick). */
+  private readonly queues = new Map<number, { readonly st: ServedQueue; readonly handle: (r: Exclude<PopResult, { kind: 'empty' }>) => void }>();
   private resetting: Promise<void> = Promise.resolve();
 
   constructor(opts: VirtioFsDeviceOptions) {
@@ -92,28 +93,32 @@ export class VirtioFsDevice implements VhostUserDevice {
   setFeatures(): void {}
 
   startQueue(queue: DeviceQueue): void {
-    this.queues.set(queue.index, new ServedQueue(queue));
+    const st = new ServedQueue(queue);
+    this.queues.set(queue.index, {
+      st,
+      handle: (r) => {
+        if (r.kind === 'bad') this.failBadChain(st, r.head, r.error);
+        else if (queue.index === 0) this.hiprio(st, r.chain);
+        else this.request(st, r.chain);
+      },
+    });
   }
 
   /** Requests the driver made available and the device has not taken yet, over every queue. */
   get queueDepth(): number {
     let n = 0;
-    for (const st of this.queues.values()) n += st.queue.available();
+    for (const { st } of this.queues.values()) n += st.queue.available();
     return n;
   }
 
   onKick(queue: DeviceQueue): void {
-    const st = this.queues.get(queue.index);
-    if (!st || st.queue !== queue) return;
-    st.drain((r) => {
-      if (r.kind === 'bad') this.failBadChain(st, r.head, r.error);
-      else if (queue.index === 0) this.hiprio(st, r.chain);
-      else this.request(st, r.chain);
-    });
+    const q = this.queues.get(queue.index);
+    if (!q || q.st.queue !== queue) return;
+    q.st.drain(q.handle);
   }
 
   async stopQueue(queue: DeviceQueue): Promise<void> {
-    const st = this.queues.get(queue.index);
+    const st = this.queues.get(queue.index)?.st;
     if (!st) return;
     await st.stop();
     this.queues.delete(queue.index);
@@ -184,11 +189,14 @@ export class VirtioFsDevice implements VhostUserDevice {
     // copies into its buffers on another thread (a large READ of a local file).
     const memory = st.queue.guestMemory;
     st.begin();
+    // Only a READ can use the reply room as its buffer (see PayloadTarget): no closure for the rest.
+    const isRead = got >= 8 && bytes.readUInt32LE(4) === Opcode.READ;
     this.server.dispatch(got === rlen ? bytes : bytes.subarray(0, got), wlen - OUT_HEADER_SIZE, (reply) => {
       if (reply === null) st.complete(chain.head, 0);
       else this.replyNow(st, chain, reply);
       st.end();
-    }, (length) => payloadViews(chain, length), memory === null ? undefined : (length) => pinnedPayload(chain, memory, length));
+    }, isRead ? (length) => payloadViews(chain, length) : undefined,
+    isRead && memory !== null ? (length) => pinnedPayload(chain, memory, length) : undefined);
   }
 
   /** Writes out header + parts into the writable part and returns the chain. */

@@ -760,7 +760,13 @@ export class BackendSession extends EventEmitter {
 
   private kickDevice(v: Vring): void {
     if (!v.started || !v.enabled) return;
-    if (!this.callDevice('onKick', () => this.device.onKick(v.queue))) this.signalErr(v);
+    // callDevice without its closure: this runs for every kick.
+    try {
+      this.device.onKick(v.queue);
+    } catch (err) {
+      this.log.error('device onKick failed', { device: this.device.kind, error: err });
+      this.signalErr(v);
+    }
   }
 
   /** Runs a device callback; a throw is logged, never propagated. */

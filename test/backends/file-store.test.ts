@@ -4,13 +4,13 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, openSync, writeSync, closeSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, openSync, writeSync, closeSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve, sep } from 'node:path';
 import { ASYNC_READ_MIN_BYTES, FileStore, HEADER_SIZE } from '../../src/backends/file-store.js';
 import { native } from '../../src/native/index.js';
 import type { Segment } from '../../src/virtio/memory.js';
 import { MemoryStore } from '../../src/backends/memory-store.js';
-import { decodeSegment, encodeSegment, keyToPath, pathToKey, NAME_MAX, TEMP_TAG } from '../../src/backends/file-keys.js';
+import { decodeSegment, encodeSegment, keyPathFits, keyToPath, pathToKey, NAME_MAX, TEMP_TAG } from '../../src/backends/file-keys.js';
 import { compareKeys, listAll, listKeys, StoreError, validateKey, type ObjectStore } from '../../src/backends/object-store.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
 import { expectErrno, objectStoreConformance } from './conformance.js';
@@ -83,6 +83,17 @@ describe('FileStore', () => {
           expect(pathToKey(p.dirs, p.file)).to.equal(key);
         }),
         { numRuns: 5000 },
+      );
+    });
+
+    it('keyFits (with its shortcut for short keys) agrees with encoding every segment', () => {
+      const store = new FileStore(root);
+      const longish = fc.array(fc.constantFrom('%', '\0', 'é', '\u{1F600}', 'a', '/'), { minLength: 70, maxLength: 140 }).map((a) => a.join(''));
+      fc.assert(
+        fc.property(fc.oneof(awkwardKey, longish), (key) => {
+          expect(store.keyFits(key)).to.equal(keyPathFits(key));
+        }),
+        { numRuns: 2000 },
       );
     });
 
@@ -256,6 +267,32 @@ describe('FileStore', () => {
       expect(statSync(path).size).to.equal(HEADER_SIZE + 5000);
       await store.delete('a/b/c');
       expect(readdirSync(d.file('s'))).to.deep.equal([]);
+    });
+
+    it('writes headers zero past their JSON, whatever a longer header before left (small puts share a buffer), and ETags that differ', async () => {
+      const d = tmp();
+      const store = await FileStore.open(d.file('s'), { create: true });
+      const etags = new Set<string>();
+      const long = { 'x-long': 'v'.repeat(1500) };
+      for (const [key, metadata] of [['long', long], ['short', {}], ['big', long], ['short2', { a: 'b' }]] as const) {
+        const body = key === 'big' ? patternBytes(1, 300 * 1024) : patternBytes(2, 10); // 'big': the unshared path
+        etags.add((await store.put(key, body, { metadata })).etag);
+        const header = readFileSync(store.pathOf(key)).subarray(0, HEADER_SIZE);
+        const len = header.readUInt32LE(8);
+        const json = JSON.parse(header.toString('utf8', 12, 12 + len)) as { metadata: Record<string, string> };
+        expect(json.metadata).to.deep.equal(metadata);
+        expect(header.subarray(12 + len).every((b) => b === 0), `${key}: header tail`).to.equal(true);
+      }
+      // A header too large is refused (and leaves the shared buffer clean for the next put).
+      await expectErrno(store.put('huge', patternBytes(3, 10), { contentType: 'x'.repeat(HEADER_SIZE) }), 'EINVAL');
+      await store.put('after', patternBytes(4, 10));
+      const after = readFileSync(store.pathOf('after')).subarray(0, HEADER_SIZE);
+      expect(after.subarray(12 + after.readUInt32LE(8)).every((b) => b === 0)).to.equal(true);
+      await store.delete('after');
+      expect(etags.size).to.equal(4);
+      for (const e of etags) expect(e).to.match(/^"[0-9a-f]{32}"$/);
+      // Temp names come from a counter too: none left behind, none reused as an object.
+      expect(readdirSync(d.file('s')).sort()).to.deep.equal(['obig', 'olong', 'oshort', 'oshort2']);
     });
 
     it('a store directory removed while in use is reported as missing, never made again by a write', async () => {

@@ -4,9 +4,7 @@
 // Writers are the real gateway (`vhost-s3 blk` as a child process) except where a
 // writer must be cut off from the store, which needs an in-process gateway.
 import { expect } from 'chai';
-import { mkdirSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { BlkExport } from '../../src/blk/export.js';
@@ -18,13 +16,11 @@ import { BlkStatus } from '../../src/blk/protocol.js';
 import { FileStore } from '../../src/backends/file-store.js';
 import { MemoryStore } from '../../src/backends/memory-store.js';
 import { StoreError, type ObjectStore } from '../../src/backends/object-store.js';
-import { S3Store } from '../../src/backends/s3-store.js';
-import { ROOT_MARKER } from '../../src/backends/store-config.js';
 import { BlkClient } from '../../src/frontend/blk-client.js';
 import { errnoOf } from '../../src/util/errors.js';
 import { silentLogger } from '../../src/util/log.js';
 import { runCli, startBlkServer, type CliProcess, type CliResult } from '../support/cli.js';
-import { startS3rver, type S3rver } from '../support/s3rver.js';
+import { startImageBackend, type ImageBackend } from '../support/image-backend.js';
 import { TmpDir } from '../support/tmp.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
@@ -33,45 +29,6 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 const CS = 64 * KiB;
 const SIZE = 16 * MiB;
-
-interface Backend {
-  readonly kind: 's3' | 'file';
-  readonly store: ObjectStore;
-  readonly env: Record<string, string>;
-  locator(name: string): string;
-  keys(name: string): ImageKeys;
-  stop(): Promise<void>;
-}
-
-async function startBackend(kind: 's3' | 'file'): Promise<Backend> {
-  const keys = (name: string): ImageKeys => new ImageKeys(`images/${name}/`);
-  if (kind === 's3') {
-    const s3: S3rver = await startS3rver({ buckets: ['bkt'] });
-    // What the gateway detects on s3rver: no conditional writes.
-    const store = new S3Store({ bucket: 'bkt', endpoint: s3.endpoint, credentials: s3.credentials, conditionalWrites: false });
-    return {
-      kind, store, env: { ...s3.env }, keys,
-      locator: (name) => `s3://bkt/images/${name}`,
-      stop: async () => {
-        await store.close();
-        await s3.stop();
-      },
-    };
-  }
-  const dir = new TmpDir('vhost-s3-lease-');
-  const root = join(dir.path, 'store');
-  mkdirSync(root);
-  writeFileSync(join(root, ROOT_MARKER), 'vhost-s3 local object store\n');
-  const store = await FileStore.open(root);
-  return {
-    kind, store, env: {}, keys,
-    locator: (name) => `file:${root}/images/${name}`,
-    stop: async () => {
-      await store.close();
-      dir.remove();
-    },
-  };
-}
 
 function explain(r: CliResult): string {
   return `exit ${r.code ?? r.signal}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
@@ -125,14 +82,14 @@ function partitionable(inner: ObjectStore, leaseKey: string): { store: ObjectSto
 for (const kind of ['file', 's3'] as const) {
   describe(`image lease over ${kind === 's3' ? 's3:// (s3rver: no conditional writes)' : 'file: (conditional writes)'}`, function () {
     this.timeout(60_000);
-    let be: Backend;
+    let be: ImageBackend;
     let dir: TmpDir;
     let n = 0;
     const gateways: CliProcess[] = [];
     const cleanups: (() => Promise<void>)[] = [];
 
     before(async () => {
-      be = await startBackend(kind);
+      be = await startImageBackend(kind, 'vhost-s3-lease-');
     });
     after(async () => {
       await be?.stop();

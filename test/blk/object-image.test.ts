@@ -3,20 +3,16 @@
 // a local directory store. Every case keeps a reference copy of the disk and compares the
 // device's reads, and the chunk objects in the store, with it.
 import { expect } from 'chai';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 
 import { createImage } from '../../src/blk/image-admin.js';
 import { ImageKeys } from '../../src/blk/image-format.js';
 import { BlkStatus } from '../../src/blk/protocol.js';
-import { FileStore } from '../../src/backends/file-store.js';
 import { listKeys, type ObjectStore } from '../../src/backends/object-store.js';
-import { S3Store } from '../../src/backends/s3-store.js';
-import { ROOT_MARKER } from '../../src/backends/store-config.js';
 import type { SharedBuffer } from '../../src/frontend/memory.js';
 import { BlkClient } from '../../src/frontend/blk-client.js';
 import { startBlkServer, type CliProcess } from '../support/cli.js';
-import { startS3rver, type S3rver } from '../support/s3rver.js';
+import { startImageBackend, type ImageBackend } from '../support/image-backend.js';
 import { TmpDir } from '../support/tmp.js';
 import { xorshift32 } from '../../src/util/xorshift.js';
 
@@ -28,47 +24,6 @@ const CS = 64 * KiB; // chunk size of every image here: boundaries are crossed o
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 // ---- helpers --------------------------------------------------------------------------
-
-/** A store holding images, the way the tests reach it (API for checks, locator for the CLI). */
-interface Backend {
-  readonly kind: 's3' | 'file';
-  /** For checks and for creating images (never used while a gateway writes the same keys). */
-  readonly store: ObjectStore;
-  /** Environment for child processes. */
-  readonly env: Record<string, string>;
-  locator(name: string): string;
-  keys(name: string): ImageKeys;
-  stop(): Promise<void>;
-}
-
-async function startBackend(kind: 's3' | 'file'): Promise<Backend> {
-  const keys = (name: string): ImageKeys => new ImageKeys(`images/${name}/`);
-  if (kind === 's3') {
-    const s3: S3rver = await startS3rver({ buckets: ['bkt'] });
-    const store = new S3Store({ bucket: 'bkt', endpoint: s3.endpoint, credentials: s3.credentials, conditionalWrites: false });
-    return {
-      kind, store, env: { ...s3.env }, keys,
-      locator: (name) => `s3://bkt/images/${name}`,
-      stop: async () => {
-        await store.close();
-        await s3.stop();
-      },
-    };
-  }
-  const dir = new TmpDir('vhost-s3-objimg-');
-  const root = join(dir.path, 'store');
-  mkdirSync(root);
-  writeFileSync(join(root, ROOT_MARKER), 'vhost-s3 local object store\n');
-  const store = await FileStore.open(root);
-  return {
-    kind, store, env: {}, keys,
-    locator: (name) => `file:${root}/images/${name}`,
-    stop: async () => {
-      await store.close();
-      dir.remove();
-    },
-  };
-}
 
 /** xorshift32: deterministic random numbers for the workloads. */
 function rng(seed: number): (n: number) => number {
@@ -215,14 +170,14 @@ class Disk {
 for (const kind of ['s3', 'file'] as const) {
   describe(`object-backed image over ${kind === 's3' ? 's3:// (s3rver)' : 'file: (local store)'}: frontend-driven`, function () {
     this.timeout(90_000);
-    let be: Backend;
+    let be: ImageBackend;
     let dir: TmpDir;
     const gateways: CliProcess[] = [];
     const disks: Disk[] = [];
     let n = 0;
 
     before(async () => {
-      be = await startBackend(kind);
+      be = await startImageBackend(kind, 'vhost-s3-objimg-');
     });
     after(async () => {
       await be?.stop();

@@ -2,19 +2,17 @@
 // as a child process), on s3:// images in s3rver and on file: images in a local store:
 // what they print, what they leave in the store, and one-line errors with exit 2.
 import { expect } from 'chai';
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 
 import { ImageKeys, encodeManifest, newManifest, type ImageManifest } from '../../src/blk/image-format.js';
-import { FileStore } from '../../src/backends/file-store.js';
 import { listKeys, type ObjectStore } from '../../src/backends/object-store.js';
-import { S3Store } from '../../src/backends/s3-store.js';
 import { ROOT_MARKER } from '../../src/backends/store-config.js';
 import { runCli, startBlkServer, type CliProcess, type CliResult } from '../support/cli.js';
-import { startS3rver, type S3rver } from '../support/s3rver.js';
+import { startImageBackend, type ImageBackend } from '../support/image-backend.js';
 import { TmpDir, makeRawFile } from '../support/tmp.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
@@ -22,42 +20,6 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const CS = 64 * KiB;
-
-interface Backend {
-  readonly kind: 's3' | 'file';
-  readonly store: ObjectStore;
-  readonly env: Record<string, string>;
-  /** Locator of the folder holding the images (no trailing slash). */
-  readonly folder: string;
-  readonly s3?: S3rver;
-  stop(): Promise<void>;
-}
-
-async function startBackend(kind: 's3' | 'file'): Promise<Backend> {
-  if (kind === 's3') {
-    const s3 = await startS3rver({ buckets: ['bkt'] });
-    const store = new S3Store({ bucket: 'bkt', endpoint: s3.endpoint, credentials: s3.credentials, conditionalWrites: false });
-    return {
-      kind, store, s3, env: { ...s3.env }, folder: 's3://bkt/images',
-      stop: async () => {
-        await store.close();
-        await s3.stop();
-      },
-    };
-  }
-  const dir = new TmpDir('vhost-s3-cli-image-');
-  const root = join(dir.path, 'store');
-  mkdirSync(root);
-  writeFileSync(join(root, ROOT_MARKER), 'vhost-s3 local object store\n');
-  const store = await FileStore.open(root);
-  return {
-    kind, store, env: {}, folder: `file:${root}/images`,
-    stop: async () => {
-      await store.close();
-      dir.remove();
-    },
-  };
-}
 
 function explain(r: CliResult): string {
   return `exit ${r.code ?? r.signal}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
@@ -102,13 +64,13 @@ async function closedPort(): Promise<number> {
 for (const kind of ['s3', 'file'] as const) {
   describe(`cli: vhost-s3 image … on ${kind === 's3' ? 's3:// (s3rver)' : 'file: (local store)'}`, function () {
     this.timeout(60_000);
-    let be: Backend;
+    let be: ImageBackend;
     let dir: TmpDir;
     let n = 0;
     const gateways: CliProcess[] = [];
 
     before(async () => {
-      be = await startBackend(kind);
+      be = await startImageBackend(kind, 'vhost-s3-cli-image-');
     });
     after(async () => {
       await be?.stop();

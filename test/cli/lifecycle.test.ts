@@ -11,8 +11,8 @@ import { FuseClient } from '../../src/frontend/fuse-client.js';
 import { O_CREAT, O_RDONLY, O_WRONLY, S_IFDIR, S_IFREG } from '../../src/fuse/abi.js';
 import { createObjectStore } from '../../src/backends/locator.js';
 import { BlkStatus } from '../../src/blk/protocol.js';
-import { CliProcess, isSocket, runCli, startBlkServer } from '../support/cli.js';
-import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
+import { CliProcess, isSocket, runCli, startBlkServer, useCliServer } from '../support/cli.js';
+import { makeRawFile, patternBytes } from '../support/tmp.js';
 
 const MiB = 1 << 20;
 
@@ -42,63 +42,50 @@ function allocatedBytes(root: string): number {
 
 describe('cli: configuration from the environment', function () {
   this.timeout(60_000);
-  let dir: TmpDir;
-  let server: CliProcess | null = null;
-  let client: BlkClient | null = null;
-
-  beforeEach(() => {
-    dir = new TmpDir('vhost-s3-cli-');
-  });
-  afterEach(async () => {
-    await client?.close();
-    client = null;
-    await server?.kill();
-    server = null;
-    dir.remove();
-  });
+  const fx = useCliServer('vhost-s3-cli-');
 
   it('blk takes every setting from VHOST_S3_* variables', async () => {
-    const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
-    const sock = dir.file('env.sock');
-    server = new CliProcess(['blk'], {
+    const raw = makeRawFile(fx.dir.file('disk.raw'), 16 * MiB);
+    const sock = fx.dir.file('env.sock');
+    fx.server = new CliProcess(['blk'], {
       env: {
         VHOST_S3_SOCKET: sock, VHOST_S3_IMAGE: `file:${raw}`, VHOST_S3_QUEUES: '2', VHOST_S3_SERIAL: 'FROM-ENV',
         VHOST_S3_READONLY: 'true', VHOST_S3_IO_ENGINE: 'sync', VHOST_S3_LOG_LEVEL: 'warn',
       },
     });
-    await server.waitForSocket(sock);
-    client = await BlkClient.connect(sock, { queues: 4 });
-    expect(client.numQueues).to.equal(2);
-    expect(client.readOnly).to.equal(true);
-    expect(client.capacity).to.equal(16 * MiB);
-    expect((await client.getIdAsync()).id).to.equal('FROM-ENV');
-    await client.close();
-    client = null;
-    const st = await server.stop('SIGTERM');
-    expect(st.code, server.describe()).to.equal(0);
+    await fx.server.waitForSocket(sock);
+    fx.client = await BlkClient.connect(sock, { queues: 4 });
+    expect(fx.client.numQueues).to.equal(2);
+    expect(fx.client.readOnly).to.equal(true);
+    expect(fx.client.capacity).to.equal(16 * MiB);
+    expect((await fx.client.getIdAsync()).id).to.equal('FROM-ENV');
+    await fx.client.close();
+    fx.client = null;
+    const st = await fx.server.stop('SIGTERM');
+    expect(st.code, fx.server.describe()).to.equal(0);
     // --log-level warn from the environment: a clean run logs nothing.
-    expect(server.stderr, 'no info lines at level warn').to.equal('');
+    expect(fx.server.stderr, 'no info lines at level warn').to.equal('');
   });
 
   it('flags win over the environment', async () => {
-    const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
-    const sock = dir.file('flag.sock');
-    server = await startBlkServer({
+    const raw = makeRawFile(fx.dir.file('disk.raw'), 16 * MiB);
+    const sock = fx.dir.file('flag.sock');
+    fx.server = await startBlkServer({
       socket: sock, image: `file:${raw}`, serial: 'FROM-FLAG', queues: 1,
-      env: { VHOST_S3_SOCKET: dir.file('not-this.sock'), VHOST_S3_SERIAL: 'FROM-ENV', VHOST_S3_QUEUES: '3', VHOST_S3_READONLY: 'true' },
+      env: { VHOST_S3_SOCKET: fx.dir.file('not-this.sock'), VHOST_S3_SERIAL: 'FROM-ENV', VHOST_S3_QUEUES: '3', VHOST_S3_READONLY: 'true' },
       extra: ['--no-readonly'],
     });
-    expect(existsSync(dir.file('not-this.sock'))).to.equal(false);
-    client = await BlkClient.connect(sock, { queues: 4 });
-    expect(client.numQueues).to.equal(1);
-    expect(client.readOnly).to.equal(false);
-    expect((await client.getIdAsync()).id).to.equal('FROM-FLAG');
+    expect(existsSync(fx.dir.file('not-this.sock'))).to.equal(false);
+    fx.client = await BlkClient.connect(sock, { queues: 4 });
+    expect(fx.client.numQueues).to.equal(1);
+    expect(fx.client.readOnly).to.equal(false);
+    expect((await fx.client.getIdAsync()).id).to.equal('FROM-FLAG');
   });
 
   it('bench blk takes its settings from VHOST_S3_BENCH_* variables', async () => {
-    const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
-    const sock = dir.file('b.sock');
-    server = await startBlkServer({ socket: sock, image: `file:${raw}`, queues: 2, logLevel: 'warn' });
+    const raw = makeRawFile(fx.dir.file('disk.raw'), 16 * MiB);
+    const sock = fx.dir.file('b.sock');
+    fx.server = await startBlkServer({ socket: sock, image: `file:${raw}`, queues: 2, logLevel: 'warn' });
     const r = await runCli(['bench', 'blk'], {
       env: {
         VHOST_S3_BENCH_SOCKET: sock, VHOST_S3_BENCH_RW: 'write', VHOST_S3_BENCH_BS: '64k', VHOST_S3_BENCH_SIZE: '2M',
@@ -114,96 +101,70 @@ describe('cli: configuration from the environment', function () {
 
 describe('cli: shutdown on SIGTERM and SIGINT', function () {
   this.timeout(60_000);
-  let dir: TmpDir;
-  let server: CliProcess | null = null;
-  let client: BlkClient | null = null;
-
-  beforeEach(() => {
-    dir = new TmpDir('vhost-s3-cli-');
-  });
-  afterEach(async () => {
-    await client?.close();
-    client = null;
-    await server?.kill();
-    server = null;
-    dir.remove();
-  });
+  const fx = useCliServer('vhost-s3-cli-');
 
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     it(`an idle server exits 0 on ${signal} and removes its socket`, async () => {
-      const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
-      const sock = dir.file('idle.sock');
-      server = await startBlkServer({ socket: sock, image: `file:${raw}` });
-      const st = await server.stop(signal);
-      expect(st.code, server.describe()).to.equal(0);
+      const raw = makeRawFile(fx.dir.file('disk.raw'), 16 * MiB);
+      const sock = fx.dir.file('idle.sock');
+      fx.server = await startBlkServer({ socket: sock, image: `file:${raw}` });
+      const st = await fx.server.stop(signal);
+      expect(st.code, fx.server.describe()).to.equal(0);
       expect(st.signal).to.equal(null);
       expect(st.ms, 'shutdown time').to.be.below(5000);
       expect(existsSync(sock), 'socket removed').to.equal(false);
-      const logs = expectJsonLogs(server);
-      expect(logs.some((l) => l.msg === 'shutting down' && l.signal === signal), server.stderr).to.equal(true);
+      const logs = expectJsonLogs(fx.server);
+      expect(logs.some((l) => l.msg === 'shutting down' && l.signal === signal), fx.server.stderr).to.equal(true);
     });
   }
 
   it('exits 0 on SIGTERM while a frontend is connected; its completed writes are in the file', async () => {
-    const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
-    const sock = dir.file('busy.sock');
-    server = await startBlkServer({ socket: sock, image: `file:${raw}`, queues: 2 });
-    client = await BlkClient.connect(sock, { queues: 2 });
+    const raw = makeRawFile(fx.dir.file('disk.raw'), 16 * MiB);
+    const sock = fx.dir.file('busy.sock');
+    fx.server = await startBlkServer({ socket: sock, image: `file:${raw}`, queues: 2 });
+    fx.client = await BlkClient.connect(sock, { queues: 2 });
     const data = patternBytes(5, 8192);
-    const b = client.allocBuffer(data.length);
+    const b = fx.client.allocBuffer(data.length);
     b.bytes.set(data);
-    expect(await client.writeAsync(1, 4096, b)).to.equal(BlkStatus.Ok);
-    const st = await server.stop('SIGTERM');
-    expect(st.code, server.describe()).to.equal(0);
+    expect(await fx.client.writeAsync(1, 4096, b)).to.equal(BlkStatus.Ok);
+    const st = await fx.server.stop('SIGTERM');
+    expect(st.code, fx.server.describe()).to.equal(0);
     expect(st.ms).to.be.below(5000);
     expect(isSocket(sock)).to.equal(false);
     // The completed write was flushed before exit.
     expect(readFileSync(raw).subarray(4096, 4096 + 8192).equals(Buffer.from(data))).to.equal(true);
-    expectJsonLogs(server);
+    expectJsonLogs(fx.server);
   });
 
   it('a server restarted on the same socket path replaces the stale socket file of a killed one', async () => {
-    const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
-    const sock = dir.file('stale.sock');
-    server = await startBlkServer({ socket: sock, image: `file:${raw}` });
-    await server.kill(); // SIGKILL: the socket file stays behind
+    const raw = makeRawFile(fx.dir.file('disk.raw'), 16 * MiB);
+    const sock = fx.dir.file('stale.sock');
+    fx.server = await startBlkServer({ socket: sock, image: `file:${raw}` });
+    await fx.server.kill(); // SIGKILL: the socket file stays behind
     expect(existsSync(sock)).to.equal(true);
-    server = await startBlkServer({ socket: sock, image: `file:${raw}` });
-    client = await BlkClient.connect(sock);
-    expect(client.capacity).to.equal(16 * MiB);
+    fx.server = await startBlkServer({ socket: sock, image: `file:${raw}` });
+    fx.client = await BlkClient.connect(sock);
+    expect(fx.client.capacity).to.equal(16 * MiB);
   });
 
   it('refuses to take over the socket of a server that is still running (exit 2)', async () => {
-    const raw = makeRawFile(dir.file('disk.raw'), 16 * MiB);
-    const raw2 = makeRawFile(dir.file('disk2.raw'), 16 * MiB);
-    const sock = dir.file('taken.sock');
-    server = await startBlkServer({ socket: sock, image: `file:${raw}` });
+    const raw = makeRawFile(fx.dir.file('disk.raw'), 16 * MiB);
+    const raw2 = makeRawFile(fx.dir.file('disk2.raw'), 16 * MiB);
+    const sock = fx.dir.file('taken.sock');
+    fx.server = await startBlkServer({ socket: sock, image: `file:${raw}` });
     const r = await runCli(['blk', '--socket', sock, '--image', `file:${raw2}`]);
     expect(r.code, r.stderr).to.equal(2);
     expect(r.stderr.trim().split('\n')).to.have.length(1);
     expect(r.stderr).to.match(/in use|EADDRINUSE/);
     // The first server still serves.
-    client = await BlkClient.connect(sock);
-    expect(client.capacity).to.equal(16 * MiB);
+    fx.client = await BlkClient.connect(sock);
+    expect(fx.client.capacity).to.equal(16 * MiB);
   });
 });
 
 describe('cli: vhost-s3 serve (npm start)', function () {
   this.timeout(90_000);
-  let dir: TmpDir;
-  let server: CliProcess | null = null;
-  let client: BlkClient | null = null;
-
-  beforeEach(() => {
-    dir = new TmpDir('vhost-s3-serve-');
-  });
-  afterEach(async () => {
-    await client?.close();
-    client = null;
-    await server?.kill();
-    server = null;
-    dir.remove();
-  });
+  const fx = useCliServer('vhost-s3-serve-');
 
   async function startServe(args: string[], o: { env?: Record<string, string>; cwd?: string } = {}): Promise<CliProcess> {
     const p = new CliProcess(['serve', ...args], o);
@@ -212,10 +173,10 @@ describe('cli: vhost-s3 serve (npm start)', function () {
   }
 
   it('creates a sparse disk of --disk-size on first start, prints how to attach it, and reuses it on the next start', async () => {
-    const data = dir.file('state/vhost-s3');
+    const data = fx.dir.file('state/vhost-s3');
     const sock = join(data, 'disk0.sock');
-    server = await startServe(['--data-dir', data, '--disk-size', '64M']);
-    const out = server.stdout;
+    fx.server = await startServe(['--data-dir', data, '--disk-size', '64M']);
+    const out = fx.server.stdout;
     expect(out).to.include(`on ${sock}`);
     expect(out).to.include(`(${64 * MiB} bytes)`);
     expect(out).to.include(`-chardev socket,id=d0,path=${sock}`);
@@ -229,44 +190,44 @@ describe('cli: vhost-s3 serve (npm start)', function () {
     expect(r.code, r.stderr).to.equal(0);
     expect((JSON.parse(r.stdout) as { errors: number }).errors).to.equal(0);
 
-    client = await BlkClient.connect(sock);
-    expect(client.capacity).to.equal(64 * MiB);
-    expect((await client.getIdAsync()).id).to.equal('vhost-s3-disk0');
+    fx.client = await BlkClient.connect(sock);
+    expect(fx.client.capacity).to.equal(64 * MiB);
+    expect((await fx.client.getIdAsync()).id).to.equal('vhost-s3-disk0');
     const pattern = patternBytes(77, 128 * 1024);
-    const b = client.allocBuffer(pattern.length);
+    const b = fx.client.allocBuffer(pattern.length);
     b.bytes.set(pattern);
-    expect(await client.writeAsync(0, 40 * MiB, b)).to.equal(BlkStatus.Ok);
-    expect(await client.flushAsync()).to.equal(BlkStatus.Ok);
-    await client.close();
-    client = null;
-    const st = await server.stop('SIGTERM');
-    expect(st.code, server.describe()).to.equal(0);
+    expect(await fx.client.writeAsync(0, 40 * MiB, b)).to.equal(BlkStatus.Ok);
+    expect(await fx.client.flushAsync()).to.equal(BlkStatus.Ok);
+    await fx.client.close();
+    fx.client = null;
+    const st = await fx.server.stop('SIGTERM');
+    expect(st.code, fx.server.describe()).to.equal(0);
     expect(existsSync(sock)).to.equal(false);
-    expectJsonLogs(server);
+    expectJsonLogs(fx.server);
 
     // Second start: the same disk, whatever --disk-size says now.
-    server = await startServe(['--data-dir', data, '--disk-size', '128M']);
-    expect(server.stdout).to.include(`(${64 * MiB} bytes)`);
-    client = await BlkClient.connect(sock);
-    expect(client.capacity).to.equal(64 * MiB);
-    const rb = client.allocBuffer(pattern.length);
-    expect(await client.readAsync(0, 40 * MiB, rb)).to.equal(BlkStatus.Ok);
+    fx.server = await startServe(['--data-dir', data, '--disk-size', '128M']);
+    expect(fx.server.stdout).to.include(`(${64 * MiB} bytes)`);
+    fx.client = await BlkClient.connect(sock);
+    expect(fx.client.capacity).to.equal(64 * MiB);
+    const rb = fx.client.allocBuffer(pattern.length);
+    expect(await fx.client.readAsync(0, 40 * MiB, rb)).to.equal(BlkStatus.Ok);
     expect(Buffer.from(rb.bytes).equals(Buffer.from(pattern)), 'data written before the restart').to.equal(true);
-    await client.close();
-    client = null;
-    expect((await server.stop('SIGINT')).code, server.describe()).to.equal(0);
-    expectJsonLogs(server);
+    await fx.client.close();
+    fx.client = null;
+    expect((await fx.server.stop('SIGINT')).code, fx.server.describe()).to.equal(0);
+    expectJsonLogs(fx.server);
   });
 
   it('also serves store/share as a virtio-fs share on fs.sock (tag share): what a client writes is in the store and there after a restart', async () => {
-    const data = dir.file('data');
+    const data = fx.dir.file('data');
     const fsSock = join(data, 'fs.sock');
     const diskSock = join(data, 'disk0.sock');
-    server = await startServe(['--data-dir', data, '--disk-size', '16M']);
-    expect(server.stdout).to.include(`on ${fsSock}`);
-    expect(server.stdout).to.include(`-chardev socket,id=f0,path=${fsSock} -device vhost-user-fs-pci,chardev=f0,tag=share`);
-    expect(server.stdout).to.include(`-chardev socket,id=d0,path=${diskSock} -device vhost-user-blk-pci,chardev=d0`);
-    expect(server.stdout).to.include('mount -t virtiofs share /mnt');
+    fx.server = await startServe(['--data-dir', data, '--disk-size', '16M']);
+    expect(fx.server.stdout).to.include(`on ${fsSock}`);
+    expect(fx.server.stdout).to.include(`-chardev socket,id=f0,path=${fsSock} -device vhost-user-fs-pci,chardev=f0,tag=share`);
+    expect(fx.server.stdout).to.include(`-chardev socket,id=d0,path=${diskSock} -device vhost-user-blk-pci,chardev=d0`);
+    expect(fx.server.stdout).to.include('mount -t virtiofs share /mnt');
     expect(isSocket(fsSock)).to.equal(true);
     const text = new TextEncoder().encode('written through the share\n');
     let fc = await FuseClient.connect(fsSock);
@@ -282,15 +243,15 @@ describe('cli: vhost-s3 serve (npm start)', function () {
       await fc.close();
     }
     // The disk is served at the same time.
-    client = await BlkClient.connect(diskSock);
-    expect(client.capacity).to.equal(16 * MiB);
-    await client.close();
-    client = null;
-    const st = await server.stop('SIGTERM');
-    expect(st.code, server.describe()).to.equal(0);
+    fx.client = await BlkClient.connect(diskSock);
+    expect(fx.client.capacity).to.equal(16 * MiB);
+    await fx.client.close();
+    fx.client = null;
+    const st = await fx.server.stop('SIGTERM');
+    expect(st.code, fx.server.describe()).to.equal(0);
     expect(existsSync(fsSock), 'fs socket removed').to.equal(false);
     expect(existsSync(diskSock), 'disk socket removed').to.equal(false);
-    expectJsonLogs(server);
+    expectJsonLogs(fx.server);
     const { store } = await createObjectStore(`file:${join(data, 'store')}`);
     try {
       const obj = await store.get('share/docs/readme.txt');
@@ -301,7 +262,7 @@ describe('cli: vhost-s3 serve (npm start)', function () {
       await store.close();
     }
 
-    server = await startServe(['--data-dir', data]);
+    fx.server = await startServe(['--data-dir', data]);
     fc = await FuseClient.connect(fsSock);
     try {
       await fc.init();
@@ -313,16 +274,16 @@ describe('cli: vhost-s3 serve (npm start)', function () {
     } finally {
       await fc.close();
     }
-    expect((await server.stop('SIGINT')).code, server.describe()).to.equal(0);
+    expect((await fx.server.stop('SIGINT')).code, fx.server.describe()).to.equal(0);
     expect(existsSync(fsSock)).to.equal(false);
   });
 
   it('a SIGTERM sent as soon as the disk socket exists exits 0 and removes both sockets (3 tries)', async () => {
     const failures: string[] = [];
-    const data = dir.file('early');
+    const data = fx.dir.file('early');
     for (let i = 0; i < 3; i++) {
       const p = new CliProcess(['serve', '--data-dir', data, '--disk-size', '16M', '--log-level', 'warn']);
-      server = p;
+      fx.server = p;
       const sock = join(data, 'disk0.sock');
       while (!isSocket(sock) && p.running) await new Promise((r) => setImmediate(r));
       const st = await p.stop('SIGTERM');
@@ -333,20 +294,20 @@ describe('cli: vhost-s3 serve (npm start)', function () {
   });
 
   it('without --data-dir uses ./data of the working directory; VHOST_S3_DISK_SIZE sets the size', async () => {
-    server = await startServe([], { cwd: dir.path, env: { VHOST_S3_DISK_SIZE: '16M' } });
-    const sock = dir.file('data/disk0.sock');
-    expect(server.stdout).to.include(`on ${sock}`);
-    client = await BlkClient.connect(sock);
-    expect(client.capacity).to.equal(16 * MiB);
-    await client.close();
-    client = null;
-    expect((await server.stop()).code).to.equal(0);
+    fx.server = await startServe([], { cwd: fx.dir.path, env: { VHOST_S3_DISK_SIZE: '16M' } });
+    const sock = fx.dir.file('data/disk0.sock');
+    expect(fx.server.stdout).to.include(`on ${sock}`);
+    fx.client = await BlkClient.connect(sock);
+    expect(fx.client.capacity).to.equal(16 * MiB);
+    await fx.client.close();
+    fx.client = null;
+    expect((await fx.server.stop()).code).to.equal(0);
   });
 
   it('VHOST_S3_DATA_DIR chooses the data directory', async () => {
-    const data = dir.file('from-env');
-    server = await startServe([], { env: { VHOST_S3_DATA_DIR: data, VHOST_S3_DISK_SIZE: '16M' } });
+    const data = fx.dir.file('from-env');
+    fx.server = await startServe([], { env: { VHOST_S3_DATA_DIR: data, VHOST_S3_DISK_SIZE: '16M' } });
     expect(isSocket(join(data, 'disk0.sock'))).to.equal(true);
-    expect((await server.stop()).code).to.equal(0);
+    expect((await fx.server.stop()).code).to.equal(0);
   });
 });

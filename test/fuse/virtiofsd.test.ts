@@ -3,7 +3,6 @@
 // host files are seen through the client — the client speaks real FUSE over virtio-fs,
 // not just what our own server accepts.
 import { expect } from 'chai';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FuseClient } from '../../src/frontend/fuse-client.js';
@@ -11,10 +10,8 @@ import { O_CREAT, O_EXCL, O_RDONLY, O_RDWR, S_IFDIR, S_IFMT, S_IFREG } from '../
 import type { DirentPlus } from '../../src/fuse/replies.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
 import { errnoCode } from '../support/errno.js';
-import { waitFor } from '../support/wait.js';
+import { startVirtiofsd, virtiofsdUsable, type Virtiofsd } from '../support/guest/fs-checks.js';
 
-const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
-const canRun = existsSync(VIRTIOFSD) && process.getuid?.() === 0;
 const te = new TextEncoder();
 const td = new TextDecoder();
 
@@ -23,12 +20,11 @@ describe('FUSE client against virtiofsd', function () {
   this.timeout(30000);
   let dir: TmpDir;
   let shared: string;
-  let proc: ChildProcess | null = null;
-  let output = '';
+  let vfsd: Virtiofsd | null = null;
   let c: FuseClient | null = null;
 
   before(function () {
-    if (!canRun) this.skip();
+    if (!virtiofsdUsable()) this.skip();
   });
 
   beforeEach(async () => {
@@ -36,25 +32,15 @@ describe('FUSE client against virtiofsd', function () {
     shared = dir.file('shared');
     mkdirSync(shared);
     const socket = dir.file('fs.sock');
-    output = '';
-    proc = spawn(VIRTIOFSD, [`--socket-path=${socket}`, '-o', `source=${shared}`, '-o', 'sandbox=chroot', '-o', 'cache=none'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    proc.stdout!.on('data', (b: Buffer) => (output += b.toString()));
-    proc.stderr!.on('data', (b: Buffer) => (output += b.toString()));
-    await waitFor(() => existsSync(socket), 10000, `virtiofsd socket (${output})`, 20);
+    vfsd = await startVirtiofsd({ source: shared, socket });
     c = await FuseClient.connect(socket, { maxIo: 256 * 1024 });
   });
 
   afterEach(async () => {
     await c?.close();
     c = null;
-    if (proc !== null && proc.exitCode === null && proc.signalCode === null) {
-      const exited = new Promise((resolve) => proc!.once('exit', resolve));
-      proc.kill('SIGTERM');
-      await exited;
-    }
-    proc = null;
+    await vfsd?.stop();
+    vfsd = null;
     dir.remove();
   });
 

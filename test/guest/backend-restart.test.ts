@@ -11,12 +11,12 @@
 // O_DIRECT and fsync (FLUSH), read it back with O_DIRECT and compare. At the end the guest
 // drops its caches and compares every slot again.
 import { expect } from 'chai';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { ROOT_MARKER } from '../../src/backends/store-config.js';
-import { assertGuestPrereqs, assertGuestSuccess, bootGuest, ensureGuestImage, patternBytes, type BootResult } from '../support/guest/index.js';
+import { assertGuestSuccess, bootGuest, patternBytes, useGuestImage, type BootResult } from '../support/guest/index.js';
 import { CliProcess, runCli, startBlkServer } from '../support/cli.js';
+import { makeStoreRoot } from '../support/image-backend.js';
 import { TmpDir, makeRawFile } from '../support/tmp.js';
 
 const MiB = 1 << 20;
@@ -104,11 +104,7 @@ describe('guest: the vhost-s3 blk gateway is killed and restarted under a runnin
   let dir: TmpDir;
   const gateways: CliProcess[] = [];
 
-  before(async function () {
-    this.timeout(600_000); // the first run builds the guest image
-    assertGuestPrereqs();
-    await ensureGuestImage();
-  });
+  useGuestImage();
   beforeEach(() => {
     dir = new TmpDir('vhost-s3-guest-restart-');
   });
@@ -215,9 +211,7 @@ describe('guest: the vhost-s3 blk gateway is killed and restarted under a runnin
   });
 
   it('on an object image in a file: store (--writethrough): the lease is recovered and the export holds the last patterns', async () => {
-    const root = join(dir.path, 'store');
-    mkdirSync(root);
-    writeFileSync(join(root, ROOT_MARKER), 'vhost-s3 local object store\n');
+    const root = makeStoreRoot(join(dir.path, 'store'));
     const locator = `file:${root}/images/vm`;
     const created = await runCli(['image', 'create', locator, '--size', '64M', '--chunk-size', '256K']);
     expect(created.code, created.stderr).to.equal(0);

@@ -9,12 +9,9 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 
-import { S3Store } from '../../src/backends/s3-store.js';
-import { assertGuestPrereqs, bootGuest, ensureGuestImage, GuestError } from '../support/guest/index.js';
+import { bootGuest, GuestError, useGuestBucket } from '../support/guest/index.js';
 import { CliProcess, runCli } from '../support/cli.js';
 import { documentedCommand, parseEnvFile, qemuOptions, repoFile } from '../support/deploy.js';
-import { startS3rver, type S3rver } from '../support/s3rver.js';
-import { TmpDir } from '../support/tmp.js';
 
 const BUCKET = 'bkt';
 /** What the examples name, and what this test serves instead. */
@@ -22,36 +19,18 @@ const EXAMPLE_BUCKET = 's3://my-bucket/';
 
 describe('guest: the deployment documents, run (docs/deployment.md QEMU line, deploy/systemd env files)', function () {
   this.timeout(300_000);
-  let s3: S3rver;
-  let store: S3Store;
-  let dir: TmpDir;
-  const procs: CliProcess[] = [];
-
-  before(async function () {
-    this.timeout(600_000);
-    assertGuestPrereqs();
-    await ensureGuestImage();
-    s3 = await startS3rver({ buckets: [BUCKET] });
-    store = new S3Store({ bucket: BUCKET, endpoint: s3.endpoint, credentials: s3.credentials, region: 'us-east-1' });
-    dir = new TmpDir('vhost-s3-guest-deploy-');
-  });
-  after(async () => {
-    for (const p of procs) await p.kill();
-    await store?.close();
-    await s3?.stop();
-    dir?.remove();
-  });
+  const fx = useGuestBucket({ bucket: BUCKET, tmpPrefix: 'vhost-s3-guest-deploy-' });
 
   /** An example env file with the store and socket pointed at this test's. */
   function exampleEnv(file: string, socket: string): Record<string, string> {
     const env = parseEnvFile(repoFile(`deploy/systemd/${file}`));
     for (const k of ['VHOST_S3_BUCKET', 'VHOST_S3_IMAGE']) if (env[k] !== undefined) env[k] = env[k]!.replace(EXAMPLE_BUCKET, `s3://${BUCKET}/`);
-    return { ...env, ...s3.env, VHOST_S3_SOCKET: socket };
+    return { ...env, ...fx.s3.env, VHOST_S3_SOCKET: socket };
   }
 
   it('the documented QEMU options attach both devices served as the units serve them', async () => {
-    const fsEnv = exampleEnv('fs-data.env.example', dir.file('fs-data.sock'));
-    const blkEnv = exampleEnv('blk-vm1.env.example', dir.file('blk-vm1.sock'));
+    const fsEnv = exampleEnv('fs-data.env.example', fx.dir.file('fs-data.sock'));
+    const blkEnv = exampleEnv('blk-vm1.env.example', fx.dir.file('blk-vm1.sock'));
     const docSockets = new Map([
       [parseEnvFile(repoFile('deploy/systemd/fs-data.env.example')).VHOST_S3_SOCKET!, fsEnv.VHOST_S3_SOCKET!],
       [parseEnvFile(repoFile('deploy/systemd/blk-vm1.env.example')).VHOST_S3_SOCKET!, blkEnv.VHOST_S3_SOCKET!],
@@ -101,12 +80,12 @@ describe('guest: the deployment documents, run (docs/deployment.md QEMU line, de
     expect(qemuArgs.join(' ')).to.include('vhost-user-fs-pci').and.include('vhost-user-blk-pci');
 
     // The devices, started like the systemd units: the command alone, configured by the environment.
-    await store.put('data/hello.txt', new TextEncoder().encode('hello from the bucket\n'));
-    const created = await runCli(['image', 'create', blkEnv.VHOST_S3_IMAGE!, '--size', '64M'], { env: { ...s3.env } });
+    await fx.store.put('data/hello.txt', new TextEncoder().encode('hello from the bucket\n'));
+    const created = await runCli(['image', 'create', blkEnv.VHOST_S3_IMAGE!, '--size', '64M'], { env: { ...fx.s3.env } });
     expect(created.code, created.stderr).to.equal(0);
     for (const [command, env] of [['fs', fsEnv], ['blk', blkEnv]] as const) {
       const p = new CliProcess([command], { env });
-      procs.push(p);
+      fx.procs.push(p);
       await p.waitForSocket(env.VHOST_S3_SOCKET!);
     }
 
@@ -135,10 +114,10 @@ describe('guest: the deployment documents, run (docs/deployment.md QEMU line, de
     }
 
     // Stopped as systemd stops them (SIGTERM): the writes are in the bucket.
-    for (const p of procs) expect((await p.stop('SIGTERM')).code, p.describe()).to.equal(0);
-    expect(new TextDecoder().decode((await store.get('data/guest.txt')).body)).to.equal('from the documented guest\n');
-    const raw = dir.file('vm1.raw');
-    const exported = await runCli(['image', 'export', blkEnv.VHOST_S3_IMAGE!, raw], { env: { ...s3.env } });
+    for (const p of fx.procs) expect((await p.stop('SIGTERM')).code, p.describe()).to.equal(0);
+    expect(new TextDecoder().decode((await fx.store.get('data/guest.txt')).body)).to.equal('from the documented guest\n');
+    const raw = fx.dir.file('vm1.raw');
+    const exported = await runCli(['image', 'export', blkEnv.VHOST_S3_IMAGE!, raw], { env: { ...fx.s3.env } });
     expect(exported.code, exported.stderr).to.equal(0);
     expect(readFileSync(raw).subarray(8 * 512, 8 * 512 + 11).toString()).to.equal('VHS3-DEPLOY');
   });

@@ -7,9 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import {
-  assertGuestPrereqs,
   bootGuest,
-  ensureGuestImage,
   GuestError,
   makeBlkCheckPlan,
   rawFileBacking,
@@ -18,6 +16,7 @@ import {
   verifyBlkBacking,
   vhostUserBlkArgs,
   type QsdBlk,
+  useGuestImage,
 } from '../support/guest/index.js';
 
 async function rejection(p: Promise<unknown>): Promise<Error> {
@@ -34,10 +33,8 @@ describe('guest harness', function () {
   let dir: string;
   let qsd: QsdBlk | undefined;
 
-  before(async function () {
-    this.timeout(600_000);
-    assertGuestPrereqs();
-    await ensureGuestImage();
+  useGuestImage();
+  before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'vhost-s3-harness-'));
   });
   afterEach(async () => {

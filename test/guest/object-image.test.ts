@@ -15,24 +15,20 @@ import { readFileSync } from 'node:fs';
 
 import { ImageKeys } from '../../src/blk/image-format.js';
 import { listKeys, type ObjectStore } from '../../src/backends/object-store.js';
-import { S3Store } from '../../src/backends/s3-store.js';
 import {
-  assertGuestPrereqs,
   assertGuestSuccess,
   blkGuestFiles,
   bootGuest,
-  ensureGuestImage,
   makeBlkCheckPlan,
   patternBytes,
   preloadBlkBacking,
   runBlkGuestChecks,
   vhostUserBlkArgs,
+  useGuestBucket,
   type BlkBacking,
   type BlkCheckPlan,
 } from '../support/guest/index.js';
 import { runCli, startBlkServer, type CliProcess, type CliResult } from '../support/cli.js';
-import { startS3rver, type S3rver } from '../support/s3rver.js';
-import { TmpDir } from '../support/tmp.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
@@ -110,37 +106,19 @@ function readBackScript(plan: BlkCheckPlan): string {
 
 describe('guest: virtio-blk on an object-backed image in s3rver (vhost-s3 blk)', function () {
   this.timeout(240_000);
-  let s3: S3rver;
-  let store: S3Store;
-  let dir: TmpDir;
-  const gateways: CliProcess[] = [];
-
-  before(async function () {
-    this.timeout(600_000); // the first run builds the guest image
-    assertGuestPrereqs();
-    await ensureGuestImage();
-    s3 = await startS3rver({ buckets: ['bkt'] });
-    store = new S3Store({ bucket: 'bkt', endpoint: s3.endpoint, credentials: s3.credentials, conditionalWrites: false });
-    dir = new TmpDir('vhost-s3-guest-objimg-');
-  });
-  after(async () => {
-    for (const g of gateways) await g.kill();
-    await store?.close();
-    await s3?.stop();
-    dir?.remove();
-  });
+  const fx = useGuestBucket({ bucket: 'bkt', tmpPrefix: 'vhost-s3-guest-objimg-', store: { conditionalWrites: false } });
   afterEach(function () {
-    if (this.currentTest?.state === 'failed') for (const g of gateways) console.log(g.describe());
+    if (this.currentTest?.state === 'failed') for (const g of fx.procs) console.log(g.describe());
   });
 
-  const cli = (args: string[]): Promise<CliResult> => runCli(args, { env: { ...s3.env }, timeoutMs: 60_000 });
+  const cli = (args: string[]): Promise<CliResult> => runCli(args, { env: { ...fx.s3.env }, timeoutMs: 60_000 });
   const gateway = async (n: number): Promise<CliProcess> => {
     const g = await startBlkServer({
-      socket: dir.file(`blk${n}.sock`), image: LOCATOR, env: { ...s3.env }, serial: `VHS3-OBJ-${n}`,
+      socket: fx.dir.file(`blk${n}.sock`), image: LOCATOR, env: { ...fx.s3.env }, serial: `VHS3-OBJ-${n}`,
       // A cache smaller than what the guest touches: chunks are evicted and fetched again.
       extra: ['--cache-size', '2M', '--dirty-size', '4M'],
     });
-    gateways.push(g);
+    fx.procs.push(g);
     return g;
   };
 
@@ -148,7 +126,7 @@ describe('guest: virtio-blk on an object-backed image in s3rver (vhost-s3 blk)',
     const keys = new ImageKeys('images/guest1/');
     const created = await cli(['image', 'create', LOCATOR, '--size', '64M', '--chunk-size', '64K']);
     expect(created.code, created.stderr).to.equal(0);
-    const backing = objectBacking(store, keys);
+    const backing = objectBacking(fx.store, keys);
     const plan = makeBlkCheckPlan({ sizeBytes: SIZE, chunkSize: CS, seed: 7 });
     expect(plan.regions.some((r) => r.name === 'last'), 'the plan writes the last sector').to.equal(true);
     expect(plan.regions.some((r) => Math.floor(r.offset / CS) !== Math.floor((r.offset + r.length - 1) / CS)), 'writes cross chunk boundaries').to.equal(true);
@@ -160,7 +138,7 @@ describe('guest: virtio-blk on an object-backed image in s3rver (vhost-s3 blk)',
 
     // Boot 1.
     const g1 = await gateway(1);
-    const { boot: b1 } = await runBlkGuestChecks({ plan, backing, doPreload: false, qemuArgs: vhostUserBlkArgs(dir.file('blk1.sock')) });
+    const { boot: b1 } = await runBlkGuestChecks({ plan, backing, doPreload: false, qemuArgs: vhostUserBlkArgs(fx.dir.file('blk1.sock')) });
     expect(b1.results['blk.write_cache']).to.equal('write back');
     expect(b1.results['blk.sectors']).to.equal(String(SIZE / 512));
     const st = await g1.stop('SIGTERM');
@@ -168,9 +146,9 @@ describe('guest: virtio-blk on an object-backed image in s3rver (vhost-s3 blk)',
 
     // Boot 2, on a new gateway process with an empty cache.
     await gateway(2);
-    const g2 = gateways[gateways.length - 1]!;
+    const g2 = fx.procs[fx.procs.length - 1]!;
     const b2 = await bootGuest({
-      script: readBackScript(plan), files: { ...blkGuestFiles(plan), '/blkcheck/extra.bin': extra }, qemuArgs: vhostUserBlkArgs(dir.file('blk2.sock')),
+      script: readBackScript(plan), files: { ...blkGuestFiles(plan), '/blkcheck/extra.bin': extra }, qemuArgs: vhostUserBlkArgs(fx.dir.file('blk2.sock')),
     });
     assertGuestSuccess(b2);
     expect(b2.results['again.extra']).to.equal('ok');
@@ -184,7 +162,7 @@ describe('guest: virtio-blk on an object-backed image in s3rver (vhost-s3 blk)',
     for (const r of plan.regions) r.data.copy(expected, r.offset);
     extra.copy(expected, EXTRA.offset);
     expected.fill(0, DISCARD.offset, DISCARD.offset + DISCARD.length);
-    const out = dir.file('export.raw');
+    const out = fx.dir.file('export.raw');
     const ex = await cli(['image', 'export', LOCATOR, out]);
     expect(ex.code, ex.stderr).to.equal(0);
     const got = readFileSync(out);
@@ -196,7 +174,7 @@ describe('guest: virtio-blk on an object-backed image in s3rver (vhost-s3 blk)',
     }
     // Whole chunks the guest discarded have no objects (after the gateway's FLUSH they are deleted).
     const stored = new Set<number>();
-    for await (const k of listKeys(store, keys.chunksPrefix)) stored.add(keys.chunkIndex(k));
+    for await (const k of listKeys(fx.store, keys.chunksPrefix)) stored.add(keys.chunkIndex(k));
     for (let i = 128; i < 144; i++) expect(stored.has(i), `discarded chunk ${i} has no object`).to.equal(false);
     expect(stored.has(127) && stored.has(144), 'partly discarded chunks keep their objects').to.equal(true);
     const st2 = await g2.stop('SIGTERM');

@@ -9,14 +9,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import {
-  assertGuestPrereqs,
-  ensureGuestImage,
   makeBlkCheckPlan,
   rawFileBacking,
   runBlkGuestChecks,
   startQsdBlk,
   vhostUserBlkArgs,
   type QsdBlk,
+  useGuestImage,
 } from '../support/guest/index.js';
 
 const SIZE = 64 * 1024 * 1024;
@@ -26,10 +25,8 @@ describe('guest: virtio-blk via qemu-storage-daemon (vhost-user-blk)', function 
   let dir: string;
   let qsd: QsdBlk | undefined;
 
-  before(async function () {
-    this.timeout(600_000); // first run downloads and builds the guest image
-    assertGuestPrereqs();
-    await ensureGuestImage();
+  useGuestImage();
+  before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'vhost-s3-qsd-blk-'));
   });
 

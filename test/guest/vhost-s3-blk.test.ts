@@ -20,15 +20,13 @@
 // The backend's debug log shows both and is checked below.
 import { expect } from 'chai';
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readFileSync, statSync, fsyncSync, writeSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 
 import {
-  assertGuestPrereqs,
   blkGuestFiles,
   blkGuestScript,
   bootGuest,
   checkBlkGuestResults,
-  ensureGuestImage,
   GUEST_PRELUDE,
   makeBlkCheckPlan,
   patternBytes,
@@ -38,9 +36,10 @@ import {
   vhostUserBlkArgs,
   type BlkCheckPlan,
   type BootResult,
+  useGuestImage,
 } from '../support/guest/index.js';
 import { CliProcess, startBlkServer } from '../support/cli.js';
-import { TmpDir, makeRawFile } from '../support/tmp.js';
+import { TmpDir, makeRawFile, writeAt } from '../support/tmp.js';
 
 const MiB = 1 << 20;
 const SIZE = 64 * MiB;
@@ -62,16 +61,6 @@ const RO_REGION = { offset: MiB, length: 64 * 1024 };
 const VIRTIO_RING_F_INDIRECT_DESC = 1n << 28n;
 const VIRTIO_RING_F_EVENT_IDX = 1n << 29n;
 const VIRTIO_BLK_F_MQ = 1n << 12n;
-
-function writeAt(path: string, offset: number, data: Uint8Array): void {
-  const fd = openSync(path, 'r+');
-  try {
-    writeSync(fd, data, 0, data.byteLength, offset);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 function sha256(path: string): string {
   return createHash('sha256').update(readFileSync(path)).digest('hex');
@@ -205,10 +194,8 @@ describe('guest: virtio-blk via vhost-s3 blk (CLI child process)', function () {
   let rw: CliProcess | null = null;
   let ro: CliProcess | null = null;
 
-  before(async function () {
-    this.timeout(600_000); // the first run downloads and builds the guest image
-    assertGuestPrereqs();
-    await ensureGuestImage();
+  useGuestImage();
+  before(() => {
     dir = new TmpDir('vhost-s3-guest-blk-');
   });
 

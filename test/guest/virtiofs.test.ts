@@ -29,15 +29,12 @@ import { expect } from 'chai';
 import { chownSync, existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { S3Store } from '../../src/backends/s3-store.js';
 import { createObjectStore } from '../../src/backends/locator.js';
 import { listKeys, type ObjectHead } from '../../src/backends/object-store.js';
 import {
-  assertGuestPrereqs,
   bootGuest,
   checkFsOpsResults,
   diffTrees,
-  ensureGuestImage,
   FS_SEED,
   FS_SEED_GID,
   FS_SEED_UID,
@@ -50,10 +47,11 @@ import {
   startVirtiofsd,
   vhostUserFsArgs,
   virtiofsdUsable,
+  useGuestBucket,
+  useGuestImage,
   type BootResult,
 } from '../support/guest/index.js';
 import { CliProcess, isSocket } from '../support/cli.js';
-import { startS3rver, type S3rver } from '../support/s3rver.js';
 import { TmpDir } from '../support/tmp.js';
 
 const BUCKET = 'bkt';
@@ -80,43 +78,27 @@ function guestFail(msg: string, boot: BootResult): GuestError {
 describe('guest: vhost-s3 fs (virtio-fs) serving a bucket in s3rver', function () {
   this.timeout(240_000);
   const plan = makeFsOpsPlan({ tag: 'data' });
-  let s3: S3rver;
-  let store: S3Store;
-  let dir: TmpDir;
-  const procs: CliProcess[] = [];
+  const fx = useGuestBucket({ bucket: BUCKET, tmpPrefix: 'vhost-s3-guest-fs-' });
   /** ETags of the seeded objects, to show the gateway left them alone. */
   const seedEtags = new Map<string, string>();
   let t0Sec = 0;
 
-  before(async function () {
-    this.timeout(600_000);
-    assertGuestPrereqs();
-    await ensureGuestImage();
-    s3 = await startS3rver({ buckets: [BUCKET] });
-    store = new S3Store({ bucket: BUCKET, endpoint: s3.endpoint, credentials: s3.credentials, region: 'us-east-1' });
-    dir = new TmpDir('vhost-s3-guest-fs-');
-    for (const [k, v] of Object.entries(OUTSIDE)) seedEtags.set(k, (await store.put(k, Buffer.from(v))).etag);
+  before(async () => {
+    for (const [k, v] of Object.entries(OUTSIDE)) seedEtags.set(k, (await fx.store.put(k, Buffer.from(v))).etag);
     for (const s of FS_SEED) {
       const metadata = s.mtime !== undefined ? { mtime: `${s.mtime}.5` } : undefined; // rclone's float seconds
-      seedEtags.set(PREFIX + s.path, (await store.put(PREFIX + s.path, s.data, { metadata })).etag);
+      seedEtags.set(PREFIX + s.path, (await fx.store.put(PREFIX + s.path, s.data, { metadata })).etag);
     }
     t0Sec = Math.floor(Date.now() / 1000);
-  });
-
-  after(async () => {
-    for (const p of procs) await p.kill();
-    await store?.close();
-    await s3?.stop();
-    dir?.remove();
   });
 
   /** `vhost-s3 fs` on the bucket's prefix, resolved once its socket listens. */
   async function startFs(socket: string, tag: string, extra: string[]): Promise<CliProcess> {
     const p = new CliProcess(
       ['fs', '--socket', socket, '--bucket', `s3://${BUCKET}/${PREFIX}`, '--tag', tag, '--uid', String(FS_SEED_UID), '--gid', String(FS_SEED_GID), ...extra],
-      { env: { ...s3.env } },
+      { env: { ...fx.s3.env } },
     );
-    procs.push(p);
+    fx.procs.push(p);
     try {
       await p.waitFor('the QEMU arguments on stdout', (out) => out.includes('guest: mount'));
       await p.waitForSocket(socket);
@@ -129,12 +111,12 @@ describe('guest: vhost-s3 fs (virtio-fs) serving a bucket in s3rver', function (
 
   async function allKeys(): Promise<string[]> {
     const keys: string[] = [];
-    for await (const k of listKeys(store, '')) keys.push(k);
+    for await (const k of listKeys(fx.store, '')) keys.push(k);
     return keys;
   }
 
   async function headOf(key: string): Promise<ObjectHead> {
-    const h = await store.head(key);
+    const h = await fx.store.head(key);
     if (!h) throw new Error(`${key} is missing from the bucket`);
     return h;
   }
@@ -182,7 +164,7 @@ describe('guest: vhost-s3 fs (virtio-fs) serving a bucket in s3rver', function (
       if (kind === 'd') {
         if (h.size !== 0) problems.push(`${key}: marker of ${h.size} bytes`);
       } else {
-        const body = Buffer.from((await store.get(key)).body);
+        const body = Buffer.from((await fx.store.get(key)).body);
         if (kind === 'l') {
           const target = desc.split(' ').slice(4).join(' ');
           if (body.toString() !== target) problems.push(`${key}: symlink body ${JSON.stringify(body.toString())}, want ${JSON.stringify(target)}`);
@@ -192,14 +174,14 @@ describe('guest: vhost-s3 fs (virtio-fs) serving a bucket in s3rver', function (
       }
     }
     for (const k of Object.keys(OUTSIDE)) {
-      const h = await store.head(k);
+      const h = await fx.store.head(k);
       if (h?.etag !== seedEtags.get(k)) problems.push(`${k} outside the prefix was changed or removed`);
     }
     expect(problems, `bucket after boot 1 (keys: ${keys.join(' ')})`).to.deep.equal([]);
   }
 
   it('boot 1: the guest creates, writes, truncates, renames, links, chmods and removes; the bucket holds exactly that with s3fs metadata', async () => {
-    const sock = dir.file('fs-a.sock');
+    const sock = fx.dir.file('fs-a.sock');
     const gw = await startFs(sock, 'data', ['--queues', '2', '--log-level', 'debug']);
     // The printed QEMU arguments name the socket, the tag and the queues.
     expect(gw.stdout).to.include(`-chardev socket,id=f0,path=${sock}`);
@@ -230,8 +212,8 @@ describe('guest: vhost-s3 fs (virtio-fs) serving a bucket in s3rver', function (
   });
 
   it('boot 2: a fresh gateway shows the same tree; a --readonly share refuses changes with EROFS; rm -rf empties the prefix', async () => {
-    const sock = dir.file('fs-b.sock');
-    const roSock = dir.file('fs-ro.sock');
+    const sock = fx.dir.file('fs-b.sock');
+    const roSock = fx.dir.file('fs-ro.sock');
     const gw = await startFs(sock, 'data', ['--attr-timeout', '0.5', '--entry-timeout', '0.5']);
     const ro = await startFs(roSock, 'ro', ['--readonly']);
     const roOps: Record<string, string> = {
@@ -288,12 +270,12 @@ describe('guest: vhost-s3 fs (virtio-fs) serving a bucket in s3rver', function (
     // Everything under the prefix is gone (a marker for the prefix itself may stay); outside untouched.
     const keys = await allKeys();
     expect(keys.filter((k) => k.startsWith(PREFIX) && k !== PREFIX), 'keys left under the prefix').to.deep.equal([]);
-    for (const k of Object.keys(OUTSIDE)) expect((await store.head(k))?.etag, k).to.equal(seedEtags.get(k));
+    for (const k of Object.keys(OUTSIDE)) expect((await fx.store.head(k))?.etag, k).to.equal(seedEtags.get(k));
   });
 
   it('reference: the same guest operations on QEMU virtiofsd over a seeded local directory give the same results and tree', async function () {
     if (!virtiofsdUsable()) this.skip();
-    const share = dir.file('share');
+    const share = fx.dir.file('share');
     mkdirSync(share);
     for (const s of FS_SEED) {
       const path = join(share, s.path);
@@ -303,7 +285,7 @@ describe('guest: vhost-s3 fs (virtio-fs) serving a bucket in s3rver', function (
       if (s.mtime !== undefined) utimesSync(path, s.mtime, s.mtime);
     }
     for (const d of ['preexisting', 'preexisting/sub']) chownSync(join(share, d), FS_SEED_UID, FS_SEED_GID);
-    const sock = dir.file('virtiofsd.sock');
+    const sock = fx.dir.file('virtiofsd.sock');
     const vfsd = await startVirtiofsd({ source: share, socket: sock });
     let boot: BootResult;
     try {
@@ -337,10 +319,8 @@ describe('guest: npm start (vhost-s3 serve) serves the disk and the share togeth
   let dir: TmpDir;
   let serve: CliProcess | null = null;
 
-  before(async function () {
-    this.timeout(600_000);
-    assertGuestPrereqs();
-    await ensureGuestImage();
+  useGuestImage();
+  before(() => {
     dir = new TmpDir('vhost-s3-guest-serve-');
   });
   after(async () => {

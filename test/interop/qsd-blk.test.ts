@@ -6,13 +6,13 @@
 // is run against both peers as well.
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
-import { openSync, closeSync, readSync, writeSync, fsyncSync, statSync } from 'node:fs';
+import { openSync, closeSync, readSync, statSync } from 'node:fs';
 
 import { BlkClient, STATUS_BAD_REPLY } from '../../src/frontend/blk-client.js';
 import { BlkStatus } from '../../src/blk/protocol.js';
 import { startQsdBlk } from '../support/guest/index.js';
 import { runCli, startBlkServer } from '../support/cli.js';
-import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
+import { TmpDir, makeRawFile, patternBytes, writeAt } from '../support/tmp.js';
 
 const MiB = 1 << 20;
 const SIZE = 32 * MiB;
@@ -69,16 +69,6 @@ function readFileAt(path: string, offset: number, length: number): Buffer {
   }
 }
 
-function writeFileAt(path: string, offset: number, data: Uint8Array): void {
-  const fd = openSync(path, 'r+');
-  try {
-    writeSync(fd, data, 0, data.byteLength, offset);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 }
@@ -124,7 +114,7 @@ for (const peer of peers) {
         { offset: MiB + 512, data: patternBytes(12, 3 * 512) },
         { offset: SIZE - 4096, data: patternBytes(13, 4096) },
       ];
-      for (const r of regions) writeFileAt(image, r.offset, r.data);
+      for (const r of regions) writeAt(image, r.offset, r.data);
       const c = await start({ queues: 2 });
       expect(c.numQueues).to.equal(2);
       expect(c.capacity).to.equal(SIZE);
@@ -196,7 +186,7 @@ for (const peer of peers) {
 
     it('DISCARD punches holes, WRITE_ZEROES zeroes, GET_ID answers, out-of-range requests fail', async () => {
       const region = 12 * MiB;
-      writeFileAt(image, region, patternBytes(31, 4 * MiB));
+      writeAt(image, region, patternBytes(31, 4 * MiB));
       const blocksBefore = statSync(image).blocks;
       const c = await start();
       expect(await c.discardAsync(0, [{ offset: region, length: 2 * MiB }])).to.equal(BlkStatus.Ok);
@@ -223,7 +213,7 @@ for (const peer of peers) {
 
     it('read-only export: reads work, writes fail and leave the file alone', async () => {
       const data = patternBytes(41, 4096);
-      writeFileAt(image, 4096, data);
+      writeAt(image, 4096, data);
       const c = await start({ readOnly: true, queues: 1 });
       expect(c.readOnly).to.equal(true);
       const r = c.allocBuffer(4096);

@@ -149,6 +149,41 @@ describe('BucketVfs under concurrency', function () {
     await vfs.close();
   });
 
+  it('under an expired small listing, lookups cost one LIST until it expires again, not requests per name', async () => {
+    const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+    const { vfs, store, inner } = mk({ listTtlMs: 40 });
+    await vfs.mkdir('d', 0o755, CALLER);
+    for (let i = 0; i < 3; i++) await writeFile(vfs, `d/f${i}`, new Uint8Array([i]));
+    await sleep(60);
+    store.reset();
+    for (let i = 3; i < 8; i++) expect(await vfs.stat(`d/f${i}`)).to.equal(null);
+    // One LIST; the files we wrote are listed unchanged and keep their cached attributes.
+    expect(store.count('list')).to.equal(1);
+    expect(store.count('head')).to.equal(0);
+    expect((await vfs.stat('d/f1'))!.size).to.equal(1);
+    // What others put there is found by the next refresh (one HEAD for the unknown object).
+    await inner.put('d/theirs', new Uint8Array(2));
+    await sleep(60);
+    store.reset();
+    expect((await vfs.stat('d/theirs'))!.size).to.equal(2);
+    expect([store.count('list'), store.count('head')]).to.deep.equal([1, 1]);
+    await vfs.close();
+
+    // A listing of more entries than one page, or with many entries whose attributes are no
+    // longer cached, is not reloaded for a lookup: the name is asked for (HEAD file, HEAD
+    // marker, LIST of what is below it).
+    for (const [opts, n] of [[{ listTtlMs: 40 }, 1001], [{ listTtlMs: 40, attrCacheEntries: 4 }, 40]] as const) {
+      const m = mk(opts);
+      for (let i = 0; i < n; i++) await m.inner.put(`big/e${i}`, new Uint8Array(0));
+      expect((await m.vfs.list('big')).length).to.equal(n);
+      await sleep(60);
+      m.store.reset();
+      expect(await m.vfs.stat('big/new')).to.equal(null);
+      expect([m.store.count('list'), m.store.count('head')], `${n} entries`).to.deep.equal([1, 2]);
+      await m.vfs.close();
+    }
+  });
+
   it('parallel readers of one big file share block fetches', async () => {
     const { vfs, store } = mk({ blockSize: 16 * KiB, readAheadBytes: 64 * KiB });
     const body = patternBytes(9, 512 * KiB);

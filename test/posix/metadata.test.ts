@@ -23,7 +23,7 @@ import {
   xattrName,
   type StoredAttrs,
 } from '../../src/backends/posix/metadata.js';
-import { isValidName } from '../../src/backends/posix/names.js';
+import { checkPath, isValidName } from '../../src/backends/posix/names.js';
 
 const NS = 1_000_000_000n;
 const MAX_NS = (1n << 63n) - 1n;
@@ -211,6 +211,20 @@ describe('posix metadata', () => {
     it('accepts POSIX names only', () => {
       for (const ok of ['a', 'a b', 'é', '...', 'x'.repeat(255), 'é'.repeat(127)]) expect(isValidName(ok), ok).to.equal(true);
       for (const bad of ['', '.', '..', 'a/b', 'a\0', 'x'.repeat(256), 'é'.repeat(128), 'lone\uD800']) expect(isValidName(bad), bad).to.equal(false);
+    });
+
+    it('counts NAME_MAX in UTF-8 bytes around the limit (short names are not counted), and checkPath agrees', () => {
+      const unit = fc.constantFrom('x', 'é', '€', '\u{1F600}');
+      fc.assert(
+        fc.property(fc.array(unit, { minLength: 60, maxLength: 260 }), (units) => {
+          const name = units.join('');
+          const fits = Buffer.byteLength(name, 'utf8') <= 255;
+          expect(isValidName(name)).to.equal(fits);
+          if (fits) checkPath(`a/${name}`);
+          else expect(() => checkPath(`a/${name}`)).to.throw().with.property('code', 'ENAMETOOLONG');
+        }),
+        { numRuns: 500 },
+      );
     });
   });
 });

@@ -146,4 +146,32 @@ describe('posix page cache', () => {
     await cache.read(fresh, 0, new Uint8Array(10));
     expect(cache.peek(fresh, 5)).to.equal(null);
   });
+  it('with a store that reads on worker threads: starts them at once, and blocks live in shared memory the store fills in place', async () => {
+    const inner = new MemoryStore();
+    const body = patternBytes(3, 20 * KiB);
+    const { etag } = await inner.put('obj', body);
+    let started = 0;
+    const targets: Uint8Array[] = [];
+    const store = Object.assign(Object.create(inner) as MemoryStore, {
+      sharedReadBuffers: true,
+      startReadWorkers: async () => void started++,
+      getInto: (key: string, offset: number, target: Uint8Array) => (targets.push(target), inner.getInto(key, offset, target)),
+    });
+    const cache = new PageCache({ store, blockSize: 4 * KiB, maxBytes: 64 * KiB, fetchConcurrency: 4 });
+    expect(started).to.equal(1);
+    const v = { key: 'obj', etag, size: body.length };
+    cache.prefetch(v, 4 * KiB, 12 * KiB);
+    const view = await cache.view(v, 0, 100);
+    const out = new Uint8Array(10 * KiB);
+    await cache.read(v, 5 * KiB, out);
+    expect(equalBytes(view, body.subarray(0, 100))).to.equal(true);
+    expect(equalBytes(out, body.subarray(5 * KiB, 15 * KiB))).to.equal(true);
+    expect(targets.length).to.equal(2); // a demand block and one run
+    expect(targets.every((t) => t.buffer instanceof SharedArrayBuffer)).to.equal(true);
+    // An ordinary store gets ordinary buffers and nothing is started.
+    const { store: plain, cache: c2, etag: e2, body: b2 } = await setup();
+    await c2.read({ key: 'obj', etag: e2, size: b2.length }, 0, new Uint8Array(10));
+    expect(plain.count('getInto')).to.equal(1);
+    expect(c2.peek({ key: 'obj', etag: e2, size: b2.length }, 0)!.buffer instanceof SharedArrayBuffer).to.equal(false);
+  });
 });

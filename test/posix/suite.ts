@@ -740,6 +740,21 @@ export function bucketVfsSuite(target: VfsTarget): void {
         expect(str((await shared.store.get(`${prefix}f`)).body)).to.equal('precious');
       });
 
+      it('a store answering short for an unchanged object fails the flush (EIO) rather than storing zeros', async () => {
+        const { prefix } = mk();
+        await shared.store.put(`${prefix}f`, text('0123456789'));
+        // A fresh gateway: none of the object's bytes are cached.
+        const { vfs, store } = mk({}, prefix);
+        const file = await vfs.open('f', RW);
+        await file.write(4, text('ab'));
+        store.shortGets = true;
+        await expectErrno(file.flush(), 'EIO');
+        expect(str((await shared.store.get(`${prefix}f`)).body)).to.equal('0123456789');
+        store.shortGets = false;
+        await file.release();
+        expect(str((await shared.store.get(`${prefix}f`)).body)).to.equal('0123ab6789');
+      });
+
       it('a failed multipart upload is reported and retried', async () => {
         const { vfs, store, prefix } = mk({ multipartThreshold: 64 * KiB, partSize: 64 * KiB });
         const body = patternBytes(6, Math.max(3 * shared.store.capabilities.minPartSize, 200 * KiB) + 5);

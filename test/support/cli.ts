@@ -7,7 +7,9 @@ import { statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+import type { BlkClient } from '../../src/frontend/blk-client.js';
 import { tail, trackChild } from './guest/exec.js';
+import { TmpDir } from './tmp.js';
 
 /** The repository root (this file runs from dist/test/support/). */
 export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -232,4 +234,30 @@ export async function startRunServer(file: string, o: CliOptions & { extra?: rea
     throw err;
   }
   return p;
+}
+
+/** What useCliServer gives each test: its directory, and the gateway and disk client it starts. */
+export class CliServerFixture {
+  dir!: TmpDir;
+  server: CliProcess | null = null;
+  client: BlkClient | null = null;
+}
+
+/**
+ * Registers beforeEach/afterEach: each test gets a new TmpDir (named tmpPrefix…); after it
+ * the client it left in `client` is closed, the server in `server` killed, the dir removed.
+ */
+export function useCliServer(tmpPrefix: string): CliServerFixture {
+  const fx = new CliServerFixture();
+  beforeEach(() => {
+    fx.dir = new TmpDir(tmpPrefix);
+  });
+  afterEach(async () => {
+    await fx.client?.close();
+    fx.client = null;
+    await fx.server?.kill();
+    fx.server = null;
+    fx.dir.remove();
+  });
+  return fx;
 }

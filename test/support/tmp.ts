@@ -1,5 +1,5 @@
 // Temporary directories and raw files for tests, removed after each test.
-import { mkdtempSync, rmSync, openSync, closeSync, ftruncateSync, writeSync } from 'node:fs';
+import { mkdtempSync, rmSync, openSync, closeSync, fsyncSync, ftruncateSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -26,6 +26,17 @@ export function makeRawFile(path: string, size: number, data?: { offset: number;
     closeSync(fd);
   }
   return path;
+}
+
+/** Writes `data` at `offset` of an existing file and fsyncs it (a host-side change to a disk image). */
+export function writeAt(path: string, offset: number, data: Uint8Array): void {
+  const fd = openSync(path, 'r+');
+  try {
+    writeSync(fd, data, 0, data.byteLength, offset);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** Deterministic bytes for checks: the same (seed, length) always gives the same bytes. */

@@ -1,9 +1,7 @@
 // Test helpers for the vhost-user layer: an "echo" VhostUserDevice (copies each
 // request's readable bytes into its writable bytes), frontend-side guest memory on a
 // memfd, and small waiting utilities.
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readdirSync } from 'node:fs';
 import { native, type Mapping } from '../../src/native/index.js';
 import type { VhostUserDevice } from '../../src/vhost/device.js';
 import type { DeviceQueue } from '../../src/virtio/queue.js';
@@ -12,6 +10,7 @@ import { DriverQueue, type GuestBuffer } from '../../src/virtio/driver-queue.js'
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../src/virtio/features.js';
 import { ProtocolFeature } from '../../src/vhost/protocol.js';
 import type { FrontendSession } from '../../src/vhost/frontend-session.js';
+import { TmpDir } from '../support/tmp.js';
 import { sleep, waitFor } from '../support/wait.js';
 
 export { sleep, waitFor };
@@ -230,13 +229,10 @@ export function fdCount(): number {
   return readdirSync('/proc/self/fd').length;
 }
 
-export class TempDir {
-  readonly path = mkdtempSync(join(tmpdir(), 'vhost-test-'));
-  file(name: string): string {
-    return join(this.path, name);
-  }
-  remove(): void {
-    rmSync(this.path, { recursive: true, force: true });
+/** A temporary directory named vhost-test-…. */
+export class TempDir extends TmpDir {
+  constructor() {
+    super('vhost-test-');
   }
 }
 

@@ -2,7 +2,7 @@
 import { expect } from 'chai';
 import { native } from '../../src/native/index.js';
 import { FrontendSession } from '../../src/vhost/frontend-session.js';
-import { ProtocolError, decodeU64, encodeMemTable, encodeU64, encodeVringFile, encodeMemRegionMsg } from '../../src/vhost/codec.js';
+import { ProtocolError, decodeU64, encodeMemTable, encodeMessage, encodeU64, encodeVringFile, encodeMemRegionMsg, requestFlags } from '../../src/vhost/codec.js';
 import { FrontendReq, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/vhost/protocol.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../src/virtio/features.js';
 import { EchoDevice, FrontendMemory, TestRing, fdCount, settledWithin, sleep, waitFor } from './helpers.js';
@@ -375,15 +375,23 @@ describe('vhost-user backend session (driven by the frontend session)', function
   });
 });
 
+/** A one-queue echo server on `socketName` and a raw socket connected to it (no frontend session), both closed after `fn`. */
+async function withRawFrontend(socketName: string, fn: (fd: number, echo: EchoServer<EchoDevice>) => Promise<void>): Promise<void> {
+  const echo = new EchoServer(new EchoDevice(1), socketName);
+  const fd = native.unixConnect(echo.server.socketPath);
+  try {
+    await fn(fd, echo);
+  } finally {
+    native.close(fd);
+    await echo.close();
+  }
+}
+
 describe('vhost-user backend session back-pressure', function () {
   this.timeout(20000);
 
   it('stops reading from a frontend that does not read its replies, and loses nothing', async () => {
-    const echo = new EchoServer(new EchoDevice(1), 'bp.sock');
-    const { server, sessions } = echo;
-    const fd = native.unixConnect(server.socketPath);
-    try {
-      const { encodeMessage, requestFlags } = await import('../../src/vhost/codec.js');
+    await withRawFrontend('bp.sock', async (fd, { sessions }) => {
       const msg = encodeMessage(FrontendReq.GET_FEATURES, requestFlags(false));
       let sent = 0;
       let maxQueued = 0;
@@ -423,10 +431,7 @@ describe('vhost-user backend session back-pressure', function () {
         // Let unsent requests (still queued in our loop's view) go out.
       }
       expect(got).to.equal(sent * 20);
-    } finally {
-      native.close(fd);
-      await echo.close();
-    }
+    });
   });
 });
 
@@ -434,11 +439,7 @@ describe('vhost-user server close with a stalled frontend', function () {
   this.timeout(20000);
 
   it('completes even when the frontend never reads its replies', async () => {
-    const echo = new EchoServer(new EchoDevice(1), 'stall.sock');
-    const { server, sessions } = echo;
-    const fd = native.unixConnect(server.socketPath);
-    try {
-      const { encodeMessage, requestFlags } = await import('../../src/vhost/codec.js');
+    await withRawFrontend('stall.sock', async (fd, { server, sessions }) => {
       const msg = encodeMessage(FrontendReq.GET_QUEUE_NUM, requestFlags(false));
       for (let stalls = 0; stalls < 10; ) {
         if (native.sendMsg(fd, msg, 0, msg.byteLength, []) !== msg.byteLength) {
@@ -449,9 +450,6 @@ describe('vhost-user server close with a stalled frontend', function () {
       await waitFor(() => (sessions[0]?.queuedReplies ?? 0) > 0, 2000, 'replies to back up');
       const closing = server.close();
       expect(await settledWithin(closing, 300)).to.equal('settled');
-    } finally {
-      native.close(fd);
-      await echo.close();
-    }
+    });
   });
 });

@@ -2,15 +2,13 @@
 // hiprio + one request queue): negotiation, memory, both rings, a FUSE_INIT round trip
 // on the request queue, and stopping the rings.
 import { expect } from 'chai';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { FrontendSession } from '../../src/vhost/frontend-session.js';
 import { ProtocolFeature } from '../../src/vhost/protocol.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../src/virtio/features.js';
-import { FrontendMemory, TempDir, TestRing, waitFor } from './helpers.js';
+import { FrontendMemory, TempDir, TestRing } from './helpers.js';
+import { startVirtiofsd, virtiofsdUsable, type Virtiofsd } from '../support/guest/fs-checks.js';
 
-const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
-const canRun = existsSync(VIRTIOFSD) && process.getuid?.() === 0;
 
 const FUSE_INIT = 26;
 const IN = 0x40000;
@@ -19,20 +17,15 @@ const OUT = 0x50000;
 describe('vhost-user frontend session against virtiofsd', function () {
   this.timeout(30000);
   let dir: TempDir;
-  let proc: ChildProcess | null = null;
-  let output = '';
+  let vfsd: Virtiofsd | null = null;
 
   before(function () {
-    if (!canRun) this.skip();
+    if (!virtiofsdUsable()) this.skip();
   });
 
   afterEach(async () => {
-    if (proc !== null && proc.exitCode === null && proc.signalCode === null) {
-      const exited = new Promise((resolve) => proc!.once('exit', resolve));
-      proc.kill('SIGTERM');
-      await exited;
-    }
-    proc = null;
+    await vfsd?.stop();
+    vfsd = null;
     dir?.remove();
   });
 
@@ -41,12 +34,7 @@ describe('vhost-user frontend session against virtiofsd', function () {
     const shared = dir.file('shared');
     mkdirSync(shared);
     const socket = dir.file('fs.sock');
-    proc = spawn(VIRTIOFSD, [`--socket-path=${socket}`, '-o', `source=${shared}`, '-o', 'sandbox=chroot', '-o', 'cache=none'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    proc.stdout!.on('data', (b: Buffer) => (output += b.toString()));
-    proc.stderr!.on('data', (b: Buffer) => (output += b.toString()));
-    await waitFor(() => existsSync(socket), 10000, `virtiofsd socket (${output})`);
+    vfsd = await startVirtiofsd({ source: shared, socket });
 
     const fe = await FrontendSession.connect(socket, { timeoutMs: 5000 });
     const mem = new FrontendMemory(1 << 20, 0x100000);

@@ -4,6 +4,20 @@ import { DescriptorChain } from '../../src/virtio/chain.js';
 import type { Segment } from '../../src/virtio/memory.js';
 import { concat, pattern } from './helpers.js';
 
+/** `total` bytes cut into segments of the lengths in `cuts` (each at most what is left), the rest in one last segment. */
+function cutLengths(total: number, cuts: readonly number[]): number[] {
+  const lens: number[] = [];
+  let left = total;
+  for (const c of cuts) {
+    if (left === 0) break;
+    const l = Math.min(c, left);
+    lens.push(l);
+    left -= l;
+  }
+  if (left > 0) lens.push(left);
+  return lens;
+}
+
 /** Splits `bytes` into segments of the given lengths, each in its own buffer at offset 3. */
 function segments(bytes: Uint8Array, lengths: number[]): Segment[] {
   const out: Segment[] = [];
@@ -133,6 +147,36 @@ describe('virtio/DescriptorChain', () => {
     c.writeU8(0, 1);
   });
 
+  it('property: copies of any size (small ones byte by byte, larger ones by subarray) equal a flat copy, both ways', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 600 }),
+        fc.array(fc.integer({ min: 1, max: 300 }), { minLength: 1, maxLength: 8 }),
+        fc.nat(650),
+        fc.integer({ min: 0, max: 400 }),
+        (total, cuts, off, len) => {
+          const b = pattern(total, total);
+          const lens = cutLengths(total, cuts);
+          const c = DescriptorChain.fromSegments(0, segments(b, lens), segments(new Uint8Array(total), lens));
+          const d = new Uint8Array(len);
+          const n = c.read(off, d);
+          const want = b.subarray(Math.min(off, total), Math.min(off + len, total));
+          expect(n).to.equal(want.length);
+          expect(d.subarray(0, n)).to.deep.equal(want);
+          expect(d.subarray(n).every((x) => x === 0)).to.equal(true);
+          const src = pattern(len, len + 7);
+          const w = c.write(off, src);
+          expect(w).to.equal(want.length);
+          const out = concat(c.writable);
+          expect(out.subarray(off, off + w)).to.deep.equal(src.subarray(0, w));
+          expect(out.subarray(0, Math.min(off, total)).every((x) => x === 0)).to.equal(true);
+          expect(out.subarray(off + w).every((x) => x === 0)).to.equal(true);
+        },
+      ),
+      { numRuns: 500 },
+    );
+  });
+
   it('property: reads equal a flat copy for any segmentation', () => {
     fc.assert(
       fc.property(
@@ -141,15 +185,7 @@ describe('virtio/DescriptorChain', () => {
         ),
         fc.nat(70),
         ([b, cuts], off) => {
-          const lens: number[] = [];
-          let left = b.length;
-          for (const c of cuts) {
-            if (left === 0) break;
-            const l = Math.min(c, left);
-            lens.push(l);
-            left -= l;
-          }
-          if (left > 0) lens.push(left);
+          const lens = cutLengths(b.length, cuts);
           const c = DescriptorChain.fromSegments(0, segments(b, lens), []);
           const padded = new Uint8Array(b.length + 8);
           padded.set(b);

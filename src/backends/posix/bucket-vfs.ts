@@ -224,6 +224,13 @@ const SEQUENTIAL_SLACK = 256 * 1024;
 const DIR_CONTENT_TYPE = 'application/x-directory';
 /** st_size of a directory (as s3fs reports). */
 const DIR_SIZE = 4096;
+/**
+ * A lookup under a parent whose cached listing expired refreshes that listing when it is
+ * this small (one LIST page at S3's default page size) and at most this many of its
+ * entries would need a HEAD (attributes no longer cached): see refreshedAbsence().
+ */
+const REFRESH_MAX_ENTRIES = 1000;
+const REFRESH_MAX_UNKNOWN = 16;
 /** S3's largest object. */
 const MAX_OBJECT = 5 * 1024 * MiB * 1024;
 /** Linux XATTR_SIZE_MAX. */
@@ -257,6 +264,8 @@ export class BucketVfs implements Vfs {
   private readonly nodes = new Map<string, FileNode>();
   private readonly acquiring = new Map<string, Promise<FileNode>>();
   private readonly lookups = new Map<string, Promise<Entry | null>>();
+  /** Listings being loaded again for lookups under them (refreshedAbsence), by directory. */
+  private readonly refreshes = new Map<string, { readonly epoch: number; readonly entries: Promise<Map<string, DirEntry>> }>();
   private readonly metaLocks = new KeyedMutex();
   private readonly metaQueue: PQueue;
   private readonly uploadBytes: ByteSemaphore;
@@ -735,6 +744,13 @@ export class BucketVfs implements Vfs {
     if (path !== '' && this.listCache.get(parentOf(path))?.entries.has(baseName(path)) === false) return null;
     const running = this.lookups.get(path);
     if (running) return running;
+    const refresh = this.refreshParentFor(path);
+    if (refresh) return refresh.then((e) => (e !== undefined ? e : (this.lookups.get(path) ?? this.askFor(path))));
+    return this.askFor(path);
+  }
+
+  /** Asks the store what is at `path` (shared by concurrent lookups) and caches it. */
+  private askFor(path: string): Promise<Entry | null> {
     const epoch = this.epoch;
     const p: Promise<Entry | null> = this.fetchEntry(path)
       .then((e) => {
@@ -746,6 +762,46 @@ export class BucketVfs implements Vfs {
       });
     this.lookups.set(path, p);
     return p;
+  }
+
+  /**
+   * When the parent's cached listing has expired but is small, loads it again and answers
+   * from it: one LIST for every lookup under that directory until it expires again, where
+   * asking for the name costs a HEAD of the file, a HEAD of the marker and a LIST (a loop
+   * creating files in one directory sends a lookup of each new name first). The listing
+   * reuses the cached attributes of objects it shows unchanged, so only a few unknown
+   * entries are allowed (each costs a HEAD). Undefined at once when this does not apply;
+   * the promise gives undefined when our own changes raced with the listing or it failed
+   * (the caller then asks for the name).
+   */
+  private refreshParentFor(path: string): Promise<Entry | null | undefined> | undefined {
+    if (path === '') return undefined;
+    const parent = parentOf(path);
+    let running = this.refreshes.get(parent);
+    if (!running) {
+      const stale = this.listCache.peek(parent);
+      if (!stale || stale.fresh || stale.value.entries.size > REFRESH_MAX_ENTRIES) return undefined;
+      let unknown = 0;
+      for (const name of stale.value.entries.keys()) {
+        if (!this.attrCache.peek(joinPath(parent, name)) && ++unknown > REFRESH_MAX_UNKNOWN) return undefined;
+      }
+      const r = { epoch: this.epoch, entries: this.loadListing(parent) };
+      void r.entries.finally(() => {
+        if (this.refreshes.get(parent) === r) this.refreshes.delete(parent);
+      }).catch(() => undefined);
+      this.refreshes.set(parent, r);
+      running = r;
+    }
+    const { epoch, entries } = running;
+    return entries.then(
+      (listed) => {
+        if (this.epoch !== epoch) return undefined;
+        if (listed.has(baseName(path))) return this.attrCache.get(path) ?? undefined;
+        this.remember(path, null);
+        return null;
+      },
+      () => undefined,
+    );
   }
 
   private async fetchEntry(path: string): Promise<Entry | null> {
@@ -1236,7 +1292,7 @@ export class BucketVfs implements Vfs {
             size,
             read: async (offset: number, target: Uint8Array): Promise<number> => {
               // A part meant to be copied whose copy was refused: the old object's bytes.
-              if (copyable.get(offset) === target.length) await this.store.getInto(base!.key, offset, target);
+              if (copyable.get(offset) === target.length) this.checkBaseRead(base!, offset, target.length, await this.store.getInto(base!.key, offset, target));
               else await buf.readLocal(offset, target);
               return target.length;
             },
@@ -1308,10 +1364,23 @@ export class BucketVfs implements Vfs {
       else {
         const r = await this.store.getInto(base.key, s, data);
         if (r.etag !== base.etag) changed = true;
+        else this.checkBaseRead(base, s, data.length, r);
       }
       await buf.fill(s, data);
     });
     if (changed) this.log.warn('object changed by someone else while open for writing; unwritten ranges come from the new version', { path: n.path });
+  }
+
+  /**
+   * The stored object answered fewer bytes than it holds at `offset` while its ETag says it
+   * is the same version: a broken store. Storing the file now would put zeros where those
+   * bytes were, so the flush fails (EIO) and the node stays dirty instead.
+   */
+  private checkBaseRead(base: { readonly key: string; readonly etag: string; readonly size: number }, offset: number, length: number, r: { readonly etag: string; readonly bytesRead: number }): void {
+    const expected = Math.min(length, Math.max(0, base.size - offset));
+    if (r.etag === base.etag && r.bytesRead < expected) {
+      throw new StoreError('EIO', `get: ${base.key} (ETag ${base.etag}) gave ${r.bytesRead} of its ${expected} bytes at ${offset}`, { op: 'get', key: base.key });
+    }
   }
 
   /** EINVAL / EFBIG for a file size we cannot have. */

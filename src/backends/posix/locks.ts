@@ -2,38 +2,43 @@
 // order asynchronous sections; nothing here blocks a thread).
 
 export class Mutex {
-  private tail: Promise<void> = Promise.resolve();
-  private holders = 0;
+  private locked = false;
+  /** Waiting acquirers, in order; a release hands the lock straight to the first. */
+  private readonly waiters: Array<() => void> = [];
 
   /** True while someone holds or waits for the lock. */
   get busy(): boolean {
-    return this.holders > 0;
+    return this.locked;
   }
 
   /** Waits for the lock; call the returned function exactly once to let the next one in. */
   async acquire(): Promise<() => void> {
-    this.holders++;
-    let release!: () => void;
-    const next = new Promise<void>((res) => (release = res));
-    const prev = this.tail;
-    this.tail = prev.then(() => next);
-    await prev;
+    if (this.locked) await new Promise<void>((wake) => this.waiters.push(wake));
+    else this.locked = true;
     let done = false;
     return () => {
       if (done) return;
       done = true;
-      this.holders--;
-      release();
+      this.unlock();
     };
   }
 
   async run<T>(fn: () => Promise<T>): Promise<T> {
-    const release = await this.acquire();
+    // Uncontended (one request at a time on a file, the common case): no promise of our own,
+    // no hop through the microtask queue before `fn` starts.
+    if (this.locked) await new Promise<void>((wake) => this.waiters.push(wake));
+    else this.locked = true;
     try {
       return await fn();
     } finally {
-      release();
+      this.unlock();
     }
+  }
+
+  private unlock(): void {
+    const next = this.waiters.shift();
+    if (next) next(); // still locked: now theirs
+    else this.locked = false;
   }
 }
 

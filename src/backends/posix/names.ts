@@ -28,14 +28,19 @@ export function isValidName(name: string): boolean {
   if (name.includes('/') || name.includes('\0')) return false;
   if (name.startsWith(PROBE_NAME_PREFIX)) return false;
   if (!isWellFormed(name)) return false;
-  return Buffer.byteLength(name, 'utf8') <= NAME_MAX;
+  return fitsNameMax(name);
+}
+
+/** Whether `name` is at most NAME_MAX bytes in UTF-8; short names without counting (at most 3 bytes per UTF-16 unit). */
+function fitsNameMax(name: string): boolean {
+  return name.length * 3 <= NAME_MAX || Buffer.byteLength(name, 'utf8') <= NAME_MAX;
 }
 
 /** Throws EINVAL (bad segment) or ENAMETOOLONG (segment over NAME_MAX) for a path the engine should never send. */
 export function checkPath(path: string): void {
   if (path === '') return;
   for (const seg of path.split('/')) {
-    if (seg !== '' && Buffer.byteLength(seg, 'utf8') > NAME_MAX && isWellFormed(seg) && !seg.includes('\0'))
+    if (seg !== '' && !fitsNameMax(seg) && isWellFormed(seg) && !seg.includes('\0'))
       throw new ErrnoError('ENAMETOOLONG', `name longer than ${NAME_MAX} bytes`);
     if (!isValidName(seg)) throw new ErrnoError('EINVAL', `invalid path ${JSON.stringify(path)}`);
   }

@@ -14,10 +14,19 @@
 // consecutive blocks with one ranged GET each (up to `runBytes`): per-request costs (of
 // the client and of the server) are what limit a sequential reader, not bandwidth. The
 // blocks of a run are views of one buffer, which lives until its last block is evicted.
+// With a store that receives bodies on worker threads (S3Store's read workers) the buffers
+// are SharedArrayBuffers, filled in place by the worker.
 import { LRUCache } from 'lru-cache';
 import PQueue from 'p-queue';
 import { ErrnoError } from '../../util/errors.js';
 import type { ObjectStore } from '../object-store.js';
+
+/** What a store that reads on other threads offers (S3Store with read workers). */
+interface ReadThreads {
+  /** getInto fills a buffer in shared memory in place (others are copied into). */
+  readonly sharedReadBuffers?: boolean;
+  startReadWorkers?(): Promise<void>;
+}
 
 /** Which stored object (and version) to read. */
 export interface ObjectVersion {
@@ -69,6 +78,8 @@ export class PageCache {
   private readonly byObject = new Map<string, Set<string>>();
   private readonly inflight = new Map<string, Promise<Uint8Array>>();
   private readonly queue: PQueue;
+  /** Blocks in shared memory: the store fills them on another thread (no copy on the event loop). */
+  private readonly shared: boolean;
 
   constructor(opts: PageCacheOptions) {
     if (!Number.isSafeInteger(opts.blockSize) || opts.blockSize <= 0) throw new RangeError('page cache block size must be a positive integer');
@@ -77,6 +88,15 @@ export class PageCache {
     this.runBlocks = Math.max(1, Math.floor((opts.runBytes ?? 8 * 1024 * 1024) / opts.blockSize));
     this.blocks = this.makeLru(opts.maxBytes);
     this.queue = new PQueue({ concurrency: Math.max(1, opts.fetchConcurrency) });
+    const s = opts.store as ObjectStore & ReadThreads;
+    this.shared = s.sharedReadBuffers === true;
+    // A store that receives GET bodies on worker threads (S3Store) starts them now, not at
+    // the first cold read (until they are up, its reads run on the event loop).
+    if (this.shared) s.startReadWorkers?.().catch(() => undefined);
+  }
+
+  private alloc(n: number): Uint8Array {
+    return this.shared ? new Uint8Array(new SharedArrayBuffer(n)) : new Uint8Array(n);
   }
 
   get cachedBytes(): number {
@@ -208,7 +228,7 @@ export class PageCache {
     const start = first * this.blockSize;
     const end = Math.min(v.size, (first + count) * this.blockSize);
     const run = this.queue.add(async () => {
-      const buf = new Uint8Array(end - start);
+      const buf = this.alloc(end - start);
       await this.fetchInto(v, start, buf, (i) => this.cacheKey(v, first + i), count);
       return buf;
     }, { priority: READ_AHEAD });
@@ -264,7 +284,7 @@ export class PageCache {
     const p = this.queue
       .add(async () => {
         const start = index * this.blockSize;
-        const buf = new Uint8Array(Math.min(this.blockSize, v.size - start));
+        const buf = this.alloc(Math.min(this.blockSize, v.size - start));
         await this.fetchInto(v, start, buf, () => k, 1);
         return buf;
       }, { priority })

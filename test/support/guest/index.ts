@@ -7,3 +7,4 @@ export * from './qemu.js';
 export * from './blk-checks.js';
 export * from './qsd.js';
 export * from './fs-checks.js';
+export * from './suite.js';
