@@ -24,7 +24,8 @@
 //   0 for an open file that was unlinked (the Vfs says so: FileAttr.nlink), as Linux.
 // - INTERRUPT is best effort: the interrupted request is answered EINTR at once if it
 //   is still running; whatever it did (an entry looked up, a file opened) is undone
-//   when the Vfs call returns.
+//   when the Vfs call returns. A READ being copied into the guest's buffers off the event
+//   loop (OpenFile.readIntoAsync) is not interrupted: it completes normally.
 // - A reply longer than the transport's room is replaced: ERANGE for xattrs,
 //   ENAMETOOLONG for READLINK, EIO otherwise.
 // - A file unlinked (or replaced by rename) while open stays usable through the handles

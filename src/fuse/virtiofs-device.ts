@@ -12,7 +12,9 @@
 // not be able to change it underneath). A reply is written part by part straight into
 // the writable descriptors (READ data goes from the Vfs's buffer to guest memory in one
 // copy; a file that reads in place, as the file store's do, is read by preadv straight
-// into the descriptors: PayloadTarget in server.ts). A chain whose writable part cannot
+// into the descriptors: PayloadTarget in server.ts; a large one by an io_uring worker,
+// with the guest memory pinned and the chain kept until the copy completed:
+// AsyncPayloadTarget). A chain whose writable part cannot
 // hold even an out header is given back with length 0; one with too much readable data is
 // answered EINVAL without being copied.
 import type { VhostUserDevice } from '../vhost/device.js';
