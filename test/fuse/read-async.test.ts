@@ -192,6 +192,23 @@ describe('FUSE READ copied off the event loop (virtio-fs, file store, io_uring)'
     expect(exp.server.inflightCount).to.equal(0);
   });
 
+  it('keeps guest memory mapped for a copy in flight across a SET_MEM_TABLE that drops it', async () => {
+    const { nodeid, fh } = await openF();
+    gate.close();
+    const reading = c.read(nodeid, fh, 0, MiB);
+    reading.catch(() => undefined); // its ring breaks with the table: never answered
+    await until(() => gate.started === 1, 'the copy to start');
+    const session = exp.vhostServer.session!;
+    const old = session.guestMemory;
+    expect(old.pinCount).to.equal(1);
+    await c.virtio.session.setMemTable([]); // every region gone (the rings with them)
+    expect(session.guestMemory).to.not.equal(old);
+    expect(old.regionCount).to.equal(0); // no longer translates ...
+    expect(old.pinCount).to.equal(1); // ... but stays mapped until the copy is done
+    gate.release();
+    expect(old.pinCount).to.equal(0);
+  });
+
   it('keeps the file open for a READ in flight when the handle is released under it', async () => {
     const { nodeid, fh } = await openF();
     gate.close();
