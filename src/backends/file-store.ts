@@ -25,7 +25,8 @@
 // fsyncs on FSYNC only, not on close). Past MAX_UNSYNCED remembered paths the store stops
 // remembering and the next `sync()` is one syncfs(2) of the store's file system instead:
 // writes never wait for a sync, and a sync after many writes costs one system call rather
-// than two fsyncs per object. A machine crash may lose writes not synced (an object may
+// than two fsyncs per object (it also writes back whatever else is dirty on that file
+// system, which a store on a busy shared disk pays for in that one sync's latency). A machine crash may lose writes not synced (an object may
 // then be missing, old, or unreadable: EIO), never synced ones.
 //
 // System calls: metadata work (HEAD, the header reads of a listing, small puts) is done

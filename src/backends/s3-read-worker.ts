@@ -34,6 +34,9 @@ interface ReadRequest {
   readonly byteOffset: number;
 }
 
+/** Workers that died before they were ready, after which none is started again. */
+const MAX_START_FAILURES = 3;
+
 type WorkerMessage =
   | { readonly type: 'ready' }
   | { readonly type: 'done'; readonly id: number; readonly result: ReadIntoResult }
@@ -53,6 +56,11 @@ export class S3ReadWorkers {
   private readonly ready = new Set<Worker>();
   private readonly pending = new Map<number, { readonly worker: number } & Pending>();
   private nextId = 0;
+  /** No worker could be made: reads stay on the caller's thread. */
+  private unavailable = false;
+  private startFailures = 0;
+  /** Reads in flight per worker. */
+  private readonly inFlight: number[] = [];
   /** Reads the workers have served. */
   served = 0;
   private nextWorker = 0;
@@ -76,7 +84,7 @@ export class S3ReadWorkers {
     if (this.closed || !(target.buffer instanceof SharedArrayBuffer)) return null;
     const w = this.nextWorker;
     const worker = this.worker(w);
-    if (!this.ready.has(worker)) return null;
+    if (!worker || !this.ready.has(worker)) return null;
     this.nextWorker = (w + 1) % this.workers.length;
     return this.getInto(worker, w, key, offset, target);
   }
@@ -85,6 +93,7 @@ export class S3ReadWorkers {
     const id = this.nextId++;
     return new Promise<ReadIntoResult>((resolve, reject) => {
       this.pending.set(id, { worker: w, resolve, reject });
+      this.busy(w, 1);
       const msg: ReadRequest = { id, key, offset, length: target.length, buffer: target.buffer as SharedArrayBuffer, byteOffset: target.byteOffset };
       worker.postMessage(msg);
     });
@@ -94,16 +103,22 @@ export class S3ReadWorkers {
   async whenReady(): Promise<void> {
     await Promise.all(this.workers.map((_, i) => {
       const w = this.worker(i);
-      if (this.ready.has(w)) return undefined;
+      if (!w || this.ready.has(w)) return undefined;
+      // Someone waits for it: the worker keeps the process alive until it is ready.
+      this.busy(i, 1);
       return new Promise<void>((resolve, reject) => {
+        const settle = (): void => {
+          w.off('message', onMessage);
+          w.off('exit', onExit);
+          this.busy(i, -1);
+        };
         const onMessage = (m: WorkerMessage): void => {
           if (m.type !== 'ready') return;
-          w.off('exit', onExit);
-          w.off('message', onMessage);
+          settle();
           resolve();
         };
         const onExit = (code: number): void => {
-          w.off('message', onMessage);
+          settle();
           reject(new StoreError('EIO', `S3 read worker exited (${code}) before it was ready`, { op: 'get' }));
         };
         w.on('message', onMessage);
@@ -120,17 +135,24 @@ export class S3ReadWorkers {
     this.failAll(() => new StoreError('EIO', 'store closed during a read', { op: 'get' }));
   }
 
-  private worker(i: number): Worker {
+  /** The worker `i` (started if need be); null when no worker can be made in this process. */
+  private worker(i: number): Worker | null {
     const existing = this.workers[i];
-    if (existing) return existing;
-    const w = new Worker(new URL(import.meta.url), { workerData: { s3ReadWorker: true, options: this.storeOptions } });
-    // Idle workers do not keep the process alive; reads in flight are promises someone awaits.
+    if (existing || this.unavailable) return existing ?? null;
+    const w = this.spawn();
+    if (!w) {
+      this.unavailable = true;
+      return null;
+    }
+    // An idle worker does not keep the process alive (busy() refs it while it reads).
     w.unref();
     w.on('message', (m: WorkerMessage) => {
       if (m.type === 'ready') this.ready.add(w);
       else this.onMessage(m);
     });
     const lost = (why: string): void => {
+      // A worker that dies before it is ready would die again: after a few, none is made.
+      if (!this.ready.has(w) && this.workers[i] === w && ++this.startFailures >= MAX_START_FAILURES) this.unavailable = true;
       this.ready.delete(w);
       if (this.workers[i] === w) this.workers[i] = null;
       this.failAll(() => new StoreError('EIO', `S3 read worker ${why}`, { op: 'get' }), i);
@@ -139,6 +161,27 @@ export class S3ReadWorkers {
     w.on('exit', (code) => lost(`exited (${code})`));
     this.workers[i] = w;
     return w;
+  }
+
+  /**
+   * A worker with the process's flags (so --cpu-prof profiles it too). Node inherits them
+   * leaving out those a thread cannot have, but not --input-type, which refuses to load a
+   * module file: with it, the flags are given explicitly, and if Node refuses one of them
+   * (a per-process flag such as --max-old-space-size), none.
+   */
+  private spawn(): Worker | null {
+    const workerData = { s3ReadWorker: true, options: this.storeOptions };
+    const url = new URL(import.meta.url);
+    const flags = process.execArgv.filter((a) => !a.startsWith('--input-type'));
+    const tries: (string[] | undefined)[] = flags.length === process.execArgv.length ? [undefined, []] : [flags, []];
+    for (const execArgv of tries) {
+      try {
+        return new Worker(url, { workerData, ...(execArgv ? { execArgv } : {}) });
+      } catch {
+        // ERR_WORKER_INVALID_EXEC_ARGV, or threads unavailable: the next try, else none.
+      }
+    }
+    return null;
   }
 
   private onMessage(m: Exclude<WorkerMessage, { type: 'ready' }>): void {
@@ -153,6 +196,7 @@ export class S3ReadWorkers {
     const p = this.pending.get(m.id);
     if (!p) return;
     this.pending.delete(m.id);
+    this.busy(p.worker, -1);
     this.served++;
     if (m.type === 'done') p.resolve(m.result);
     else p.reject(new StoreError(m.code, m.message, m.details));
@@ -162,8 +206,23 @@ export class S3ReadWorkers {
     for (const [id, p] of this.pending) {
       if (worker !== undefined && p.worker !== worker) continue;
       this.pending.delete(id);
+      this.busy(p.worker, -1);
       p.reject(err());
     }
+  }
+
+  /**
+   * Counts a worker's reads in flight: while it has some it keeps the process alive (an
+   * answer from an unref'ed worker would not, and a command whose only work left is that
+   * read would exit with it unanswered).
+   */
+  private busy(i: number, delta: number): void {
+    const n = (this.inFlight[i] ?? 0) + delta;
+    this.inFlight[i] = n;
+    const w = this.workers[i];
+    if (!w) return;
+    if (n > 0 && delta > 0 && n === 1) w.ref();
+    else if (n === 0) w.unref();
   }
 }
 

@@ -3,6 +3,9 @@
 // of broken bodies inside the worker, metrics from the worker, reads on the event loop
 // until a worker is ready.
 import { expect } from 'chai';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { S3ReadWorkers } from '../../src/backends/s3-read-worker.js';
 import { S3Store } from '../../src/backends/s3-store.js';
 import type { S3Observer } from '../../src/metrics/observer.js';
 import { FaultProxy } from '../support/fault-proxy.js';
@@ -121,6 +124,41 @@ describe('S3Store read workers (s3rver)', function () {
       } finally {
         await store.close();
       }
+    }
+  });
+  it('a process whose only work left is a read on the worker waits for it (the worker is referenced while busy); flags a thread refuses do not stop it', async () => {
+    const storeUrl = new URL('../../src/backends/s3-store.js', import.meta.url).href;
+    const script = `
+      const { S3Store } = await import(${JSON.stringify(storeUrl)});
+      const store = new S3Store({ bucket: 'rw', endpoint: process.env.EP, credentials: { accessKeyId: process.env.AK, secretAccessKey: process.env.SK }, readWorkers: 1 });
+      await store.startReadWorkers();
+      const t = new Uint8Array(new SharedArrayBuffer(2 * 1024 * 1024));
+      const r = await store.getInto('big', 0, t);
+      console.log('read', r.bytesRead, store.readsOnWorkers);
+      process.exit(0);
+    `;
+    const run = (flags: string[]): Promise<string> => new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, [...flags, '--input-type=module', '-e', script], {
+        cwd: fileURLToPath(new URL('.', import.meta.url)),
+        env: { ...process.env, EP: s3.endpoint, AK: s3.credentials.accessKeyId, SK: s3.credentials.secretAccessKey },
+        timeout: 30_000,
+      }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)));
+    });
+    expect((await run([])).trim()).to.equal(`read ${2 * MiB} 1`);
+    // --max-old-space-size is refused in a worker's execArgv: the worker runs without flags.
+    expect((await run(['--max-old-space-size=512'])).trim()).to.equal(`read ${2 * MiB} 1`);
+  });
+  it('workers that die before they are ready are given up after three: reads stay on the caller\'s thread', async () => {
+    const pool = new S3ReadWorkers({ bucket: '' }, 1); // the worker's store refuses to start
+    try {
+      for (let i = 0; i < 3; i++) {
+        const err = await pool.whenReady().then(() => null, (e: unknown) => e as Error);
+        expect(err?.message).to.match(/exited .* before it was ready/);
+      }
+      await pool.whenReady(); // no worker is made any more
+      expect(pool.tryGetInto('big', 0, shared(MiB))).to.equal(null);
+    } finally {
+      await pool.close();
     }
   });
 });

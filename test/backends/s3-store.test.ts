@@ -1,10 +1,10 @@
 // The conformance suite against S3Store talking to s3rver (a child process), plus what is
 // specific to S3: locators and the credential chain, capability detection, error mapping.
 import { expect } from 'chai';
-import { createServer, type Server } from 'node:net';
 import { S3Store, copySource, parseContentRange, type S3StoreOptions } from '../../src/backends/s3-store.js';
 import { createObjectStore } from '../../src/backends/locator.js';
 import { startS3rver, withEnv, type S3rver } from '../support/s3rver.js';
+import { freePort as closedPort } from '../support/metrics.js';
 import { expectErrno, objectStoreConformance } from './conformance.js';
 
 let s3: S3rver | undefined;
@@ -16,15 +16,6 @@ function server(): S3rver {
 
 function storeOn(bucket: string, extra: Partial<S3StoreOptions> = {}): S3Store {
   return new S3Store({ bucket, endpoint: server().endpoint, credentials: server().credentials, multipartThreshold: 6 * 1024 * 1024, partSize: 5 * 1024 * 1024, ...extra });
-}
-
-/** A port nothing listens on (bound, then closed). */
-async function closedPort(): Promise<number> {
-  const srv: Server = createServer();
-  await new Promise<void>((res) => srv.listen(0, '127.0.0.1', res));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((res) => srv.close(() => res()));
-  return port;
 }
 
 describe('S3Store against s3rver', () => {

@@ -19,7 +19,7 @@ import { StoreError, type ObjectStore } from '../../src/backends/object-store.js
 import { BlkClient } from '../../src/frontend/blk-client.js';
 import { errnoOf } from '../../src/util/errors.js';
 import { silentLogger } from '../../src/util/log.js';
-import { runCli, startBlkServer, type CliProcess, type CliResult } from '../support/cli.js';
+import { explain, runCli, startBlkServer, type CliProcess, type CliResult } from '../support/cli.js';
 import { startImageBackend, type ImageBackend } from '../support/image-backend.js';
 import { TmpDir } from '../support/tmp.js';
 
@@ -29,10 +29,6 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 const CS = 64 * KiB;
 const SIZE = 16 * MiB;
-
-function explain(r: CliResult): string {
-  return `exit ${r.code ?? r.signal}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
-}
 
 /** The error line of a failed command: exactly one line on stderr that is not a JSON log line. */
 function errorLine(r: CliResult): string {

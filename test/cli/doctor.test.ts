@@ -7,15 +7,15 @@
 import { expect } from 'chai';
 import { chmodSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
-import { createServer as createTcpServer } from 'node:net';
 import { join } from 'node:path';
 
 import { checkDevFuse, clockCheck, MAX_CLOCK_SKEW_S } from '../../src/cli/doctor.js';
 import { schemas } from '../../src/config.js';
 import { createObjectStore } from '../../src/backends/locator.js';
-import { runCli, type CliResult } from '../support/cli.js';
+import { explain, runCli, type CliResult } from '../support/cli.js';
 import { startS3rver, type S3rver } from '../support/s3rver.js';
 import { TmpDir } from '../support/tmp.js';
+import { freePort as closedPort } from '../support/metrics.js';
 
 const BUCKET = 'bkt';
 const isRoot = process.getuid?.() === 0;
@@ -30,24 +30,12 @@ function checks(r: CliResult): Map<string, { status: string; line: string }> {
   return out;
 }
 
-function explain(r: CliResult): string {
-  return `exit ${r.code ?? r.signal}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
-}
-
 function expectCheck(r: CliResult, name: string, status: 'ok' | 'FAIL' | 'skip', says?: RegExp): void {
   const c = checks(r).get(name);
   expect(c, `no "${name}" line\n${explain(r)}`).to.not.equal(undefined);
   expect(c!.status, explain(r)).to.equal(status);
   if (status === 'FAIL') expect(c!.line, 'a failure names its fix').to.match(/ -- fix: \S/);
   if (says) expect(c!.line).to.match(says);
-}
-
-async function closedPort(): Promise<number> {
-  const srv = createTcpServer();
-  await new Promise<void>((res) => srv.listen(0, '127.0.0.1', res));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((res) => srv.close(() => res()));
-  return port;
 }
 
 describe('cli: vhost-s3 doctor', function () {

@@ -7,7 +7,6 @@
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { promisify } from 'node:util';
 
 import { FuseClient } from '../../src/frontend/fuse-client.js';
@@ -16,31 +15,18 @@ import { S3Store } from '../../src/backends/s3-store.js';
 import { createObjectStore } from '../../src/backends/locator.js';
 import { schemas, type OptionSpec } from '../../src/config.js';
 import { ErrnoError } from '../../src/util/errors.js';
-import { CliProcess, isSocket, runCli, type CliResult } from '../support/cli.js';
+import { CliProcess, explain, isSocket, runCli } from '../support/cli.js';
 import { startS3rver, type S3rver } from '../support/s3rver.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
 import { errnoCode } from '../support/errno.js';
+import { freePort as closedPort } from '../support/metrics.js';
 
 const run = promisify(execFile);
 const isRoot = process.getuid?.() === 0;
 const BUCKET = 'bkt';
 const te = new TextEncoder();
 const td = new TextDecoder();
-
-function explain(r: CliResult | CliProcess): string {
-  if (r instanceof CliProcess) return r.describe();
-  return `exit ${r.code ?? r.signal}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
-}
-
-/** A TCP port on 127.0.0.1 that nothing listens on. */
-async function closedPort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((res) => srv.listen(0, '127.0.0.1', res));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((res) => srv.close(() => res()));
-  return port;
-}
 
 describe('cli: vhost-s3 fs and mount', function () {
   this.timeout(60_000);

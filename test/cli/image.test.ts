@@ -4,26 +4,22 @@
 import { expect } from 'chai';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 
 import { ImageKeys, encodeManifest, newManifest, type ImageManifest } from '../../src/blk/image-format.js';
 import { listKeys, type ObjectStore } from '../../src/backends/object-store.js';
 import { ROOT_MARKER } from '../../src/backends/store-config.js';
-import { runCli, startBlkServer, type CliProcess, type CliResult } from '../support/cli.js';
+import { explain, runCli, startBlkServer, type CliProcess, type CliResult } from '../support/cli.js';
 import { startImageBackend, type ImageBackend } from '../support/image-backend.js';
 import { TmpDir, makeRawFile } from '../support/tmp.js';
+import { freePort as closedPort } from '../support/metrics.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const CS = 64 * KiB;
-
-function explain(r: CliResult): string {
-  return `exit ${r.code ?? r.signal}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
-}
 
 function expectOk(r: CliResult): CliResult {
   expect(r.code, explain(r)).to.equal(0);
@@ -50,15 +46,6 @@ async function chunkIndexes(store: ObjectStore, keys: ImageKeys): Promise<number
   const out: number[] = [];
   for await (const k of listKeys(store, keys.chunksPrefix)) out.push(keys.chunkIndex(k));
   return out;
-}
-
-/** A TCP port with nobody listening. */
-async function closedPort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
 }
 
 for (const kind of ['s3', 'file'] as const) {

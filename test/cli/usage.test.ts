@@ -6,7 +6,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileS
 import { join } from 'node:path';
 
 import { schemas, type CommandName, type OptionSpec } from '../../src/config.js';
-import { REPO_ROOT, runCli, type CliResult } from '../support/cli.js';
+import { REPO_ROOT, explain, runCli } from '../support/cli.js';
 import { TmpDir, makeRawFile } from '../support/tmp.js';
 
 const MiB = 1 << 20;
@@ -24,10 +24,6 @@ function filesUnder(root: string): string[] {
   };
   walk('');
   return out.sort();
-}
-
-function explain(r: CliResult): string {
-  return `exit ${r.code ?? r.signal}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
 }
 
 /** Every option of a command appears in its help with its flag and its environment variable. */

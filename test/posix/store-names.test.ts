@@ -58,6 +58,21 @@ describe('posix: names the store cannot hold', () => {
     expect((await store.head(`share/${name}`))?.size).to.equal(4);
   });
 
+  it("keys over S3's 1024 bytes are refused, counted in UTF-8 bytes", async () => {
+    const mem = new MemoryStore();
+    const v = new BucketVfs({ store: mem, logger: silentLogger });
+    let dir = '';
+    for (let i = 0; i < 4; i++) {
+      dir += (dir ? '/' : '') + 'é'.repeat(120); // 240 bytes a segment, 964 with the slashes
+      await v.mkdir(dir, 0o755, CALLER);
+    }
+    await writeFile(v, `${dir}/${'é'.repeat(30)}`, 'data'); // 964 + 60 = 1024 bytes: fits
+    await expectErrno(v.create(`${dir}/${'é'.repeat(31)}`, 0o644, CALLER, NEW), 'ENAMETOOLONG'); // 1026
+    await v.sync();
+    expect((await mem.head(`${dir}/${'é'.repeat(30)}`))?.size).to.equal(4);
+    await v.close();
+  });
+
   it('a memory store (like S3) holds 255-byte names', async () => {
     const mem = new MemoryStore();
     const v = new BucketVfs({ store: mem, logger: silentLogger });

@@ -167,6 +167,12 @@ export class CliProcess {
   }
 }
 
+/** A one-shot run's exit and output, or a long-running process's description, for assertion messages. */
+export function explain(r: CliResult | CliProcess): string {
+  if (r instanceof CliProcess) return r.describe();
+  return `exit ${r.code ?? r.signal}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
+}
+
 export function isSocket(path: string): boolean {
   try {
     return statSync(path).isSocket();

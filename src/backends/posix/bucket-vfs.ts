@@ -1719,7 +1719,8 @@ class Handle implements OpenFile {
 
 /** Whether `store` can hold `key`: S3's 1024 bytes, and what the store itself adds (a file store's segment limit). */
 function keyFits(store: ObjectStore, key: string): boolean {
-  return Buffer.byteLength(key, 'utf8') <= MAX_KEY_BYTES && (store.keyFits?.(key) ?? true);
+  // At most 3 UTF-8 bytes per UTF-16 unit: a short key needs no byte count (asked on every create).
+  return (key.length * 3 <= MAX_KEY_BYTES || Buffer.byteLength(key, 'utf8') <= MAX_KEY_BYTES) && (store.keyFits?.(key) ?? true);
 }
 
 /** `ranges` (sorted, disjoint [start, end) pairs) less the ranges of `cut` (start → length). */
