@@ -50,6 +50,8 @@ import { dirname, join, resolve } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import { native } from '../native/index.js';
 import { errnoOf } from '../util/errors.js';
+import { ASYNC_MIN_BYTES, IOV_MAX, createFileIo, type FileIo } from '../blk/file-io.js';
+import type { Segment } from '../virtio/memory.js';
 import { forEachLimit } from './posix/locks.js';
 import { listPage, isAfter, type ListPosition, type SeekSource } from './listing.js';
 import { classifyName, encodeSegment, keyPathFits, keyToPath, DIR_TAG, NAME_MAX, OBJECT_TAG, TEMP_TAG, UPLOAD_TAG } from './file-keys.js';
@@ -80,6 +82,7 @@ import {
   type Metadata,
   type MultipartOptions,
   type ObjectHead,
+  type ObjectReader,
   type ObjectStore,
   type PutBody,
   type PutOptions,
@@ -169,6 +172,8 @@ export class FileStore implements ObjectStore {
   private readonly maxUnsynced: number;
   /** Headers read, by path, with the identity of the file they were read from (headSync). */
   private readonly heads = new Map<string, { readonly ino: number; readonly size: number; readonly mtimeMs: number; readonly ctimeMs: number; readonly head: ObjectHead }>();
+  /** ObjectReader.readAsync's engine: undefined until first asked for, null when unavailable. */
+  private io: FileIo | null | undefined;
   /** When checkRoot last found the store directory. */
   private rootSeenAt = -Infinity;
   /** Directory → its key-space entries in listing order (see DIR_CACHE_MS). */
@@ -257,25 +262,47 @@ export class FileStore implements ObjectStore {
     try {
       const { head, size } = readHead(fd, key, path);
       if (head.etag !== etag) throw new StoreError('ESTALE', `get: ${key} changed (ETag ${head.etag})`, { op: 'get', key });
-      let want = Math.max(0, Math.min(length, size - offset));
-      let views: Uint8Array[] = [];
-      for (const t of targets) {
-        if (want === 0) break;
-        const n = Math.min(t.length, want);
-        views.push(n === t.length ? t : t.subarray(0, n));
-        want -= n;
-      }
-      let done = 0;
-      while (views.length > 0) {
-        const n = readvSync(fd, views, HEADER_SIZE + offset + done);
-        if (n === 0) break;
-        done += n;
-        views = pastBytes(views, n);
-      }
-      return done;
+      return preadvInto(fd, offset, Math.max(0, Math.min(length, size - offset)), targets);
     } finally {
       closeSync(fd);
     }
+  }
+
+  /**
+   * Version `etag` of `key` held open (an open file's READs): an object file is never
+   * written in place (writes go to a temp file renamed over it), so the descriptor reads
+   * that version for as long as it is open; current() notices a replacement by the
+   * file's identity, one stat of the path.
+   */
+  openReader(key: string, etag: string): ObjectReader {
+    const path = this.pathOf(key);
+    const fd = this.openObject(path, key, 'get');
+    try {
+      const { head, size, stat } = readHead(fd, key, path);
+      if (head.etag !== etag) throw new StoreError('ESTALE', `get: ${key} changed (ETag ${head.etag})`, { op: 'get', key });
+      return new FileObjectReader(this, fd, path, key, etag, size, stat.ino, stat.dev);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+  }
+
+  /** ASYNC_MIN_BYTES with io_uring, Infinity without (the reads then stay synchronous). */
+  get asyncReadMinBytes(): number {
+    return this.asyncIo() === null ? Infinity : ASYNC_READ_MIN_BYTES;
+  }
+
+  /** @internal The io_uring engine of ObjectReader.readAsync, made on first use; null where io_uring is unavailable. */
+  asyncIo(): FileIo | null {
+    if (this.io === undefined) {
+      const io = createFileIo('uring', 64);
+      if (io.engine === 'uring') this.io = io;
+      else {
+        io.close();
+        this.io = null;
+      }
+    }
+    return this.io;
   }
 
   async head(key: string): Promise<ObjectHead | null> {
@@ -510,7 +537,11 @@ export class FileStore implements ObjectStore {
     await rm(dir, { recursive: true, force: true });
   }
 
-  async close(): Promise<void> {}
+  /** Called after the last read (the Vfs's close): a read still in flight would never complete. */
+  async close(): Promise<void> {
+    this.io?.close();
+    this.io = null;
+  }
 
   /** Removes temporary files (from crashed writers) older than `olderThanMs`. Returns how many. */
   async removeStaleTemps(olderThanMs = 3600_000): Promise<number> {
@@ -1157,6 +1188,125 @@ function directoryIdentity(dir: string): { readonly identity: string; readonly s
 }
 
 /** What is left of a vector of buffers once a short readv/writev moved `n` bytes. */
+/**
+ * Reads of at least this many bytes go to an io_uring worker (IOSQE_ASYNC: the engine's
+ * own threshold, where the cross-CPU hand-off starts paying for itself), so that several
+ * READs are copied at once on other CPUs instead of one after another on the event loop.
+ */
+export const ASYNC_READ_MIN_BYTES = ASYNC_MIN_BYTES;
+
+/** Object byte offset → file offset: the bytes start after the header. */
+function preadvInto(fd: number, offset: number, want: number, targets: readonly Uint8Array[]): number {
+  let views: Uint8Array[] = [];
+  for (const t of targets) {
+    if (want === 0) break;
+    const n = Math.min(t.length, want);
+    views.push(n === t.length ? t : t.subarray(0, n));
+    want -= n;
+  }
+  let done = 0;
+  while (views.length > 0) {
+    const n = readvSync(fd, views, HEADER_SIZE + offset + done);
+    if (n === 0) break;
+    done += n;
+    views = pastBytes(views, n);
+  }
+  return done;
+}
+
+/** The first `want` bytes of `segs`, or null when they hold fewer. */
+function firstSegments(segs: readonly Segment[], want: number): Segment[] | null {
+  const out: Segment[] = [];
+  for (const g of segs) {
+    if (want === 0) break;
+    const n = Math.min(g.length, want);
+    out.push(n === g.length ? g : { buf: g.buf, offset: g.offset, length: n, hostAddr: g.hostAddr });
+    want -= n;
+  }
+  return want === 0 ? out : null;
+}
+
+/** `segs` less their first `n` bytes. */
+function pastSegments(segs: readonly Segment[], n: number): Segment[] {
+  const rest: Segment[] = [];
+  for (const g of segs) {
+    if (n >= g.length) n -= g.length;
+    else {
+      rest.push(n > 0 ? { buf: g.buf, offset: g.offset + n, length: g.length - n, hostAddr: g.hostAddr + n } : g);
+      n = 0;
+    }
+  }
+  return rest;
+}
+
+/** FileStore.openReader: one object file held open. */
+class FileObjectReader implements ObjectReader {
+  /** readAsync copies not yet completed: the descriptor stays open for them. */
+  private inflight = 0;
+  private closed = false;
+
+  constructor(
+    private readonly store: FileStore,
+    private readonly fd: number,
+    private readonly path: string,
+    readonly key: string,
+    readonly etag: string,
+    readonly size: number,
+    private readonly ino: number,
+    private readonly dev: number,
+  ) {}
+
+  current(): boolean {
+    if (this.closed) return false;
+    let st: Stats | undefined;
+    try {
+      st = statSync(this.path, { throwIfNoEntry: false });
+    } catch {
+      return false; // ENOTDIR, EACCES ...: not this object any more as far as we can tell
+    }
+    // While our descriptor is open the inode is alive, so its number cannot be reused.
+    return st !== undefined && st.ino === this.ino && st.dev === this.dev;
+  }
+
+  readIntoSync(offset: number, length: number, targets: readonly Uint8Array[]): number {
+    if (this.closed) throw new StoreError('EIO', `get: reader of ${this.key} is closed`, { op: 'get', key: this.key });
+    validateRange(offset, length);
+    return preadvInto(this.fd, offset, Math.max(0, Math.min(length, this.size - offset)), targets);
+  }
+
+  readAsync(offset: number, length: number, targets: readonly Segment[], done: (result: number) => void): boolean {
+    if (this.closed || !Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) return false;
+    const want = Math.max(0, Math.min(length, this.size - offset));
+    if (want < ASYNC_READ_MIN_BYTES) return false;
+    const io = this.store.asyncIo();
+    const segs = firstSegments(targets, want);
+    if (io === null || segs === null || segs.length > IOV_MAX) return false;
+    this.inflight++;
+    let got = 0;
+    const step = (rest: readonly Segment[]): void => {
+      io.readv(this.fd, rest, HEADER_SIZE + offset + got, (r) => {
+        // A short read before the end (a signal, memory pressure): go on from there.
+        if (r > 0 && got + r < want) {
+          got += r;
+          step(pastSegments(rest, r));
+          return;
+        }
+        if (--this.inflight === 0 && this.closed) closeSync(this.fd);
+        done(r < 0 ? r : got + r);
+      });
+    };
+    step(segs);
+    io.unplug();
+    return true;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.inflight === 0) closeSync(this.fd);
+  }
+}
+
 function pastBytes(views: readonly Uint8Array[], n: number): Uint8Array[] {
   const rest: Uint8Array[] = [];
   for (const v of views) {

@@ -38,6 +38,7 @@
 //   EIO           everything else (5xx after retries, malformed replies, corrupt files)
 import { randomBytes } from 'node:crypto';
 import { ErrnoError, type ErrnoName } from '../util/errors.js';
+import type { Segment } from '../virtio/memory.js';
 
 export type Metadata = Record<string, string>;
 
@@ -191,8 +192,44 @@ export interface ObjectStore {
    */
   readIntoSync?(key: string, etag: string, offset: number, length: number, targets: readonly Uint8Array[]): number;
 
+  /**
+   * Optional, for the same stores: version `etag` of `key` held open for many reads (an
+   * open file's READs), so that each read is one system call rather than an open, a header
+   * read and a close. ESTALE when the object is not that version, ENOENT when it is gone.
+   */
+  openReader?(key: string, etag: string): ObjectReader;
+  /**
+   * With openReader: reads of at least this many bytes are worth ObjectReader.readAsync
+   * (Infinity when this host has no asynchronous engine).
+   */
+  readonly asyncReadMinBytes?: number;
+
   /** Releases sockets and timers. */
   close(): Promise<void>;
+}
+
+/**
+ * One version of one object, held open (ObjectStore.openReader). Reads never see another
+ * version: an object replaced behind the reader's back is noticed with current().
+ */
+export interface ObjectReader {
+  readonly key: string;
+  readonly etag: string;
+  readonly size: number;
+  /** Whether the key still names this version (one stat): false once replaced or deleted. */
+  current(): boolean;
+  /** As ObjectStore.readIntoSync, on the calling thread. */
+  readIntoSync(offset: number, length: number, targets: readonly Uint8Array[]): number;
+  /**
+   * Starts reading up to `length` bytes at `offset` into host memory (`targets`, by
+   * address; lengths adding up to at least `length`) on another thread and returns true;
+   * `done` gets the bytes read (short only at the end) or a negative errno, once, possibly
+   * before this returns. false when the read is better done synchronously (below the size
+   * where the hand-off pays, no asynchronous engine on this host).
+   */
+  readAsync(offset: number, length: number, targets: readonly Segment[], done: (result: number) => void): boolean;
+  /** Done with it; the file is closed once reads in flight have completed. */
+  close(): void;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import type { StoreObserver } from '../metrics/observer.js';
 import type {
   ByteRange, CompleteOptions, CompletedPart, CopyOptions, GetResult, ListOptions, ListPage, MultipartOptions, ObjectHead,
-  ObjectStore, PartCopySource, PutBody, PutOptions, PutResult, ReadIntoResult, StoreCapabilities,
+  ObjectReader, ObjectStore, PartCopySource, PutBody, PutOptions, PutResult, ReadIntoResult, StoreCapabilities,
 } from './object-store.js';
 
 function resultOf(err: unknown): string {
@@ -14,9 +14,23 @@ function resultOf(err: unknown): string {
 export class ObservedStore implements ObjectStore {
   readonly keyFits?: (key: string) => boolean;
   readonly readIntoSync?: (key: string, etag: string, offset: number, length: number, targets: readonly Uint8Array[]) => number;
+  readonly openReader?: (key: string, etag: string) => ObjectReader;
 
   constructor(private readonly inner: ObjectStore, private readonly obs: StoreObserver) {
     if (inner.keyFits) this.keyFits = inner.keyFits.bind(inner);
+    const openReader = inner.openReader?.bind(inner);
+    if (openReader) {
+      this.openReader = (key, etag) => {
+        try {
+          const r = openReader(key, etag);
+          obs.operation('openReader', 'ok');
+          return r;
+        } catch (err) {
+          obs.operation('openReader', resultOf(err));
+          throw err;
+        }
+      };
+    }
     const readIntoSync = inner.readIntoSync?.bind(inner);
     if (readIntoSync) {
       this.readIntoSync = (key, etag, offset, length, targets) => {
@@ -40,6 +54,9 @@ export class ObservedStore implements ObjectStore {
   }
   get capabilities(): StoreCapabilities {
     return this.inner.capabilities;
+  }
+  get asyncReadMinBytes(): number | undefined {
+    return this.inner.asyncReadMinBytes;
   }
 
   private async count<T>(name: string, p: Promise<T>): Promise<T> {

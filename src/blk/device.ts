@@ -184,9 +184,14 @@ export class BlkDevice implements VhostUserDevice {
     const ok = isWrite ? chain.sliceReadable(OUTHDR_SIZE, dataLen, segs) : chain.sliceWritable(0, dataLen, segs);
     if (!ok) return this.finish(st, chain, BlkStatus.IoErr, 0);
     const offset = sector * SECTOR_SIZE;
+    // The kernel may copy to or from these segments on another thread (io_uring workers):
+    // a SET_MEM_TABLE meanwhile must not unmap them (GuestMemory.pin).
+    const unpin = st.queue.guestMemory?.pin();
     st.begin();
-    const done = (res: number): void =>
+    const done = (res: number): void => {
+      unpin?.();
       this.finishAsync(st, chain, res < 0 ? BlkStatus.IoErr : BlkStatus.Ok, res < 0 || isWrite ? 0 : dataLen);
+    };
     if (isWrite) this.image.write(offset, segs, done);
     else this.image.read(offset, segs, done);
   }

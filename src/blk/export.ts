@@ -45,6 +45,11 @@ export class BlkExport {
     }
   }
 
+  /** The vhost-user server (session events, the socket path). */
+  get vhostServer(): VhostUserServer {
+    return this.server;
+  }
+
   /** Stops accepting, lets in-flight requests complete, then makes the image durable and closes it. */
   async close(): Promise<void> {
     await this.server.close();

@@ -24,7 +24,8 @@
 //   0 for an open file that was unlinked (the Vfs says so: FileAttr.nlink), as Linux.
 // - INTERRUPT is best effort: the interrupted request is answered EINTR at once if it
 //   is still running; whatever it did (an entry looked up, a file opened) is undone
-//   when the Vfs call returns.
+//   when the Vfs call returns. A READ being copied into the guest's buffers off the event
+//   loop (OpenFile.readIntoAsync) is not interrupted: it completes normally.
 // - A reply longer than the transport's room is replaced: ERANGE for xattrs,
 //   ENAMETOOLONG for READLINK, EIO otherwise.
 // - A file unlinked (or replaced by rename) while open stays usable through the handles
@@ -52,6 +53,7 @@ import { InodeTable, joinPath, parentPath, type Inode } from './inodes.js';
 import { HandleTable, type DirHandle, type DirSnapshotEntry, type FileHandle } from './handles.js';
 import type { Caller, CreateFlags, FileAttr, FileKind, OpenFile, OpenFlags, Vfs } from './vfs.js';
 import type { RequestObserver } from '../metrics/observer.js';
+import type { Segment } from '../virtio/memory.js';
 import { errnoName, IN_HEADER_SIZE } from './abi.js';
 
 export interface FuseServerOptions {
@@ -95,6 +97,13 @@ export type ReplyCallback = (reply: FuseReply | null) => void;
  */
 export type PayloadTarget = (length: number) => readonly Uint8Array[] | null;
 
+/**
+ * The same room for a copy made off the event loop (OpenFile.readIntoAsync): the
+ * segments of the first `length` bytes of the payload room, kept mapped until `release`
+ * is called (GuestMemory.pin), or null.
+ */
+export type AsyncPayloadTarget = (length: number) => { readonly segments: readonly Segment[]; readonly release: () => void } | null;
+
 /** INIT flags we turn on when the kernel offers them. */
 const WANTED_FLAGS = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS
   | FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES;
@@ -108,6 +117,8 @@ const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 /** One request in flight. */
 class Pending {
   settled = false;
+  /** A READ being copied into the reply buffers off the event loop: not interruptible (readIntoAsync). */
+  copying = false;
   /**
    * What to undo if the reply is not delivered (interrupted, did not fit): the lookup of
    * the node entered first (`entered`, 0 for none: the common case needs no closure), then
@@ -115,7 +126,10 @@ class Pending {
    */
   private entered = 0;
   private undos: (() => void)[] | null = null;
-  constructor(readonly req: FuseRequest, readonly maxReply: number, readonly done: ReplyCallback, readonly payload: PayloadTarget | undefined) {}
+  constructor(
+    readonly req: FuseRequest, readonly maxReply: number, readonly done: ReplyCallback,
+    readonly payload: PayloadTarget | undefined, readonly asyncPayload: AsyncPayloadTarget | undefined,
+  ) {}
 
   onUndo(f: () => void): void {
     (this.undos ??= []).push(f);
@@ -254,7 +268,7 @@ export class FuseServer {
    * Handles one request message (header first). `maxReply` is the room for the payload
    * after the out header. `done` may be called before dispatch() returns.
    */
-  dispatch(bytes: Uint8Array, maxReply: number, done: ReplyCallback, payload?: PayloadTarget): void {
+  dispatch(bytes: Uint8Array, maxReply: number, done: ReplyCallback, payload?: PayloadTarget, asyncPayload?: AsyncPayloadTarget): void {
     this.counters.requests++;
     if (this.observer !== undefined) done = observed(this.observer, bytes, done);
     const d = decodeRequest(bytes);
@@ -286,7 +300,7 @@ export class FuseServer {
       this.counters.errors++;
       return done(errorReply(req.h.unique, E.EIO));
     }
-    const p = new Pending(req, maxReply, done, payload);
+    const p = new Pending(req, maxReply, done, payload, asyncPayload);
     if (req.op === Opcode.LOOKUP || req.op === Opcode.GETATTR || req.op === Opcode.READDIR || req.op === Opcode.READDIRPLUS) {
       // Answered from what the Vfs has cached or the directory handle holds: no promise chain, nothing in flight.
       let reply: FuseReply | undefined;
@@ -405,7 +419,9 @@ export class FuseServer {
 
   private interrupt(target: bigint): void {
     const p = this.pending.get(target);
-    if (p === undefined || p.settled) return;
+    // A READ being copied into the guest's buffers finishes normally: answered now, its
+    // buffers would go back to the guest while the kernel still writes them.
+    if (p === undefined || p.settled || p.copying) return;
     p.settled = true;
     this.counters.interrupted++;
     this.counters.errors++;
@@ -426,6 +442,40 @@ export class FuseServer {
         this.log.warn('releasing an open file at the end of a FUSE session failed', { error: err });
       }
     }
+  }
+
+  /**
+   * A READ copied into the reply buffers off the event loop (OpenFile.readIntoAsync), or
+   * null when the file or the transport cannot do that for it (the caller goes on with
+   * the synchronous paths). The reply waits for the copy, whatever happens meanwhile.
+   */
+  private readAsync(p: Pending, file: OpenFile, req: ReadLikeRequest): Promise<FuseReply> | null {
+    const room = p.asyncPayload!(req.size);
+    if (room === null) return null;
+    let settle!: (result: number) => void;
+    const copied = new Promise<number>((resolve) => {
+      settle = resolve;
+    });
+    let started = false;
+    try {
+      started = file.readIntoAsync!(req.offset, req.size, room.segments, (result) => {
+        room.release();
+        settle(result);
+      });
+    } finally {
+      if (!started) room.release();
+    }
+    if (!started) return null;
+    p.copying = true;
+    return copied.then((result) => {
+      p.copying = false;
+      const u = req.h.unique;
+      if (result < 0) {
+        this.log.debug('asynchronous READ failed', { errno: -result });
+        return errorReply(u, E.EIO);
+      }
+      return { unique: u, error: 0, parts: [], length: Math.min(result, req.size), inPlace: true };
+    });
   }
 
   // ---- helpers -----------------------------------------------------------------------------
@@ -664,6 +714,10 @@ export class FuseServer {
         if (req.size > Math.max(this.opts.maxWrite, this.opts.maxPages * 4096)) fail('EINVAL', 'read larger than max_pages');
         if (req.size > p.maxReply) fail('EIO', 'no room for the read data');
         if (req.size === 0 || req.offset > MAX_SAFE) return ok();
+        if (p.asyncPayload !== undefined && h.file.readIntoAsync !== undefined) {
+          const copying = this.readAsync(p, h.file, req);
+          if (copying !== null) return copying;
+        }
         if (p.payload !== undefined && h.file.readInto !== undefined) {
           // Before any await: the reply buffers are written while nothing else can run.
           const views = p.payload(req.size);

@@ -24,6 +24,8 @@
 // EINVAL, EIO, ENODATA for a missing xattr, ERANGE, EROFS, ENOSPC, EFBIG ...); anything
 // else reaching the engine is answered with EIO.
 
+import type { Segment } from '../virtio/memory.js';
+
 /** Nanoseconds since the epoch. */
 export type TimeNs = bigint;
 
@@ -101,6 +103,20 @@ export interface OpenFile {
    * (an INTERRUPT answered, the chain given back) while they are written.
    */
   readInto?(offset: number, length: number, targets: readonly Uint8Array[]): number | null;
+  /**
+   * Optional, the asynchronous form of readInto for large reads: starts reading up to
+   * `length` bytes at `offset` straight into `targets` (host memory by address, filled in
+   * order; their lengths add up to at least `length`) on another thread so that several
+   * run at once, and returns true; `done` is then called exactly once — possibly before
+   * this returns — with the bytes read (short only at end of file) or a negative errno.
+   * false when this file cannot be read that way now (a read too small to be worth the
+   * hand-off, unstored writes, a version that changed, no such engine): the engine then
+   * tries readInto() and read(). Until `done` the engine keeps the targets valid, which is
+   * what readInto gets by being synchronous: their memory stays mapped (GuestMemory.pin),
+   * the reply is not sent nor the buffers given back, an INTERRUPT of the READ is ignored
+   * (it completes normally), and stopping the queue waits for it.
+   */
+  readIntoAsync?(offset: number, length: number, targets: readonly Segment[], done: (result: number) => void): boolean;
   /** Writes `data` at `offset` (for O_APPEND files the engine passes the end of file). Returns bytes written. */
   write(offset: number, data: Uint8Array): Promise<number>;
   /** Current attributes including buffered writes. */

@@ -12,14 +12,16 @@
 // not be able to change it underneath). A reply is written part by part straight into
 // the writable descriptors (READ data goes from the Vfs's buffer to guest memory in one
 // copy; a file that reads in place, as the file store's do, is read by preadv straight
-// into the descriptors: PayloadTarget in server.ts). A chain whose writable part cannot
+// into the descriptors: PayloadTarget in server.ts; a large one by an io_uring worker,
+// with the guest memory pinned and the chain kept until the copy completed:
+// AsyncPayloadTarget). A chain whose writable part cannot
 // hold even an out header is given back with length 0; one with too much readable data is
 // answered EINVAL without being copied.
 import type { VhostUserDevice } from '../vhost/device.js';
 import type { DeviceQueue, PopResult } from '../virtio/queue.js';
 import { ServedQueue } from '../virtio/served-queue.js';
 import type { DescriptorChain } from '../virtio/chain.js';
-import type { Segment } from '../virtio/memory.js';
+import type { GuestMemory, Segment } from '../virtio/memory.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../virtio/features.js';
 import type { Logger } from '../util/log.js';
 import { E, IN_HEADER_SIZE, OUT_HEADER_SIZE, Opcode, opcodeName } from './abi.js';
@@ -185,6 +187,9 @@ export class VirtioFsDevice implements VhostUserDevice {
     }
     const bytes = Buffer.allocUnsafe(rlen);
     const got = chain.read(0, bytes);
+    // The memory the chain was translated in (popped this turn): pinned while the kernel
+    // copies into its buffers on another thread (a large READ of a local file).
+    const memory = st.queue.guestMemory;
     st.begin();
     // Only a READ can use the reply room as its buffer (see PayloadTarget): no closure for the rest.
     const isRead = got >= 8 && bytes.readUInt32LE(4) === Opcode.READ;
@@ -192,7 +197,8 @@ export class VirtioFsDevice implements VhostUserDevice {
       if (reply === null) st.complete(chain.head, 0);
       else this.replyNow(st, chain, reply);
       st.end();
-    }, isRead ? (length) => payloadViews(chain, length) : undefined);
+    }, isRead ? (length) => payloadViews(chain, length) : undefined,
+    isRead && memory !== null ? (length) => pinnedPayload(chain, memory, length) : undefined);
   }
 
   /** Writes out header + parts into the writable part and returns the chain. */
@@ -220,6 +226,20 @@ export class VirtioFsDevice implements VhostUserDevice {
     }
     st.complete(chain.head, total);
   }
+}
+
+/**
+ * The guest's writable buffers after the out header as segments for a copy off the event
+ * loop, with `memory` pinned until release(); null when they are not all mapped.
+ */
+function pinnedPayload(chain: DescriptorChain, memory: GuestMemory, length: number): { segments: Segment[]; release: () => void } | null {
+  const room = chain.writableLength - OUT_HEADER_SIZE;
+  if (length <= 0 || length > room) return null;
+  const segments: Segment[] = [];
+  if (!chain.sliceWritable(OUT_HEADER_SIZE, length, segments)) return null;
+  // A window detached by an unmap (byteLength 0) would have the kernel write into freed addresses.
+  for (const g of segments) if (g.buf.byteLength < g.offset + g.length) return null;
+  return { segments, release: memory.pin() };
 }
 
 /** Views of the guest's writable buffers after the out header (the reply payload room), or null. */

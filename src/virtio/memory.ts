@@ -108,6 +108,10 @@ export class GuestMemory {
   private byUser: Region[] = [];
   private lastGuest: Region | null = null;
   private lastUser: Region | null = null;
+  /** Asynchronous copies (io_uring reads into guest memory) in flight: see pin(). */
+  private pins = 0;
+  /** Regions removed while pinned: unmapped when the last pin goes. */
+  private retired: Region[] = [];
 
   constructor(maxRegions: number) {
     if (!Number.isInteger(maxRegions) || maxRegions < 1) {
@@ -172,7 +176,7 @@ export class GuestMemory {
     this.byUser.splice(this.byUser.indexOf(region), 1);
     if (this.lastGuest === region) this.lastGuest = null;
     if (this.lastUser === region) this.lastUser = null;
-    region.mapping.unmap();
+    this.retire(region);
     return true;
   }
 
@@ -183,7 +187,40 @@ export class GuestMemory {
     this.byUser = [];
     this.lastGuest = null;
     this.lastUser = null;
-    for (const r of regions) r.mapping.unmap();
+    for (const r of regions) this.retire(r);
+  }
+
+  /**
+   * Keeps every mapping of this memory in place until the returned function is called
+   * (once; later calls do nothing), for a copy into guest memory that the kernel does on
+   * another thread (an io_uring read in an io-wq worker). A region removed meanwhile
+   * (SET_MEM_TABLE, REM_MEM_REG) stops translating at once but is unmapped only when the
+   * last pin goes: unmapped at once, its addresses could be reused by the next mmap and
+   * the kernel would finish the copy into whatever lives there now. Copies done on the
+   * event loop need no pin (nothing unmaps while they run).
+   */
+  pin(): () => void {
+    this.pins++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--this.pins === 0 && this.retired.length > 0) {
+        const regions = this.retired;
+        this.retired = [];
+        for (const r of regions) r.mapping.unmap();
+      }
+    };
+  }
+
+  /** Pins held (for tests). */
+  get pinCount(): number {
+    return this.pins;
+  }
+
+  private retire(region: Region): void {
+    if (this.pins > 0) this.retired.push(region);
+    else region.mapping.unmap();
   }
 
   /**

@@ -158,6 +158,15 @@ export class DeviceQueue {
     return this.usedIdxValue;
   }
 
+  /**
+   * The guest memory the ring and the chains popped since setAddresses() were translated
+   * in (null while the ring is not set up): what a device pins while the kernel copies
+   * into a chain's buffers off the event loop (GuestMemory.pin).
+   */
+  get guestMemory(): GuestMemory | null {
+    return this.memory;
+  }
+
   /** Entries pushed but not yet published by flush(). */
   get pending(): number {
     return (this.usedIdxValue - this.publishedUsedIdx) & 0xffff;

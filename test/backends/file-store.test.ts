@@ -6,7 +6,9 @@ import fc from 'fast-check';
 import { spawn, execFileSync } from 'node:child_process';
 import { existsSync, openSync, writeSync, closeSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve, sep } from 'node:path';
-import { FileStore, HEADER_SIZE } from '../../src/backends/file-store.js';
+import { ASYNC_READ_MIN_BYTES, FileStore, HEADER_SIZE } from '../../src/backends/file-store.js';
+import { native } from '../../src/native/index.js';
+import type { Segment } from '../../src/virtio/memory.js';
 import { MemoryStore } from '../../src/backends/memory-store.js';
 import { decodeSegment, encodeSegment, keyPathFits, keyToPath, pathToKey, NAME_MAX, TEMP_TAG } from '../../src/backends/file-keys.js';
 import { compareKeys, listAll, listKeys, StoreError, validateKey, type ObjectStore } from '../../src/backends/object-store.js';
@@ -158,6 +160,97 @@ describe('FileStore', () => {
         ),
         { numRuns: 60 },
       );
+    });
+  });
+
+  describe('file store readers (openReader)', function () {
+    this.timeout(60_000);
+    const fdCount = (): number => readdirSync('/proc/self/fd').length;
+
+    it('holds one version open: odd ranges and the end read right, a replacement or delete noticed, errors for another version', async () => {
+      const store = await FileStore.open(tmp().file('s'), { create: true });
+      const body = patternBytes(7, 70_001);
+      const { etag } = await store.put('k', body);
+      await expectErrno(Promise.resolve().then(() => store.openReader('k', '"other"')), 'ESTALE');
+      await expectErrno(Promise.resolve().then(() => store.openReader('missing', etag)), 'ENOENT');
+      const before = fdCount();
+      const r = store.openReader('k', etag);
+      expect([r.key, r.etag, r.size]).to.deep.equal(['k', etag, body.length]);
+      for (const [off, len] of [[0, 1], [3, 4093], [4095, 10_000], [body.length - 5, 100], [body.length, 10]] as const) {
+        const a = new Uint8Array(Math.ceil(len / 2));
+        const b = new Uint8Array(len - a.length + 7);
+        const n = r.readIntoSync(off, len, [a, b]);
+        const want = body.subarray(off, off + len);
+        expect(n, `${off}+${len}`).to.equal(want.length);
+        expect(Buffer.from(Buffer.concat([a, b]).subarray(0, n)).equals(Buffer.from(want)), `${off}+${len}`).to.equal(true);
+      }
+      expect(r.current()).to.equal(true);
+      await new FileStore(store.root).put('k', patternBytes(8, 10)); // another writer replaces it
+      expect(r.current()).to.equal(false);
+      const n = r.readIntoSync(0, 100, [new Uint8Array(100)]); // still the version it holds
+      expect(n).to.equal(100);
+      const r2 = store.openReader('k', (await store.head('k'))!.etag);
+      expect(r2.current()).to.equal(true);
+      await store.delete('k');
+      expect(r2.current()).to.equal(false);
+      r.close();
+      r2.close();
+      r.close(); // idempotent
+      expect(fdCount()).to.equal(before);
+    });
+
+    it('copies large reads into mapped memory on io_uring workers, closing the file only after the copies', async function () {
+      const store = await FileStore.open(tmp().file('s'), { create: true });
+      if (store.asyncReadMinBytes === Infinity) this.skip(); // no io_uring here
+      expect(store.asyncReadMinBytes).to.equal(ASYNC_READ_MIN_BYTES);
+      const body = patternBytes(9, 3 * ASYNC_READ_MIN_BYTES + 4321);
+      const { etag } = await store.put('k', body);
+      const size = 4 << 20;
+      const memfd = native.memfdCreate('reader-test', size);
+      const mapping = native.mmap(memfd, 0, size, true);
+      try {
+        const win = mapping.windows[0]!;
+        const mem = new Uint8Array(win);
+        // Scattered targets: 4 KiB pieces at odd places, as a guest's descriptors.
+        const segsAt = (base: number, len: number): Segment[] => {
+          const out: Segment[] = [];
+          for (let o = 0; o < len; o += 4096) {
+            const at = base + 2 * o + 13;
+            out.push({ buf: win, offset: at, length: Math.min(4096, len - o), hostAddr: mapping.address + at });
+          }
+          return out;
+        };
+        const gather = (segs: readonly Segment[], n: number): Buffer => {
+          const parts = segs.map((g) => mem.subarray(g.offset, g.offset + g.length));
+          return Buffer.concat(parts).subarray(0, n);
+        };
+        const before = fdCount();
+        const r = store.openReader('k', etag);
+        expect(r.readAsync(0, ASYNC_READ_MIN_BYTES - 1, segsAt(0, ASYNC_READ_MIN_BYTES), () => undefined)).to.equal(false); // small: synchronously
+        const reads = [[1, ASYNC_READ_MIN_BYTES + 5], [body.length - ASYNC_READ_MIN_BYTES - 3, ASYNC_READ_MIN_BYTES + 100]] as const;
+        const segs = reads.map(([, len], i) => segsAt(i * (2 * ASYNC_READ_MIN_BYTES + 8192) + 1, len));
+        const results = await new Promise<number[]>((resolve) => {
+          const got: number[] = [];
+          reads.forEach(([off, len], i) => {
+            expect(r.readAsync(off, len, segs[i]!, (res) => {
+              got[i] = res;
+              if (got.filter((x) => x !== undefined).length === reads.length) resolve(got);
+            })).to.equal(true);
+          });
+          r.close(); // while both are (most likely) in flight
+        });
+        reads.forEach(([off, len], i) => {
+          const want = body.subarray(off, off + len);
+          expect(results[i], `${off}+${len}`).to.equal(want.length);
+          expect(gather(segs[i]!, want.length).equals(Buffer.from(want)), `${off}+${len}`).to.equal(true);
+        });
+        expect(fdCount()).to.equal(before);
+        expect(r.readAsync(0, ASYNC_READ_MIN_BYTES, segs[0]!, () => undefined)).to.equal(false); // closed
+      } finally {
+        mapping.unmap();
+        closeSync(memfd);
+        await store.close();
+      }
     });
   });
 

@@ -9,6 +9,7 @@ import { BlkStatus, BlkType } from '../../src/blk/protocol.js';
 import { silentLogger } from '../../src/util/log.js';
 import { ConfigError } from '../../src/util/errors.js';
 import { TmpDir, makeRawFile, patternBytes } from '../support/tmp.js';
+import type { GuestMemory, Segment } from '../../src/virtio/memory.js';
 
 const MiB = 1 << 20;
 
@@ -39,6 +40,30 @@ describe('virtio-blk device over a raw file', function () {
     await exp?.close();
     exp = null;
     dir.remove();
+  });
+
+  it('pins guest memory while a read is in flight, so that a SET_MEM_TABLE cannot unmap it under the copy', async () => {
+    makeRawFile(raw, 16 * MiB);
+    const image = RawImage.open(raw, { readOnly: false, ioEngine: 'uring' });
+    const held: (() => void)[] = [];
+    // Completions held back: the read stays "in flight" for as long as the test needs.
+    const gated = Object.assign(Object.create(image) as RawImage, {
+      read: (offset: number, segs: readonly Segment[], done: (r: number) => void) => image.read(offset, segs, (r) => held.push(() => done(r))),
+    });
+    exp = await BlkExport.start({ socket: dir.file('blk.sock'), image: gated, locator: raw, queues: 1, serial: 'PIN', log: silentLogger });
+    client = await BlkClient.connect(dir.file('blk.sock'), { queues: 1 });
+    const memory = (): GuestMemory => exp!.vhostServer.session!.guestMemory;
+    const buf = client.allocBuffer(64 * 1024);
+    const reading = client.readAsync(0, 4096, buf);
+    try {
+      for (let i = 0; i < 200 && held.length === 0; i++) await new Promise((r) => setTimeout(r, 5));
+      expect(held.length).to.equal(1);
+      expect(memory().pinCount).to.equal(1);
+    } finally {
+      held.splice(0).forEach((f) => f());
+    }
+    expect(await reading).to.equal(BlkStatus.Ok);
+    expect(memory().pinCount).to.equal(0);
   });
 
   for (const ioEngine of ['uring', 'sync'] as const) {

@@ -1,4 +1,4 @@
-// READ straight into the guest's descriptors (PayloadTarget + OpenFile.readInto) over real
+// READ straight into the guest's descriptors (PayloadTarget + OpenFile.readInto/readIntoAsync) over real
 // virtqueues, BucketVfs on a file store: the bytes of any range (reply split over many
 // descriptors, short at the end of file, past it), the in-place path really taken, and the
 // ordinary path for what it cannot serve (a file with unstored writes, an object replaced
@@ -25,11 +25,24 @@ describe('FUSE READ in place (virtio-fs, file store)', function () {
     dir = new TmpDir('vhost-s3-inplace-');
     store = await FileStore.open(dir.file('store'), { create: true, noSync: true });
     await store.put('f', body);
-    const direct = store.readIntoSync.bind(store);
+    // Reads in place go through the reader an open file holds (FileStore.openReader):
+    // synchronously, or for large ones on io_uring workers (read-async.test.ts).
+    const openReader = store.openReader.bind(store);
     inPlace = 0;
-    store.readIntoSync = (...args) => {
-      inPlace++;
-      return direct(...args);
+    store.openReader = (key, etag) => {
+      const r = openReader(key, etag);
+      const sync = r.readIntoSync.bind(r);
+      const copy = r.readAsync.bind(r);
+      r.readIntoSync = (...args) => {
+        inPlace++;
+        return sync(...args);
+      };
+      r.readAsync = (...args) => {
+        const started = copy(...args);
+        if (started) inPlace++;
+        return started;
+      };
+      return r;
     };
     const vfs = new BucketVfs({ store, logger: silentLogger });
     exp = await FsExport.start({ socket: dir.file('fs.sock'), vfs, requestQueues: 1, log: silentLogger });

@@ -225,6 +225,33 @@ describe('virtio/GuestMemory', () => {
       expect(memory.translate(G + 0x10010, 1, out)).to.equal(false);
     });
 
+    it('keeps regions removed while pinned mapped (but untranslatable) until the last pin goes', () => {
+      const { memory, mappings } = makeMemory([
+        { guestAddr: G, size: 0x2000, userAddr: U, windowSize: 0x1000 },
+        { guestAddr: G + 0x10000, size: 0x2000, userAddr: U + 0x10000, windowSize: 0x1000 },
+      ]);
+      const a = memory.pin();
+      const b = memory.pin();
+      expect(memory.pinCount).to.equal(2);
+      expect(memory.removeRegion(G, 0x2000, U)).to.equal(true);
+      memory.clear();
+      expect(memory.regionCount).to.equal(0);
+      expect(memory.translate(G + 0x10010, 1, [])).to.equal(false);
+      expect(mappings.map((m) => m.unmapCalls)).to.deep.equal([0, 0]);
+      a();
+      a(); // a second call of the same release does nothing
+      expect(memory.pinCount).to.equal(1);
+      expect(mappings.map((m) => m.unmapCalls)).to.deep.equal([0, 0]);
+      b();
+      expect(memory.pinCount).to.equal(0);
+      expect(mappings.map((m) => m.unmapCalls)).to.deep.equal([1, 1]);
+      // Unpinned, removal unmaps at once again.
+      const { memory: m2, mappings: maps2 } = makeMemory([{ guestAddr: G, size: 0x2000, userAddr: U, windowSize: 0x1000 }]);
+      m2.pin()();
+      m2.clear();
+      expect(maps2[0]!.unmapCalls).to.equal(1);
+    });
+
     it('refuses to translate into a region unmapped behind its back', () => {
       const { memory, mappings } = makeMemory([{ guestAddr: G, size: 0x2000, userAddr: U, windowSize: 0x1000 }]);
       mappings[0]!.unmap();

@@ -41,6 +41,7 @@ import PQueue from 'p-queue';
 import type { AttrChanges, Caller, CreateFlags, DirEntry, FileAttr, OpenFile, OpenFlags, StatFs, TimeNs, Vfs } from '../../fuse/vfs.js';
 import { ErrnoError, type ErrnoName } from '../../util/errors.js';
 import { silentLogger, type Logger } from '../../util/log.js';
+import type { Segment } from '../../virtio/memory.js';
 import {
   MAX_KEY_BYTES,
   MAX_METADATA_BYTES,
@@ -52,6 +53,7 @@ import {
   type Metadata,
   type ObjectHead,
   type ObjectInfo,
+  type ObjectReader,
   type ObjectStore,
   type PartSource,
   type PutResult,
@@ -1475,16 +1477,60 @@ export class BucketVfs implements Vfs {
    * null when it does not apply: a file with buffered writes, another store, a version that
    * changed (read() then looks it up again).
    */
-  readNodeInto(n: FileNode, offset: number, length: number, targets: readonly Uint8Array[]): number | null {
+  readNodeInto(n: FileNode, offset: number, length: number, targets: readonly Uint8Array[], h: Handle): number | null {
     const base = n.base;
     if (n.buf || !base || !this.store.readIntoSync || !Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) return null;
     if (offset >= base.size || length === 0) return 0;
     try {
+      const r = this.readerOf(n, h);
+      if (r !== undefined) return r === null ? null : r.readIntoSync(offset, Math.min(length, base.size - offset), targets);
       return this.store.readIntoSync(base.key, base.etag, offset, Math.min(length, base.size - offset), targets);
     } catch (err) {
       if (err instanceof StoreError && (err.code === 'ESTALE' || err.code === 'ENOENT') && !err.missingContainer) return null;
       throw this.fsError('read', err);
     }
+  }
+
+  /**
+   * readNodeInto's asynchronous form for large reads (OpenFile.readIntoAsync): false when
+   * it does not apply (as readNodeInto's null, or a read below the store's
+   * asyncReadMinBytes), the caller then reads synchronously.
+   */
+  readNodeAsync(n: FileNode, offset: number, length: number, targets: readonly Segment[], h: Handle, done: (result: number) => void): boolean {
+    const base = n.base;
+    if (n.buf || !base || !Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || offset >= base.size) return false;
+    if (Math.min(length, base.size - offset) < (this.store.asyncReadMinBytes ?? Infinity)) return false;
+    let r: ObjectReader | null | undefined;
+    try {
+      r = this.readerOf(n, h);
+    } catch {
+      return false; // readNodeInto meets the same error and reports it
+    }
+    return r ? r.readAsync(offset, Math.min(length, base.size - offset), targets, done) : false;
+  }
+
+  /**
+   * The handle's reader of its node's stored version (ObjectStore.openReader), opened on
+   * first use and replaced when the version changed; null when the store no longer has
+   * that version (read() then learns the new one), undefined when the store has no readers.
+   * Throws what opening throws, ESTALE/ENOENT aside.
+   */
+  private readerOf(n: FileNode, h: Handle): ObjectReader | null | undefined {
+    const base = n.base!;
+    if (!this.store.openReader) return undefined;
+    const held = h.reader;
+    if (held !== null) {
+      if (held.key === base.key && held.etag === base.etag && held.current()) return held;
+      held.close();
+      h.reader = null;
+    }
+    try {
+      h.reader = this.store.openReader(base.key, base.etag);
+    } catch (err) {
+      if (err instanceof StoreError && (err.code === 'ESTALE' || err.code === 'ENOENT') && !err.missingContainer) return null;
+      throw err;
+    }
+    return h.reader;
   }
 
   async readNode(n: FileNode, offset: number, length: number, h: Handle): Promise<Uint8Array> {
@@ -1599,6 +1645,8 @@ class Handle implements OpenFile {
   window = 0;
   /** Read-ahead has been started up to here. */
   ahead = 0;
+  /** The stored version held open for in-place reads (BucketVfs.readerOf), closed at release. */
+  reader: ObjectReader | null = null;
   private released = false;
 
   constructor(
@@ -1618,7 +1666,12 @@ class Handle implements OpenFile {
 
   readInto(offset: number, length: number, targets: readonly Uint8Array[]): number | null {
     if (this.released) return null; // read() reports EBADF
-    return this.vfs.readNodeInto(this.node, offset, length, targets);
+    return this.vfs.readNodeInto(this.node, offset, length, targets, this);
+  }
+
+  readIntoAsync(offset: number, length: number, targets: readonly Segment[], done: (result: number) => void): boolean {
+    if (this.released) return false;
+    return this.vfs.readNodeAsync(this.node, offset, length, targets, this, done);
   }
 
   async write(offset: number, data: Uint8Array): Promise<number> {
@@ -1657,6 +1710,9 @@ class Handle implements OpenFile {
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
+    // Closed once the reads still in flight on it completed (FileObjectReader).
+    this.reader?.close();
+    this.reader = null;
     await this.vfs.releaseNode(this.node);
   }
 }
