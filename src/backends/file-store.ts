@@ -309,6 +309,10 @@ export class FileStore implements ObjectStore {
     return this.headSync(key, this.pathOf(key), 'head');
   }
 
+  headNow(key: string): ObjectHead | null {
+    return this.headSync(key, this.pathOf(key), 'head');
+  }
+
   async list(opts: ListOptions = {}): Promise<ListPage> {
     // A lookup of a name that is neither a file nor a marker asks whether any key lies under
     // `name/` (an implicit directory); mostly there is no directory for it, which one stat

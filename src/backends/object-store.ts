@@ -193,6 +193,12 @@ export interface ObjectStore {
   readIntoSync?(key: string, etag: string, offset: number, length: number, targets: readonly Uint8Array[]): number;
 
   /**
+   * Optional, for the same stores: head() on the calling thread (a lookup answered before
+   * the request handler returns). Throws as head() rejects.
+   */
+  headNow?(key: string): ObjectHead | null;
+
+  /**
    * Optional, for the same stores: version `etag` of `key` held open for many reads (an
    * open file's READs), so that each read is one system call rather than an open, a header
    * read and a close. ESTALE when the object is not that version, ENOENT when it is gone.

@@ -11,39 +11,31 @@ function resultOf(err: unknown): string {
   return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) ? code : 'error';
 }
 
+/** A synchronous store call that reports its result as `operation`. */
+function observedNow<A extends unknown[], R>(obs: StoreObserver, operation: string, fn: (...args: A) => R): (...args: A) => R {
+  return (...args) => {
+    try {
+      const r = fn(...args);
+      obs.operation(operation, 'ok');
+      return r;
+    } catch (err) {
+      obs.operation(operation, resultOf(err));
+      throw err;
+    }
+  };
+}
+
 export class ObservedStore implements ObjectStore {
   readonly keyFits?: (key: string) => boolean;
   readonly readIntoSync?: (key: string, etag: string, offset: number, length: number, targets: readonly Uint8Array[]) => number;
   readonly openReader?: (key: string, etag: string) => ObjectReader;
+  readonly headNow?: (key: string) => ObjectHead | null;
 
   constructor(private readonly inner: ObjectStore, private readonly obs: StoreObserver) {
     if (inner.keyFits) this.keyFits = inner.keyFits.bind(inner);
-    const openReader = inner.openReader?.bind(inner);
-    if (openReader) {
-      this.openReader = (key, etag) => {
-        try {
-          const r = openReader(key, etag);
-          obs.operation('openReader', 'ok');
-          return r;
-        } catch (err) {
-          obs.operation('openReader', resultOf(err));
-          throw err;
-        }
-      };
-    }
-    const readIntoSync = inner.readIntoSync?.bind(inner);
-    if (readIntoSync) {
-      this.readIntoSync = (key, etag, offset, length, targets) => {
-        try {
-          const n = readIntoSync(key, etag, offset, length, targets);
-          obs.operation('readIntoSync', 'ok');
-          return n;
-        } catch (err) {
-          obs.operation('readIntoSync', resultOf(err));
-          throw err;
-        }
-      };
-    }
+    if (inner.openReader) this.openReader = observedNow(obs, 'openReader', inner.openReader.bind(inner));
+    if (inner.headNow) this.headNow = observedNow(obs, 'head', inner.headNow.bind(inner));
+    if (inner.readIntoSync) this.readIntoSync = observedNow(obs, 'readIntoSync', inner.readIntoSync.bind(inner));
   }
 
   get kind(): ObjectStore['kind'] {

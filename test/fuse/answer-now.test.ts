@@ -62,6 +62,8 @@ describe('FUSE LOOKUP/GETATTR answered from the Vfs caches (BucketVfs on a file 
   }
 
   it('answers a cached LOOKUP and GETATTR before dispatch returns, as the store call did, without one', async () => {
+    // Without the store's synchronous HEAD, so that the first answers take the asynchronous path.
+    (store as { headNow?: unknown }).headNow = undefined;
     const { s } = await server();
     const first = await now(s, msg(Opcode.LOOKUP, [cstr('d')]));
     expect(first.sync).to.equal(false); // nothing cached yet
@@ -82,6 +84,43 @@ describe('FUSE LOOKUP/GETATTR answered from the Vfs caches (BucketVfs on a file 
     expect(decodeAttrOut(concat(ga.reply)).attr).to.deep.equal(f.attr);
     expect(storeCalls).to.equal(calls);
     expect(s.inflightCount).to.equal(0);
+  });
+
+  it('answers a file or directory marker the caches do not hold (or no longer: expired) from one synchronous HEAD, fresh from the store', async () => {
+    let heads = 0;
+    const headNow = store.headNow.bind(store);
+    store.headNow = (key) => {
+      heads++;
+      return headNow(key);
+    };
+    await store.put('d/m/', new Uint8Array(0), { metadata: { mode: String(0o40750) } });
+    const vfs = new BucketVfs({ store, logger: silentLogger, attrTtlMs: 1 });
+    const s = new FuseServer(vfs, { log: silentLogger });
+    expect((await s.handle(msg(Opcode.INIT, [encode.init(7, 38, 0, 0)], 0)))!.error).to.equal(0);
+    const d = await now(s, msg(Opcode.LOOKUP, [cstr('d')]));
+    expect(d.sync).to.equal(false); // an implicit directory: only a listing can tell
+    const dir = decodeEntryOut(concat(d.reply)).nodeid;
+    const calls = storeCalls;
+    const f = await now(s, msg(Opcode.LOOKUP, [cstr('f')], dir));
+    expect(f.sync).to.equal(true);
+    expect(decodeEntryOut(concat(f.reply)).attr.size).to.equal(1234);
+    const m = await now(s, msg(Opcode.LOOKUP, [cstr('m')], dir));
+    expect(m.sync).to.equal(true);
+    expect(decodeEntryOut(concat(m.reply)).attr.mode & 0o7777).to.equal(0o750);
+    // Changed in the store: once the 1 ms attribute TTL ran out, the next LOOKUP and GETATTR see it.
+    await store.put('d/f', new Uint8Array(99));
+    await new Promise((r) => setTimeout(r, 5));
+    const again = await now(s, msg(Opcode.LOOKUP, [cstr('f')], dir));
+    expect(again.sync).to.equal(true);
+    const nodeid = decodeEntryOut(concat(again.reply)).nodeid;
+    expect(decodeEntryOut(concat(again.reply)).attr.size).to.equal(99);
+    await store.put('d/f', new Uint8Array(7));
+    await new Promise((r) => setTimeout(r, 5));
+    const ga = await now(s, msg(Opcode.GETATTR, [encode.getattr(0, 0)], nodeid));
+    expect(ga.sync).to.equal(true);
+    expect(decodeAttrOut(concat(ga.reply)).attr.size).to.equal(7);
+    expect(storeCalls).to.equal(calls); // no asynchronous store call
+    expect(heads).to.equal(7); // d's file key and marker (then its listing), f; m's file key and marker; f; f
   });
 
   it('answers a name missing from a cached listing ENOENT (or a negative entry) at once; unknown node ids ESTALE', async () => {

@@ -378,7 +378,35 @@ export class BucketVfs implements Vfs {
       }
       return null;
     }
-    return undefined;
+    return this.entryNow(path)?.attr;
+  }
+
+  /**
+   * For a store that answers HEADs on the calling thread (the file store): what is at
+   * `path`, fresh from the store, when one HEAD can tell (a file, or else a directory
+   * marker) — an entry whose cached attributes expired is then answered without the
+   * asynchronous path. Undefined when only a listing could tell (an implicit directory,
+   * nothing there), the keys do not fit or the store failed (the asynchronous path
+   * reports it).
+   */
+  private entryNow(path: string): Entry | undefined {
+    if (!this.store.headNow || path === '') return undefined;
+    let e: Entry | undefined;
+    try {
+      checkPath(path);
+      const dk = this.keys.dirKey(path);
+      if (!keyFits(this.store, dk)) return undefined;
+      const file = this.store.headNow(this.keys.fileKey(path));
+      if (file) e = this.entryOf(file, 'object');
+      else {
+        const marker = this.store.headNow(dk);
+        if (marker) e = this.entryOf(marker, 'dir');
+      }
+    } catch {
+      return undefined;
+    }
+    if (e) this.remember(path, e);
+    return e;
   }
 
   list(path: string): Promise<DirEntry[]> {
