@@ -68,6 +68,12 @@ export class HandleTable {
     return set === undefined ? undefined : set.values().next().value;
   }
 
+  /** Whether `inode` is open as a directory (a scan: only asked for removed directories). */
+  hasDirOf(inode: Inode): boolean {
+    for (const h of this.handles.values()) if (h.kind === 'dir' && h.inode === inode) return true;
+    return false;
+  }
+
   file(fh: number): FileHandle | undefined {
     const h = this.handles.get(fh);
     return h?.kind === 'file' ? h : undefined;

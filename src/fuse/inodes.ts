@@ -8,12 +8,13 @@
 //   generation (bumped by the server at every INIT), so nodeid:generation never repeats.
 // - A path names at most one inode. Unlinking, or replacing by rename, detaches the old
 //   inode (path null): the kernel may still hold it (open files) until it forgets it, but
-//   path-based calls on it fail with ENOENT. A lookup that finds a different kind of
+//   path-based calls on it fail with ENOENT (a GETATTR of a directory still open answers
+//   its last attributes). A lookup that finds a different kind of
 //   object at a known path (a file replaced by a directory behind our back) detaches the
 //   old inode and gives the new object a new node id, so the kernel never sees a node
 //   change type.
 // - Renaming re-keys the moved inode and, for a directory, every inode below it.
-import type { FileKind } from './vfs.js';
+import type { FileAttr, FileKind } from './vfs.js';
 import { FUSE_ROOT_ID } from './abi.js';
 
 export interface Inode {
@@ -24,6 +25,11 @@ export interface Inode {
   kind: FileKind;
   /** Lookups the kernel holds (not counted for the root). */
   lookups: number;
+  /**
+   * The attributes last handed to the kernel for it: what a directory removed or replaced
+   * while open still reports.
+   */
+  attr: FileAttr | null;
 }
 
 /** `parent`/`name` as a Vfs path ('' is the root). */
@@ -44,7 +50,7 @@ export class InodeTable {
   readonly root: Inode;
 
   constructor(public generation = 0) {
-    this.root = { nodeid: FUSE_ROOT_ID, generation, path: '', kind: 'dir', lookups: 1 };
+    this.root = { nodeid: FUSE_ROOT_ID, generation, path: '', kind: 'dir', lookups: 1, attr: null };
     this.insert(this.root);
   }
 
@@ -71,7 +77,7 @@ export class InodeTable {
       ino = undefined;
     }
     if (ino === undefined) {
-      ino = { nodeid: this.nextId++, generation: this.generation, path, kind, lookups: 0 };
+      ino = { nodeid: this.nextId++, generation: this.generation, path, kind, lookups: 0, attr: null };
       this.insert(ino);
     }
     ino.lookups++;

@@ -514,6 +514,7 @@ export class FuseServer {
   }
 
   private entry(ino: Inode, attr: FileAttr): EntryOut {
+    ino.attr = attr;
     return {
       nodeid: ino.nodeid, generation: ino.generation, entryValidMs: this.opts.entryTimeoutMs,
       attrValidMs: this.opts.attrTimeoutMs, attr: this.wireAttr(ino.nodeid, attr),
@@ -588,6 +589,8 @@ export class FuseServer {
     if (req.op !== Opcode.GETATTR) return undefined; // READ: never here
     const ino = this.inode(req.h.nodeid);
     if (this.getattrHandle(req, ino) !== undefined) return undefined;
+    const gone = this.detachedAttr(ino);
+    if (gone !== null) return this.attrReply(req, ino, gone);
     const attr = vfs.statNow(this.pathOf(req.h.nodeid));
     return attr === undefined ? undefined : this.attrReply(req, ino, attr);
   }
@@ -608,8 +611,20 @@ export class FuseServer {
     return named?.inode === ino ? named : ino.path === null ? this.handles.anyFileOf(ino) : undefined;
   }
 
+  /**
+   * What a GETATTR of a directory removed or replaced while open answers (the kernel asks
+   * by node id only, never with the directory's handle): its last attributes with no
+   * links, as Linux reports fstat of such a directory. Null for anything else (a detached
+   * inode nobody has open is gone: ENOENT).
+   */
+  private detachedAttr(ino: Inode): FileAttr | null {
+    if (ino.path !== null || ino.attr === null || ino.kind !== 'dir' || !this.handles.hasDirOf(ino)) return null;
+    return { ...ino.attr, nlink: 0 };
+  }
+
   private attrReply(req: FuseRequest, ino: Inode, attr: FileAttr | null): FuseReply {
     if (attr === null) fail('ENOENT');
+    ino.attr = attr;
     return okReply(req.h.unique, [encodeAttrOut(this.opts.attrTimeoutMs, this.wireAttr(ino.nodeid, attr))]);
   }
 
@@ -620,6 +635,10 @@ export class FuseServer {
   private async getattrLater(req: Extract<FuseRequest, { op: Opcode.GETATTR }>): Promise<FuseReply> {
     const ino = this.inode(req.h.nodeid);
     const h = this.getattrHandle(req, ino);
+    if (h === undefined) {
+      const gone = this.detachedAttr(ino);
+      if (gone !== null) return this.attrReply(req, ino, gone);
+    }
     return this.attrReply(req, ino, h !== undefined ? await h.file.attr() : await this.vfs.stat(this.pathOf(req.h.nodeid)));
   }
 
@@ -903,6 +922,7 @@ export class FuseServer {
     if (Object.keys(changes).length === 0) attr = await current();
     else attr = file !== undefined ? await file.setattr(changes) : await this.vfs.setattr(path, changes);
     if (attr === null) fail('ENOENT');
+    ino.attr = attr;
     return encodeAttrOut(this.opts.attrTimeoutMs, this.wireAttr(ino.nodeid, attr));
   }
 

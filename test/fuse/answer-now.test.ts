@@ -123,6 +123,30 @@ describe('FUSE LOOKUP/GETATTR answered from the Vfs caches (BucketVfs on a file 
     expect(heads).to.equal(7); // d's file key and marker (then its listing), f; m's file key and marker; f; f
   });
 
+  it('a directory replaced by rename while open answers GETATTR with its last attributes and no links, as Linux', async () => {
+    const { s } = await server();
+    const made = async (name: string, mode: number): Promise<number> => {
+      const r = await now(s, msg(Opcode.MKDIR, [encode.mkdir(mode, 0), cstr(name)]));
+      expect(r.reply.error).to.equal(0);
+      return decodeEntryOut(concat(r.reply)).nodeid;
+    };
+    const old = await made('old', 0o750);
+    expect((await now(s, msg(Opcode.OPENDIR, [encode.open(0)], old))).reply.error).to.equal(0);
+    await made('new', 0o700);
+    const mv = await now(s, msg(Opcode.RENAME, [encode.rename(1), cstr('new'), cstr('old')]));
+    expect(mv.reply.error).to.equal(0);
+    for (const [i, r] of [await now(s, msg(Opcode.GETATTR, [encode.getattr(0, 0)], old)), await now(s, msg(Opcode.GETATTR, [encode.getattr(0, 0)], old))].entries()) {
+      expect(r.reply.error, `GETATTR ${i}`).to.equal(0);
+      const a = decodeAttrOut(concat(r.reply)).attr;
+      expect(a.mode & 0o7777).to.equal(0o750);
+      expect(a.nlink).to.equal(0);
+    }
+    // The name now leads to the directory moved there.
+    const cur = decodeEntryOut(concat((await now(s, msg(Opcode.LOOKUP, [cstr('old')]))).reply));
+    expect(cur.nodeid).to.not.equal(old);
+    expect(cur.attr.mode & 0o7777).to.equal(0o700);
+  });
+
   it('answers a name missing from a cached listing ENOENT (or a negative entry) at once; unknown node ids ESTALE', async () => {
     for (const negativeTimeoutMs of [0, 5000]) {
       const { s } = await server({ negativeTimeoutMs });
