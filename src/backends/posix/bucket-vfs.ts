@@ -1290,6 +1290,11 @@ export class BucketVfs implements Vfs {
     await buf?.close();
   }
 
+  /** Created by this file system, never stored, empty, and open through one handle only. */
+  isUnstoredEmpty(n: FileNode): boolean {
+    return n.dirty && n.base === null && n.size === 0 && n.refs === 1;
+  }
+
   /** Stores a dirty node; EIO (with the cause in the message) when that fails. */
   async storeNode(n: FileNode): Promise<void> {
     if (!n.dirty || n.unlinked) return;
@@ -1715,6 +1720,11 @@ class Handle implements OpenFile {
 
   async flush(): Promise<void> {
     this.check();
+    // A file created here, never stored and still empty, behind this handle alone: a FLUSH
+    // has no written byte to keep, and storing would PUT an empty object only to replace
+    // it — `echo x > f` closes a dup of its descriptor before it writes. RELEASE, an fsync,
+    // a sync or the next FLUSH after a write stores it.
+    if (this.vfs.isUnstoredEmpty(this.node)) return;
     await this.vfs.storeNode(this.node);
   }
 
