@@ -123,6 +123,33 @@ describe('FUSE LOOKUP/GETATTR answered from the Vfs caches (BucketVfs on a file 
     expect(heads).to.equal(7); // d's file key and marker (then its listing), f; m's file key and marker; f; f
   });
 
+
+  it('a name with neither a file nor a marker costs its two synchronous HEADs and then only a LIST, not the HEADs again', async () => {
+    const asked: string[] = [];
+    const headNow = store.headNow.bind(store);
+    store.headNow = (key) => {
+      asked.push(`headNow ${key}`);
+      return headNow(key);
+    };
+    for (const m of ['head', 'list'] as const) {
+      const orig = (store[m] as (...a: unknown[]) => unknown).bind(store);
+      (store as unknown as Record<string, unknown>)[m] = (...a: unknown[]) => {
+        asked.push(m === 'head' ? `head ${String(a[0])}` : 'list');
+        return orig(...a);
+      };
+    }
+    const { s } = await server();
+    const missing = await now(s, msg(Opcode.LOOKUP, [cstr('nothing')]));
+    expect(missing.reply.error).to.equal(-E.ENOENT);
+    expect(asked).to.deep.equal(['headNow nothing', 'headNow nothing/', 'list']);
+    // A directory below it needs the LIST that finds it, the HEADs only once.
+    await store.put('implicit/x', new Uint8Array(1));
+    asked.length = 0;
+    const implicit = await now(s, msg(Opcode.LOOKUP, [cstr('implicit')]));
+    expect(implicit.reply.error).to.equal(0);
+    expect(decodeEntryOut(concat(implicit.reply)).attr.mode & 0o170000).to.equal(0o040000);
+    expect(asked).to.deep.equal(['headNow implicit', 'headNow implicit/', 'list']);
+  });
   it('a directory replaced by rename while open answers GETATTR with its last attributes and no links, as Linux', async () => {
     const { s } = await server();
     const made = async (name: string, mode: number): Promise<number> => {

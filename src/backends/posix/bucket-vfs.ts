@@ -273,6 +273,11 @@ export class BucketVfs implements Vfs {
   private readonly maxFileSize: number;
   /** Bumped by every change we make: lookups that started before do not fill the caches. */
   private epoch = 0;
+  /**
+   * The last path entryNow found neither a file nor a marker at, when, and in which epoch:
+   * the asynchronous lookup that follows it needs only the LIST (see fetchEntry).
+   */
+  private headsMissed: { readonly path: string; readonly epoch: number; readonly at: number } | null = null;
   private uploads = 0;
   /** The store copies parts (UploadPartCopy); false once it said it does not. */
   private partCopy = true;
@@ -401,6 +406,7 @@ export class BucketVfs implements Vfs {
       else {
         const marker = this.store.headNow(dk);
         if (marker) e = this.entryOf(marker, 'dir');
+        else this.headsMissed = { path, epoch: this.epoch, at: performance.now() };
       }
     } catch {
       return undefined;
@@ -840,9 +846,16 @@ export class BucketVfs implements Vfs {
       const file = path !== '' && keyFits(this.store, fk) ? await this.store.head(fk) : null;
       return file ? this.entryOf(file, 'object') : null;
     }
-    const [file, marker] = await Promise.all([path === '' ? null : this.store.head(fk), this.store.head(dk)]);
-    if (file) return this.entryOf(file, 'object');
-    if (marker) return this.entryOf(marker, 'dir');
+    const missed = this.headsMissed;
+    this.headsMissed = null;
+    // entryNow has just asked for both and nothing of ours changed since. "Just": an answer
+    // that old is one the negative cache could have given (and never older than 50 ms).
+    const recent = missed !== null && missed.path === path && missed.epoch === this.epoch && performance.now() - missed.at <= Math.min(HEADS_MISSED_MAX_AGE_MS, this.negCache.ttlMs);
+    if (!recent) {
+      const [file, marker] = await Promise.all([path === '' ? null : this.store.head(fk), this.store.head(dk)]);
+      if (file) return this.entryOf(file, 'object');
+      if (marker) return this.entryOf(marker, 'dir');
+    }
     if (path === '') return this.implicitDir();
     const page = await this.store.list({ prefix: dk, maxKeys: 1 });
     return page.objects.length > 0 || page.commonPrefixes.length > 0 ? this.implicitDir() : null;
@@ -1670,6 +1683,9 @@ export class BucketVfs implements Vfs {
     return errno('EIO', `${op}: ${err instanceof Error ? err.message : String(err)}`);
   }
 }
+
+/** How long the HEADs entryNow found nothing with stand for the asynchronous lookup after it. */
+const HEADS_MISSED_MAX_AGE_MS = 50;
 
 /** One open(2)/create(2) of a file. */
 class Handle implements OpenFile {
