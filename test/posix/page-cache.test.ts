@@ -29,6 +29,31 @@ describe('posix page cache', () => {
     expect(cache.cachedBytes).to.equal(body.length);
   });
 
+  it('readCached copies a range held in cached blocks into several targets at once, and fetches nothing when a block is missing', async () => {
+    const { store, cache, etag, body } = await setup();
+    const v = { key: 'obj', etag, size: body.length };
+    expect(cache.readCached(v, 100, 10, [new Uint8Array(10)])).to.equal(null);
+    await cache.read(v, 0, new Uint8Array(12 * KiB)); // blocks 0-2
+    const fetched = store.count('getInto');
+    const hits = cache.stats.hits;
+    // Across blocks 0..2, into targets that split where the blocks do not.
+    const targets = [new Uint8Array(3000), new Uint8Array(1), new Uint8Array(7000)];
+    expect(cache.readCached(v, 1000, 10_001, targets)).to.equal(10_001);
+    expect(equalBytes(Buffer.concat(targets), body.subarray(1000, 11_001))).to.equal(true);
+    expect(cache.stats.hits).to.equal(hits + 3);
+    // Block 3 is not cached: null, nothing fetched, nothing counted.
+    expect(cache.readCached(v, 11 * KiB, 2 * KiB, [new Uint8Array(2 * KiB)])).to.equal(null);
+    expect(store.count('getInto')).to.equal(fetched);
+    expect(cache.stats.hits).to.equal(hits + 3);
+    // The object's last block is short: clipped at the end of the object.
+    await cache.read(v, 40 * KiB, new Uint8Array(5));
+    const tail = new Uint8Array(100);
+    expect(cache.readCached(v, 40 * KiB + 1, 100, [tail])).to.equal(4);
+    expect(equalBytes(tail.subarray(0, 4), body.subarray(40 * KiB + 1))).to.equal(true);
+    // Another version of the object: nothing cached.
+    expect(cache.readCached({ ...v, etag: '"other"' }, 0, 10, [new Uint8Array(10)])).to.equal(null);
+  });
+
   it('stays within its byte bound', async () => {
     const { cache, etag, body } = await setup(10 * KiB);
     await cache.read({ key: 'obj', etag, size: body.length }, 0, new Uint8Array(body.length));

@@ -1525,8 +1525,15 @@ export class BucketVfs implements Vfs {
    */
   readNodeInto(n: FileNode, offset: number, length: number, targets: readonly Uint8Array[], h: Handle): number | null {
     const base = n.base;
-    if (n.buf || !base || !this.store.readIntoSync || !Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) return null;
+    if (n.buf || !base || !Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) return null;
     if (offset >= base.size || length === 0) return 0;
+    if (!this.store.readIntoSync) {
+      // A store read over the network: what the page cache holds, as readOnce reads it.
+      const v: ObjectVersion = { key: base.key, etag: base.etag, size: base.size };
+      const got = this.pages.readCached(v, offset, length, targets);
+      if (got !== null) this.readAhead(h, v, offset, got);
+      return got;
+    }
     try {
       const r = this.readerOf(n, h);
       if (r !== undefined) return r === null ? null : r.readIntoSync(offset, Math.min(length, base.size - offset), targets);

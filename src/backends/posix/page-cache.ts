@@ -178,6 +178,45 @@ export class PageCache {
     return out;
   }
 
+  /**
+   * Copies [offset, offset + length) of `v` (clipped at v.size) into `targets`, one after
+   * the other, when every block of it is cached: the bytes copied. Null, with nothing
+   * fetched or counted, when a block is missing (the caller then uses read or view).
+   */
+  readCached(v: ObjectVersion, offset: number, length: number, targets: readonly Uint8Array[]): number | null {
+    const end = Math.min(v.size, offset + length);
+    if (end <= offset) return 0;
+    const first = Math.floor(offset / this.blockSize);
+    const last = Math.floor((end - 1) / this.blockSize);
+    for (let b = first; b <= last; b++) {
+      const data = this.blocks.get(this.cacheKey(v, b));
+      if (data === undefined || b * this.blockSize + data.length < Math.min(end, (b + 1) * this.blockSize)) return null;
+    }
+    let t = 0;
+    let at = 0;
+    let copied = 0;
+    for (let b = first; b <= last; b++) {
+      const start = b * this.blockSize;
+      const data = this.blocks.get(this.cacheKey(v, b))!;
+      let from = Math.max(offset, start) - start;
+      const to = Math.min(end, start + data.length) - start;
+      while (from < to && t < targets.length) {
+        const target = targets[t]!;
+        const n = Math.min(to - from, target.length - at);
+        target.set(data.subarray(from, from + n), at);
+        from += n;
+        at += n;
+        copied += n;
+        if (at === target.length) {
+          t++;
+          at = 0;
+        }
+      }
+      this.stats.hits++;
+    }
+    return copied;
+  }
+
   /** A cached block's bytes without fetching (null when not cached). */
   peek(v: ObjectVersion, index: number): Uint8Array | null {
     return this.blocks.get(this.cacheKey(v, index)) ?? null;
