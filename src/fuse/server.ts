@@ -114,9 +114,10 @@ const S_IXGRP = 0o010;
 const PERM_BITS = 0o7777;
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 /**
- * READs up to this size whose transport offers its reply buffers are answered inside
- * dispatch() when the file can read in place: a 4 KiB random read then costs no promise
- * chain. Larger ones may be copied off the event loop (readIntoAsync, from 512 KiB).
+ * READs up to this size are answered inside dispatch() when the file can read in place
+ * into the transport's reply buffers, or has the bytes at hand (OpenFile.readNow): a 4 KiB
+ * random read then costs no promise chain. Larger ones may be copied off the event loop
+ * (readIntoAsync, from 512 KiB).
  */
 const SYNC_READ_MAX_BYTES = 128 * 1024;
 
@@ -310,9 +311,9 @@ export class FuseServer {
     }
     const p = new Pending(req, maxReply, done, payload, asyncPayload);
     if (req.op === Opcode.LOOKUP || req.op === Opcode.GETATTR || req.op === Opcode.READDIR || req.op === Opcode.READDIRPLUS
-      || (req.op === Opcode.READ && payload !== undefined && req.size <= SYNC_READ_MAX_BYTES)) {
+      || (req.op === Opcode.READ && req.size <= SYNC_READ_MAX_BYTES)) {
       // Answered from what the Vfs has cached, the directory handle holds or the file reads
-      // in place: no promise chain, nothing in flight.
+      // in place or has at hand: no promise chain, nothing in flight.
       let reply: FuseReply | undefined;
       try {
         reply = this.answerNow(req, p);
@@ -610,7 +611,10 @@ export class FuseServer {
     if (req.op === Opcode.READ) {
       const h = this.readableHandle(req, p);
       if (req.size === 0 || req.offset > MAX_SAFE) return okReply(req.h.unique, []);
-      return this.readInPlace(req, p, h) ?? undefined;
+      const inPlace = this.readInPlace(req, p, h);
+      if (inPlace !== null) return inPlace;
+      const data = h.file.readNow?.(req.offset, req.size);
+      return data != null ? okReply(req.h.unique, [data.length > req.size ? data.subarray(0, req.size) : data]) : undefined;
     }
     const vfs = this.vfs;
     if (vfs.statNow === undefined) return undefined;

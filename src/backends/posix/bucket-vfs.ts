@@ -1518,6 +1518,21 @@ export class BucketVfs implements Vfs {
   }
 
   /**
+   * OpenFile.readNow: what readOnce would give from the page cache, when the page cache
+   * holds all of it (a view of the block for a range inside one), or null. For a store
+   * read over the network; the file store reads in place instead (readNodeInto).
+   */
+  readNodeNow(n: FileNode, offset: number, length: number, h: Handle): Uint8Array | null {
+    const base = n.base;
+    if (n.buf || !base || this.store.readIntoSync || !Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) return null;
+    if (offset >= base.size || length === 0) return EMPTY;
+    const v: ObjectVersion = { key: base.key, etag: base.etag, size: base.size };
+    const data = this.pages.cachedView(v, offset, length);
+    if (data !== null) this.readAhead(h, v, offset, data.length);
+    return data;
+  }
+
+  /**
    * A read straight into the caller's buffers, for a store that reads on the calling
    * thread (the file store: its files are in the kernel's page cache, so ours is skipped).
    * null when it does not apply: a file with buffered writes, another store, a version that
@@ -1526,14 +1541,8 @@ export class BucketVfs implements Vfs {
   readNodeInto(n: FileNode, offset: number, length: number, targets: readonly Uint8Array[], h: Handle): number | null {
     const base = n.base;
     if (n.buf || !base || !Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) return null;
+    if (!this.store.readIntoSync) return null;
     if (offset >= base.size || length === 0) return 0;
-    if (!this.store.readIntoSync) {
-      // A store read over the network: what the page cache holds, as readOnce reads it.
-      const v: ObjectVersion = { key: base.key, etag: base.etag, size: base.size };
-      const got = this.pages.readCached(v, offset, length, targets);
-      if (got !== null) this.readAhead(h, v, offset, got);
-      return got;
-    }
     try {
       const r = this.readerOf(n, h);
       if (r !== undefined) return r === null ? null : r.readIntoSync(offset, Math.min(length, base.size - offset), targets);
@@ -1723,6 +1732,11 @@ class Handle implements OpenFile {
   readInto(offset: number, length: number, targets: readonly Uint8Array[]): number | null {
     if (this.released) return null; // read() reports EBADF
     return this.vfs.readNodeInto(this.node, offset, length, targets, this);
+  }
+
+  readNow(offset: number, length: number): Uint8Array | null {
+    if (this.released) return null;
+    return this.vfs.readNodeNow(this.node, offset, length, this);
   }
 
   readIntoAsync(offset: number, length: number, targets: readonly Segment[], done: (result: number) => void): boolean {
