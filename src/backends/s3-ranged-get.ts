@@ -51,6 +51,8 @@ export interface RangedGetHandlerOptions {
   readonly requestTimeoutMs: number;
   /** Every other request. */
   readonly fallback: NodeHttpHandler;
+  /** The connections to use (shared with other users; not destroyed by `destroy`). Default: an agent of its own. */
+  readonly agent?: Agent;
 }
 
 /** A chunk consumer: false stops the body (its connection is closed). */
@@ -150,16 +152,13 @@ export class SinkableBody extends Readable {
 export class RangedGetHandler {
   readonly metadata = { handlerProtocol: 'http/1.1' };
   private readonly agent: Agent;
+  private readonly ownAgent: boolean;
   private readonly fallback: NodeHttpHandler;
 
   constructor(opts: RangedGetHandlerOptions) {
     this.fallback = opts.fallback;
-    this.agent = new Agent({
-      connections: opts.connections,
-      connect: { timeout: opts.connectionTimeoutMs },
-      headersTimeout: opts.requestTimeoutMs,
-      bodyTimeout: opts.requestTimeoutMs,
-    });
+    this.ownAgent = opts.agent === undefined;
+    this.agent = opts.agent ?? undiciAgent(opts);
   }
 
   handle(request: SdkRequest, options: HttpHandlerOptions = {}): Promise<{ response: SdkResponse }> {
@@ -178,7 +177,7 @@ export class RangedGetHandler {
 
   destroy(): void {
     this.fallback.destroy();
-    void this.agent.destroy().catch(() => undefined);
+    if (this.ownAgent) void this.agent.destroy().catch(() => undefined);
   }
 
   private get(request: SdkRequest, signal: AbortSignal | undefined): Promise<{ response: SdkResponse }> {
@@ -223,6 +222,16 @@ export class RangedGetHandler {
       });
     });
   }
+}
+
+/** The undici connections of an S3 client: `connections` per origin, the client's timeouts. */
+export function undiciAgent(o: { readonly connections: number; readonly connectionTimeoutMs: number; readonly requestTimeoutMs: number }): Agent {
+  return new Agent({
+    connections: o.connections,
+    connect: { timeout: o.connectionTimeoutMs },
+    headersTimeout: o.requestTimeoutMs,
+    bodyTimeout: o.requestTimeoutMs,
+  });
 }
 
 function flatHeaders(h: Record<string, string | string[] | undefined>): Record<string, string> {

@@ -17,7 +17,11 @@
 //   large files go through multipart (`putLarge`) part by part.
 // - Per-request CPU: `cacheMiddleware` (the SDK builds the middleware stack once per
 //   command type): a listing of 10,000 files without metadata in the listing is 10,000
-//   HEADs, and the client's CPU per HEAD is what a busy machine makes us wait for.
+//   HEADs, and the client's CPU per HEAD is what a busy machine makes us wait for. HEADs
+//   and small PUTs skip the SDK's pipeline (`smallRequestTransport: 'direct'`,
+//   s3-direct.ts): signed here, sent over undici, the reply read directly, with the SDK's
+//   endpoint rules, credentials, retry classification and our strategy — 0.75 → 0.14 ms
+//   of client CPU per HEAD against s3rver.
 // - Concurrency: a p-queue bounds requests in flight (default 32); a request holds its
 //   slot until its response body is consumed. A keep-alive agent with maxSockets equal to
 //   that bound reuses connections instead of paying a handshake per request.
@@ -62,7 +66,9 @@ import {
 } from '@aws-sdk/client-s3';
 import PQueue from 'p-queue';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
-import { RangedGetHandler, SinkableBody } from './s3-ranged-get.js';
+import type { Agent as UndiciAgent } from 'undici';
+import { RangedGetHandler, SinkableBody, undiciAgent } from './s3-ranged-get.js';
+import { DirectS3, type DirectReply } from './s3-direct.js';
 import { S3ReadWorkers } from './s3-read-worker.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import type { ErrnoName } from '../util/errors.js';
@@ -148,6 +154,13 @@ export interface S3StoreOptions {
   readonly readWorkerMinBytes?: number;
   /** Transport of ranged GETs: undici (default; less CPU per byte, s3-ranged-get.ts) or node:http as every other request. */
   readonly rangedGetTransport?: 'undici' | 'node-http';
+  /**
+   * HeadObject and PutObjects of up to `directPutMaxBytes`: signed and sent without the
+   * SDK's request pipeline, over undici (default; s3-direct.ts), or through the SDK.
+   */
+  readonly smallRequestTransport?: 'direct' | 'sdk';
+  /** Largest PutObject body sent directly. Default 1 MiB. */
+  readonly directPutMaxBytes?: number;
 }
 
 const BODY_RESUMES = 3;
@@ -175,6 +188,10 @@ export class S3Store implements ObjectStore {
   readonly retry: GatewayRetryStrategy;
   private readonly readWorkers: S3ReadWorkers | null;
   private readonly readWorkerMinBytes: number;
+  /** The undici connections of ranged GETs and direct HEADs (null: neither is used). */
+  private readonly undici: UndiciAgent | null;
+  private readonly direct: DirectS3 | null;
+  private readonly directPutMax: number;
 
   constructor(opts: S3StoreOptions) {
     if (!opts.bucket) throw new StoreError('EINVAL', 's3: bucket name required');
@@ -192,6 +209,12 @@ export class S3Store implements ObjectStore {
       https: new HttpsAgent({ keepAlive: true, maxSockets, keepAliveMsecs: 1000 }),
     };
     this.retry = new GatewayRetryStrategy({ ...DEFAULT_RETRY_POLICY, ...opts.retry, maxAttempts: Math.max(1, opts.maxAttempts ?? DEFAULT_RETRY_POLICY.maxAttempts) });
+    const connectionTimeoutMs = opts.connectionTimeoutMs ?? 5000;
+    const requestTimeoutMs = opts.requestTimeoutMs ?? 30_000;
+    // Direct PUTs only where the SDK would add nothing to the body (no flexible checksums).
+    const direct = opts.smallRequestTransport !== 'sdk';
+    this.directPutMax = (opts.requestChecksumCalculation ?? 'WHEN_REQUIRED') === 'WHEN_REQUIRED' ? (opts.directPutMaxBytes ?? 1024 * 1024) : -1;
+    this.undici = opts.rangedGetTransport !== 'node-http' || direct ? undiciAgent({ connections: maxSockets, connectionTimeoutMs, requestTimeoutMs }) : null;
     const region = opts.region ?? (process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || (opts.endpoint ? 'us-east-1' : undefined));
     const config: S3ClientConfig = {
       ...(region !== undefined ? { region } : {}),
@@ -209,17 +232,20 @@ export class S3Store implements ObjectStore {
         const fallback = new NodeHttpHandler({
           httpAgent: this.agents.http,
           httpsAgent: this.agents.https,
-          connectionTimeout: opts.connectionTimeoutMs ?? 5000,
-          requestTimeout: opts.requestTimeoutMs ?? 30_000,
+          connectionTimeout: connectionTimeoutMs,
+          requestTimeout: requestTimeoutMs,
         });
         if (opts.rangedGetTransport === 'node-http') return fallback;
         return new RangedGetHandler({
-          fallback, connections: maxSockets, connectionTimeoutMs: opts.connectionTimeoutMs ?? 5000, requestTimeoutMs: opts.requestTimeoutMs ?? 30_000,
+          fallback, connections: maxSockets, connectionTimeoutMs, requestTimeoutMs, ...(this.undici ? { agent: this.undici } : {}),
         }) as unknown as NodeHttpHandler;
       })(),
     };
     this.client = new S3Client(config);
     if (opts.observer) observeS3Client(this.client, opts.observer);
+    this.direct = direct && this.undici
+      ? new DirectS3({ client: this.client, bucket: this.bucket, agent: this.undici, retry: this.retry, ...(opts.observer ? { observer: opts.observer } : {}) })
+      : null;
     this.caps = { conditionalWrites: opts.conditionalWrites ?? false, minPartSize: MIN_PART_SIZE, maxPartSize: MAX_PART_SIZE, maxParts: MAX_PARTS };
     this.conditionalKnown = opts.conditionalWrites !== undefined;
     const workers = opts.readWorkers ?? 1;
@@ -317,6 +343,21 @@ export class S3Store implements ObjectStore {
 
   async head(key: string): Promise<ObjectHead | null> {
     validateKey(key, 'head');
+    if (this.direct && (await this.direct.usable())) {
+      let reply: DirectReply | null;
+      try {
+        reply = await this.queue.add(() => this.direct!.head(key));
+      } catch (err) {
+        throw this.mapError(err, 'head', key);
+      }
+      if (reply === null) {
+        await this.checkBucketOnce();
+        return null;
+      }
+      const h = headOfReply(key, reply);
+      if (h) return h;
+      // A reply the SDK would read differently (an unparsable date): ask through the SDK.
+    }
     try {
       const out = await this.queue.add(() => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key })));
       return {
@@ -329,18 +370,22 @@ export class S3Store implements ObjectStore {
       };
     } catch (err) {
       if (httpStatus(err) === 404 || errName(err) === 'NotFound' || errName(err) === 'NoSuchKey') {
-        if (!this.bucketChecked) {
-          try {
-            await this.checkBucket();
-          } catch (e) {
-            // A policy limited to a prefix may forbid HeadBucket: the key is missing, the bucket presumably not.
-            if (!(e instanceof StoreError && e.code === 'EACCES')) throw e;
-            this.bucketChecked = true;
-          }
-        }
+        await this.checkBucketOnce();
         return null;
       }
       throw this.mapError(err, 'head', key);
+    }
+  }
+
+  /** After a HEAD's 404: the first one checks that the bucket exists (ENOENT missingContainer if not). */
+  private async checkBucketOnce(): Promise<void> {
+    if (this.bucketChecked) return;
+    try {
+      await this.checkBucket();
+    } catch (e) {
+      // A policy limited to a prefix may forbid HeadBucket: the key is missing, the bucket presumably not.
+      if (!(e instanceof StoreError && e.code === 'EACCES')) throw e;
+      this.bucketChecked = true;
     }
   }
 
@@ -389,6 +434,16 @@ export class S3Store implements ObjectStore {
     }
     if (bytes.length > this.caps.maxPartSize) throw new StoreError('EFBIG', `put: ${key}: ${bytes.length} bytes is over the single-put limit; use putLarge`, { op: 'put', key });
     const cond: Condition = opts.ifNoneMatch ? 'ifNoneMatch' : opts.ifMatch !== undefined ? 'ifMatch' : undefined;
+    if (bytes.length <= this.directPutMax && this.direct && (await this.direct.usable())) {
+      const headers: Record<string, string> = {};
+      // The SDK's default for a blob payload.
+      headers['content-type'] = opts.contentType ?? 'application/octet-stream';
+      if (opts.ifNoneMatch) headers['if-none-match'] = opts.ifNoneMatch;
+      if (opts.ifMatch !== undefined) headers['if-match'] = opts.ifMatch;
+      for (const [k, v] of Object.entries(metadata)) headers[`x-amz-meta-${k}`] = v;
+      const etag = await this.call('put', key, () => this.direct!.put(key, bytes, headers), cond);
+      return { etag: etag ?? '' };
+    }
     const out = await this.call(
       'put',
       key,
@@ -569,6 +624,7 @@ export class S3Store implements ObjectStore {
     await this.readWorkers?.close();
     this.queue.clear();
     this.client.destroy();
+    await this.undici?.destroy().catch(() => undefined);
     this.agents.http.destroy();
     this.agents.https.destroy();
   }
@@ -802,6 +858,25 @@ function headOf(key: string, out: GetObjectCommandOutput, size: number): ObjectH
     metadata: { ...((out.Metadata ?? {}) as Metadata) },
     ...(out.ContentType !== undefined ? { contentType: out.ContentType } : {}),
   };
+}
+
+/**
+ * A direct HEAD's reply as the SDK would deserialize it (ContentLength, ETag,
+ * LastModified, Metadata from x-amz-meta-*, ContentType); undefined for a reply the SDK
+ * would read otherwise (a Last-Modified or Content-Length it would reject).
+ */
+function headOfReply(key: string, reply: DirectReply): ObjectHead | undefined {
+  const h = reply.headers;
+  const lm = h['last-modified'];
+  const lastModified = lm === undefined ? new Date(0) : new Date(Date.parse(lm));
+  if (Number.isNaN(lastModified.getTime())) return undefined;
+  const cl = h['content-length'];
+  const size = cl === undefined ? 0 : /^\d+$/.test(cl) ? Number(cl) : NaN;
+  if (!Number.isSafeInteger(size)) return undefined;
+  const metadata: Metadata = {};
+  for (const name in h) if (name.startsWith('x-amz-meta-')) metadata[name.slice(11)] = h[name]!;
+  const contentType = h['content-type'];
+  return { key, size, etag: h.etag ?? '', lastModified, metadata, ...(contentType !== undefined ? { contentType } : {}) };
 }
 
 function asReadable(body: unknown): Readable {
