@@ -122,8 +122,10 @@ export class DirectS3 {
     let token = await this.o.retry.acquireInitialRetryToken('');
     for (let attempts = 1; ; attempts++) {
       let err: SdkShapedError;
+      let creds: AwsCredentialIdentity | null = null;
       try {
-        const reply = await this.attempt(t, method, path, query, extra, body, payloadHash);
+        creds = await (this.o.client.config as unknown as ClientConfig).credentials();
+        const reply = await this.attempt(t, method, path, query, extra, body, payloadHash, creds);
         // A HEAD's Content-Length is the object's, not bytes that came over the wire.
         this.o.observer?.attempt(op, reply.status, sent, method === 'HEAD' ? 0 : contentLength(reply.headers));
         if (reply.status >= 200 && reply.status < 300) {
@@ -135,7 +137,8 @@ export class DirectS3 {
         err = replyError(reply, reply.body);
         this.skew(reply.headers.date, err);
       } catch (e) {
-        this.o.observer?.attempt(op, 0, sent, 0);
+        // No credentials: no attempt was made (as in the SDK, where signing precedes sending).
+        if (creds !== null) this.o.observer?.attempt(op, 0, sent, 0);
         err = e as SdkShapedError;
       }
       if (nullOn404 && err.$metadata?.httpStatusCode === 404) {
@@ -172,10 +175,9 @@ export class DirectS3 {
   }
 
   private async attempt(
-    t: Target, method: 'HEAD' | 'PUT', path: string, query: string, extra: PutHeaders, body: Uint8Array | null, payloadHash: string,
+    t: Target, method: 'HEAD' | 'PUT', path: string, query: string, extra: PutHeaders, body: Uint8Array | null, payloadHash: string, creds: AwsCredentialIdentity,
   ): Promise<DirectReply & { body: string }> {
     const config = this.o.client.config as unknown as ClientConfig;
-    const creds = await config.credentials();
     const now = new Date(Date.now() + (config.systemClockOffset ?? 0));
     const headers = this.sign(t, method, path, query, extra, body === null ? null : body.length, payloadHash, creds, now);
     return new Promise((resolve, reject) => {

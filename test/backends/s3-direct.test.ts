@@ -4,12 +4,14 @@
 // kept across HEADs.
 import { expect } from 'chai';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { createHash, createHmac } from 'node:crypto';
 import { HttpRequest } from '@smithy/core/protocols';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { S3Store } from '../../src/backends/s3-store.js';
-import { encodeKey } from '../../src/backends/s3-direct.js';
+import { DirectS3, encodeKey } from '../../src/backends/s3-direct.js';
+import { GatewayRetryStrategy } from '../../src/backends/s3-retry.js';
+import { undiciAgent } from '../../src/backends/s3-ranged-get.js';
 import type { S3Observer } from '../../src/metrics/observer.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { startS3rver, type S3rver } from '../support/s3rver.js';
@@ -272,6 +274,25 @@ describe('DirectS3: the request as the SDK sends it (plain server)', function ()
     } finally {
       await direct.close();
       await sdk.close();
+    }
+  });
+
+  it('credentials that cannot be had: the provider\'s error, no attempt made, the request finished once', async () => {
+    const failing = Object.assign(new Error('Could not load credentials from any providers'), { name: 'CredentialsProviderError' });
+    const client = new S3Client({ endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', forcePathStyle: true, credentials: () => Promise.reject(failing) });
+    const agent = undiciAgent({ connections: 1, connectionTimeoutMs: 1000, requestTimeoutMs: 1000 });
+    const events: string[] = [];
+    const d = new DirectS3({ client, bucket: 'bkt', agent, retry: new GatewayRetryStrategy(), observer: { attempt: (...a) => events.push(`attempt ${a.join(' ')}`), finished: (...a) => events.push(`finished ${a.join(' ')}`) } });
+    try {
+      seen.length = 0;
+      expect(await d.usable()).to.equal(true);
+      const err = await d.head('k').then(() => null, (e: unknown) => e as Error);
+      expect(err).to.equal(failing);
+      expect(events).to.deep.equal(['finished HeadObject 1']);
+      expect(seen.length).to.equal(0);
+    } finally {
+      client.destroy();
+      await agent.destroy();
     }
   });
 
