@@ -1,5 +1,6 @@
-// HeadObject and small PutObjects without the SDK's per-request machinery: signed here
-// (SigV4, the signing key derived once a day), sent over undici, the reply read directly.
+// HeadObject and small PutObjects without the SDK's per-request machinery: signed by the
+// SDK's own signer (@smithy/signature-v4) called directly, sent over undici, the reply
+// read directly.
 //
 // Why: `ls -l` of a directory of files whose mode/uid/gid/mtime live in user metadata
 // (which a listing does not return) is one HEAD per file, one after the other, and the
@@ -15,6 +16,9 @@
 //   virtual-host style, custom endpoint, FIPS/dual-stack), with the signing region and
 //   name its auth scheme gives; an endpoint that wants anything but plain SigV4 (S3
 //   Express, multi-region access points) or extra headers gets no direct requests;
+// - the signature: @smithy/signature-v4 as S3Client configures it (S3 paths not escaped
+//   twice), one signer per set of credentials, which caches the day's signing key
+//   (hand-written SigV4 measured ~15% less CPU per HEAD; not worth owning a signer);
 // - credentials: the client's memoized provider (refreshes expiring ones);
 // - the clock: the client's systemClockOffset, updated from the reply's Date header as
 //   the SDK's signer does (a skew-corrected failure is retried);
@@ -25,16 +29,20 @@
 //   $metadata.httpStatusCode; transport errors carry node:http's codes and names;
 // - metrics: the observer hears one `attempt` per attempt and one `finished` per request,
 //   under the API's operation names, as from the SDK middleware (s3-metrics.ts).
-import { createHash, createHmac } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { Agent, Dispatcher } from 'undici';
 import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { getEndpointFromInstructions } from '@smithy/core/endpoints';
 import { getRetryAfterHint, isServerError, isThrottlingError, isTransientError } from '@smithy/core/retry';
+import { Hash } from '@smithy/core/serde';
+import { SignatureV4 } from '@smithy/signature-v4';
 import type { AwsCredentialIdentity, RetryErrorInfo, RetryErrorType, RetryStrategyV2 } from '@smithy/types';
 import type { S3Observer } from '../metrics/observer.js';
 import { asNodeError } from './s3-ranged-get.js';
 
 /** sha256 of an empty payload (a HEAD's), hex. */
+/** The SDK's node:crypto SHA-256 (and HMAC) for the signer. */
+const Sha256 = Hash.bind(null, 'sha256');
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 /** The SDK's threshold: a server clock this far from ours (ms) resets the client's offset. */
 const CLOCK_SKEW_MS = 300_000;
@@ -54,6 +62,8 @@ interface Target {
   readonly basePath: string;
   /** The Host header undici sends for `origin` (signed). */
   readonly host: string;
+  readonly protocol: string;
+  readonly hostname: string;
   readonly region: string;
   readonly service: string;
 }
@@ -84,7 +94,8 @@ export type PutHeaders = Readonly<Record<string, string>>;
 export class DirectS3 {
   private target: Target | null | undefined;
   private resolving: Promise<Target | null> | null = null;
-  private keyCache: { readonly id: string; readonly key: Buffer } | null = null;
+  /** The signer, and the credentials it signs with (a new pair when they change: rotation). */
+  private signer: { readonly creds: AwsCredentialIdentity; readonly v4: SignatureV4 } | null = null;
 
   constructor(private readonly o: DirectS3Options) {}
 
@@ -169,6 +180,8 @@ export class DirectS3 {
       origin: url.origin,
       basePath: url.pathname.replace(/\/+$/, ''),
       host: url.host,
+      protocol: url.protocol,
+      hostname: url.hostname,
       region: scheme.signingRegion,
       service: scheme.signingName ?? 's3',
     };
@@ -179,7 +192,7 @@ export class DirectS3 {
   ): Promise<DirectReply & { body: string }> {
     const config = this.o.client.config as unknown as ClientConfig;
     const now = new Date(Date.now() + (config.systemClockOffset ?? 0));
-    const headers = this.sign(t, method, path, query, extra, body === null ? null : body.length, payloadHash, creds, now);
+    const headers = await this.sign(t, method, path, query, extra, body === null ? null : body.length, payloadHash, creds, now);
     return new Promise((resolve, reject) => {
       let status = 0;
       let replyHeaders: Record<string, string> = {};
@@ -217,37 +230,30 @@ export class DirectS3 {
 
   /**
    * SigV4 headers of a request of `path` (already encoded; S3 signs it as sent) with the
-   * canonical query `query` (already in canonical form) and `extra` headers (lower-case
-   * names), all signed as the SDK signs them.
+   * query `query` (`name=value`, already in canonical form) and `extra` headers (lower-case
+   * names): the SDK's own signer (@smithy/signature-v4, as S3Client configures it: S3 paths
+   * are not escaped twice), one per endpoint, which caches the signing key per day.
    */
-  sign(
+  private async sign(
     t: Target, method: string, path: string, query: string, extra: PutHeaders, length: number | null, payloadHash: string, creds: AwsCredentialIdentity, now: Date,
-  ): Record<string, string> {
-    const iso = now.toISOString();
-    const longDate = `${iso.slice(0, 4)}${iso.slice(5, 7)}${iso.slice(8, 13)}${iso.slice(14, 16)}${iso.slice(17, 19)}Z`;
-    const shortDate = longDate.slice(0, 8);
-    const scope = `${shortDate}/${t.region}/${t.service}/aws4_request`;
-    const headers: Record<string, string> = { ...extra, 'x-amz-content-sha256': payloadHash, 'x-amz-date': longDate };
+  ): Promise<Record<string, string>> {
+    const headers: Record<string, string> = { ...extra, host: t.host, 'x-amz-content-sha256': payloadHash };
     if (length !== null) headers['content-length'] = String(length);
-    if (creds.sessionToken) headers['x-amz-security-token'] = creds.sessionToken;
-    const names = [...Object.keys(headers), 'host'].sort();
-    let canonicalHeaders = '';
-    for (const n of names) canonicalHeaders += `${n}:${n === 'host' ? t.host : headers[n]!.trim().replace(/\s+/g, ' ')}\n`;
-    const signed = names.join(';');
-    const canonical = `${method}\n${path}\n${query}\n${canonicalHeaders}\n${signed}\n${payloadHash}`;
-    const toSign = `AWS4-HMAC-SHA256\n${longDate}\n${scope}\n${createHash('sha256').update(canonical).digest('hex')}`;
-    const signature = createHmac('sha256', this.signingKey(creds.secretAccessKey, scope, shortDate, t)).update(toSign).digest('hex');
-    headers.authorization = `AWS4-HMAC-SHA256 Credential=${creds.accessKeyId}/${scope}, SignedHeaders=${signed}, Signature=${signature}`;
-    return headers;
+    const eq = query.indexOf('=');
+    const signed = await this.signerFor(t, creds).sign(
+      { method, protocol: t.protocol, hostname: t.hostname, path, query: query ? { [query.slice(0, eq)]: query.slice(eq + 1) } : {}, headers },
+      { signingDate: now },
+    );
+    // undici sends Host for the origin itself.
+    const { host: _host, ...out } = signed.headers;
+    return out;
   }
 
-  private signingKey(secret: string, scope: string, shortDate: string, t: Target): Buffer {
-    const id = `${scope}\n${secret}`;
-    if (this.keyCache?.id === id) return this.keyCache.key;
-    let k: Buffer = createHmac('sha256', `AWS4${secret}`).update(shortDate).digest();
-    for (const part of [t.region, t.service, 'aws4_request']) k = createHmac('sha256', k).update(part).digest();
-    this.keyCache = { id, key: k };
-    return k;
+  private signerFor(t: Target, creds: AwsCredentialIdentity): SignatureV4 {
+    if (this.signer?.creds !== creds) {
+      this.signer = { creds, v4: new SignatureV4({ credentials: creds, region: t.region, service: t.service, sha256: Sha256, uriEscapePath: false }) };
+    }
+    return this.signer.v4;
   }
 
   /** As the SDK's signer: a server clock 5 minutes off ours resets the client's offset (and makes the error retryable). */
