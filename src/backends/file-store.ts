@@ -1300,7 +1300,9 @@ class FileObjectReader implements ObjectReader {
       });
     };
     step(segs);
-    io.unplug();
+    // The other READs the guest sent with this one are being served in the same turn: one
+    // submission for all of them (a short read's remainder goes from the completion's turn).
+    io.unplugSoon();
     return true;
   }
 
