@@ -1261,15 +1261,10 @@ class FileObjectReader implements ObjectReader {
   ) {}
 
   current(): boolean {
-    if (this.closed) return false;
-    let st: Stats | undefined;
-    try {
-      st = statSync(this.path, { throwIfNoEntry: false });
-    } catch {
-      return false; // ENOTDIR, EACCES ...: not this object any more as far as we can tell
-    }
+    // One stat of the path, natively (no Stats object: this runs for every READ); an error
+    // (ENOENT, ENOTDIR, EACCES ...) means not this object any more as far as we can tell.
     // While our descriptor is open the inode is alive, so its number cannot be reused.
-    return st !== undefined && st.ino === this.ino && st.dev === this.dev;
+    return !this.closed && native.isFile(this.path, this.dev, this.ino);
   }
 
   readIntoSync(offset: number, length: number, targets: readonly Uint8Array[]): number {
