@@ -1219,7 +1219,9 @@ function preadvInto(fd: number, offset: number, want: number, targets: readonly 
 }
 
 /** The first `want` bytes of `segs`, or null when they hold fewer. */
-function firstSegments(segs: readonly Segment[], want: number): Segment[] | null {
+function firstSegments(segs: readonly Segment[], want: number): readonly Segment[] | null {
+  // The common case, a room sized to the read: no copy of the list.
+  if (segs.length === 1 && segs[0]!.length === want) return segs;
   const out: Segment[] = [];
   for (const g of segs) {
     if (want === 0) break;

@@ -142,6 +142,21 @@ class UringFileIo implements FileIo {
   readv(fd: number, segs: readonly Segment[], position: number, done: Completion): void {
     if (segs.length > IOV_MAX) return done(-EINVAL);
     const async = totalLength(segs) >= ASYNC_MIN_BYTES;
+    // Straight into the ring when nothing waits and the SQ has room (no closure: a large
+    // READ of the file store comes here for every request); else by way of prep().
+    if (this.backlog.length === 0 && this.prepared < this.entries && this.free.length > 0) {
+      const tag = this.free.pop()!;
+      this.pending[tag] = done;
+      try {
+        this.ring.prepReadv(fd, this.iov, packIov(segs, this.iov), position, tag, async);
+        this.prepared++;
+        return;
+      } catch {
+        // Every ring slot in flight (EAGAIN) or a refusal: prep() sorts it out, from scratch.
+        this.pending[tag] = undefined;
+        this.free.push(tag);
+      }
+    }
     this.prep(done, (tag) => this.ring.prepReadv(fd, this.iov, packIov(segs, this.iov), position, tag, async));
   }
   writev(fd: number, segs: readonly Segment[], position: number, done: Completion): void {
