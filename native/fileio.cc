@@ -115,11 +115,13 @@ Napi::Value IsFile(const Napi::CallbackInfo& info) {
     ThrowType(env, "isFile(path, dev, ino)");
     return env.Undefined();
   }
-  char path[PATH_MAX];
+  // One byte more than the kernel takes (PATH_MAX with its NUL), so that a truncated copy
+  // is told from a path of the largest size allowed.
+  char path[PATH_MAX + 1];
   size_t len = 0;
   if (napi_get_value_string_utf8(env, info[0], path, sizeof(path), &len) != napi_ok) return env.Undefined();
-  // Longer than PATH_MAX (truncated): stat would fail with ENAMETOOLONG anyway.
-  if (len + 1 >= sizeof(path)) return Napi::Boolean::New(env, false);
+  // PATH_MAX bytes or more: stat would fail with ENAMETOOLONG.
+  if (len >= PATH_MAX) return Napi::Boolean::New(env, false);
   struct stat st;
   if (stat(path, &st) != 0) return Napi::Boolean::New(env, false);
   double dev = info[1].As<Napi::Number>().DoubleValue();

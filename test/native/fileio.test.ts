@@ -125,5 +125,15 @@ describe('native: synchronous file I/O into mapped memory', () => {
       closeSync(fd);
     }
     expect(() => (native.isFile as (...a: unknown[]) => boolean)(path, 'x', 1)).to.throw(TypeError);
+    // The longest path the kernel takes (PATH_MAX 4096 with its NUL): still looked up.
+    let long = fx.dir;
+    while (4094 - long.length > 255) long = join(long, 'd'.repeat(200)); // the last name fits NAME_MAX
+    mkdirSync(long, { recursive: true });
+    long = join(long, 'f'.repeat(4095 - long.length - 1));
+    expect(long.length).to.equal(4095);
+    writeFileSync(long, '');
+    const ls = statSync(long);
+    expect(native.isFile(long, ls.dev, ls.ino)).to.equal(true);
+    expect(native.isFile(long + 'x', ls.dev, ls.ino)).to.equal(false);
   });
 });
