@@ -3,6 +3,8 @@
 #include "poller.h"
 
 #include <errno.h>
+#include <stdint.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include <memory>
@@ -62,6 +64,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
       ThrowType(env, "callback must be a function");
       return;
     }
+    if (!info[2].IsUndefined() && !ArgBool(info, 2, "readEventfd", &readEventfd_)) return;
     uv_loop_t* loop = nullptr;
     if (napi_get_uv_event_loop(env, &loop) != napi_ok) {
       ThrowErrno(env, EINVAL, "napi_get_uv_event_loop");
@@ -79,6 +82,11 @@ class Poller : public Napi::ObjectWrap<Poller> {
     MarkPolled(fd_);
     info.This().As<Napi::Object>().DefineProperty(
         Napi::PropertyDescriptor::Value(CallbackKey(env), info[1], napi_writable));
+    // The property above is what keeps the callback alive (and, being an edge of the
+    // wrapper, lets the pair be collected together). This weak reference only spares
+    // each wake-up a property lookup: it cannot outlive the property's hold on the
+    // function while the wrapper exists, and Close() drops both.
+    callback_ = Napi::Weak(info[1].As<Napi::Function>());
     async_ = std::make_unique<Napi::AsyncContext>(env, "vhost-s3:Poller");
   }
 
@@ -119,6 +127,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     CloseHandle();
+    callback_.Reset();
     Value().Set(CallbackKey(info.Env()), info.Env().Undefined());  // let the closure go
     return info.Env().Undefined();
   }
@@ -140,36 +149,59 @@ class Poller : public Napi::ObjectWrap<Poller> {
     Deactivate();
   }
 
+  // 0, or a negative errno when reading the counter failed (EAGAIN, a wake-up with the
+  // counter already read, is not a failure).
+  static int ReadEventfd(int fd) {
+    uint64_t value;
+    ssize_t n;
+    do {
+      n = read(fd, &value, sizeof(value));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+    return n == sizeof(value) ? 0 : -EINVAL;
+  }
+
+  // Runs once per wake-up of every kick, call and socket fd: kept to the few N-API calls
+  // it needs (one handle scope, two reference reads, two small integers, the call).
   static void OnPoll(uv_poll_t* uv, int status, int events) {
     Poller* self = static_cast<PollHandle*>(uv->data)->owner;
     if (self == nullptr) return;
-    Napi::Env env = self->env_;
+    // Reset the counter here rather than by a JS call back into the addon from the
+    // callback: one crossing fewer per kick.
+    if (self->readEventfd_ && status == 0 && (events & UV_READABLE) != 0) status = ReadEventfd(self->fd_);
+    napi_env env = self->env_;
     Napi::HandleScope scope(env);
     // Holding the receiver in this scope keeps the wrapper alive even if the callback
     // closes the poller and drops the last reference.
-    Napi::Object receiver = self->Value();
-    Napi::Value fn = receiver.Get(CallbackKey(env));
-    if (!fn.IsFunction()) return;
-    napi_value args[2] = {Napi::Number::New(env, status), Napi::Number::New(env, events)};
+    napi_value receiver = self->Value();
+    napi_value fn = self->callback_.Value();
+    if (fn == nullptr) return;
+    napi_value args[2];
+    if (napi_create_int32(env, status, &args[0]) != napi_ok || napi_create_int32(env, events, &args[1]) != napi_ok) {
+      return;
+    }
     // MakeCallback rather than Call: it runs process.nextTick and promise jobs queued by
     // the callback, as for Node's own I/O callbacks.
-    fn.As<Napi::Function>().MakeCallback(receiver, 2, args, *self->async_);
-    if (env.IsExceptionPending()) {
+    napi_status s = napi_make_callback(env, *self->async_, receiver, fn, 2, args, nullptr);
+    bool pending = false;
+    if (s != napi_ok && napi_is_exception_pending(env, &pending) == napi_ok && pending) {
       // Without this an exception thrown by the callback would be silently dropped.
-      Napi::Error error = env.GetAndClearPendingException();
-      napi_fatal_exception(env, error.Value());
+      napi_value error;
+      if (napi_get_and_clear_last_exception(env, &error) == napi_ok) napi_fatal_exception(env, error);
     }
   }
 
   Napi::Env env_;
   int fd_ = -1;
+  bool readEventfd_ = false;
+  Napi::FunctionReference callback_;
   PollHandle* handle_ = nullptr;
   bool active_ = false;
   std::unique_ptr<Napi::AsyncContext> async_;
 };
 
 Napi::Value CreatePoller(const Napi::CallbackInfo& info) {
-  return GetAddonData(info.Env())->pollerClass.New({info[0], info[1]});
+  return GetAddonData(info.Env())->pollerClass.New({info[0], info[1], info[2]});
 }
 
 }  // namespace

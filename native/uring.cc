@@ -122,6 +122,9 @@ class Uring : public Napi::ObjectWrap<Uring> {
     results_ = Napi::Persistent(Napi::Int32Array::New(env, slots));
     info.This().As<Napi::Object>().DefineProperty(
         Napi::PropertyDescriptor::Value(CallbackKey(env), info[1], napi_writable));
+    // What each completion batch calls, without a property lookup: weak, the property
+    // above owns the function (as in Poller); Close() drops both.
+    callback_ = Napi::Weak(info[1].As<Napi::Function>());
     async_ = std::make_unique<Napi::AsyncContext>(env, "vhost-s3:Uring");
   }
 
@@ -281,6 +284,7 @@ class Uring : public Napi::ObjectWrap<Uring> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Shutdown();
+    callback_.Reset();
     Value().Set(CallbackKey(info.Env()), info.Env().Undefined());  // let the closure go
     return info.Env().Undefined();
   }
@@ -380,17 +384,17 @@ class Uring : public Napi::ObjectWrap<Uring> {
       io_uring_cq_advance(ring, count);
       inflight_ -= count;
       if (count == 0) break;
-      Napi::Value fn = receiver.Get(CallbackKey(env));
-      if (!fn.IsFunction()) continue;  // closing: results are dropped
+      Napi::Function fn = callback_.Value();
+      if (fn.IsEmpty()) continue;  // closed: results are dropped
       napi_value args[3] = {tags, results, Napi::Number::New(env, count)};
       if (fromLoop) {
-        fn.As<Napi::Function>().MakeCallback(receiver, 3, args, *async_);
+        fn.MakeCallback(receiver, 3, args, *async_);
         if (env.IsExceptionPending()) {
           Napi::Error error = env.GetAndClearPendingException();
           napi_fatal_exception(env, error.Value());
         }
       } else {
-        fn.As<Napi::Function>().Call(receiver, 3, args);
+        fn.Call(receiver, 3, args);
         if (env.IsExceptionPending()) {
           if (ring_ && io_uring_cq_ready(ring_.get()) > 0) Kick();
           break;
@@ -423,6 +427,7 @@ class Uring : public Napi::ObjectWrap<Uring> {
   bool draining_ = false;  // inside Drain(): onComplete is running
   Napi::Reference<Napi::Float64Array> tags_;
   Napi::Reference<Napi::Int32Array> results_;
+  Napi::FunctionReference callback_;
   std::unique_ptr<Napi::AsyncContext> async_;
 };
 

@@ -9,8 +9,9 @@ import { readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import { native, POLL_READABLE, type Poller } from '../native/index.js';
 import type { Logger } from '../util/log.js';
 import { ErrnoError } from '../util/errors.js';
-import type { FuseServer } from './server.js';
-import type { FuseReply } from './replies.js';
+import { E, Opcode } from './abi.js';
+import type { FuseServer, PayloadTarget } from './server.js';
+import { errorReply, type FuseReply } from './replies.js';
 
 const MS_RDONLY = 1;
 const MS_NOSUID = 2;
@@ -19,6 +20,8 @@ const MNT_DETACH = 2;
 const OUT_HEADER_SIZE = 16;
 /** Requests are at most max_write (1 MiB) plus headers; the kernel wants room for a whole one. */
 const READ_BUFFER_SIZE = (1 << 20) + 64 * 1024;
+/** The largest READ the mount asks for (max_read). */
+const MAX_READ = 1 << 20;
 /** Kernel read-ahead of the mount, in KiB (see above). */
 export const READ_AHEAD_KB = 4096;
 
@@ -32,8 +35,19 @@ export interface DevFuseOptions {
 
 export class DevFuseMount {
   private readonly buf = new Uint8Array(READ_BUFFER_SIZE);
+  private readonly bufView = new DataView(this.buf.buffer);
   private readonly hdr = new Uint8Array(OUT_HEADER_SIZE);
   private readonly hdrView = new DataView(this.hdr.buffer);
+  /**
+   * The payload room a READ's file reads into (PayloadTarget), so that a READ from cached
+   * or local data is one copy and, up to 128 KiB, answered within dispatch(). The engine
+   * reads in place only before its first await, and this transport offers no copy off the
+   * event loop, so such a reply is written before the next request is read (within
+   * dispatch(), or by the promise jobs that run right after it): each request may take the
+   * room anew. `outOwner` is the READ that holds it, checked when its reply is written.
+   */
+  private readonly out = new Uint8Array(MAX_READ);
+  private outOwner: bigint | null = null;
   private readonly poller: Poller;
   private closed = false;
   /** The mount's device (major:minor) while its read-ahead is still to be raised. */
@@ -95,8 +109,18 @@ export class DevFuseMount {
       return;
     }
     if (n < 0) return;
+    this.outOwner = null;
+    const payload = n >= 16 && this.bufView.getUint32(4, true) === Opcode.READ ? this.payloadFor(this.bufView.getBigUint64(8, true)) : undefined;
     // The engine may keep the request (a WRITE's data) after this call: give it its own copy.
-    this.server.dispatch(this.buf.slice(0, n), READ_BUFFER_SIZE, this.reply);
+    this.server.dispatch(this.buf.slice(0, n), READ_BUFFER_SIZE, this.reply, payload);
+  }
+
+  private payloadFor(unique: bigint): PayloadTarget {
+    return (length) => {
+      if (this.outOwner !== null || length <= 0 || length > this.out.length) return null;
+      this.outOwner = unique;
+      return [this.out.subarray(0, length)];
+    };
   }
 
   private readonly reply = (reply: FuseReply | null): void => this.send(reply);
@@ -108,7 +132,12 @@ export class DevFuseMount {
     this.hdrView.setUint32(0, OUT_HEADER_SIZE + reply.length, true);
     this.hdrView.setInt32(4, reply.error, true);
     this.hdrView.setBigUint64(8, reply.unique, true);
-    const parts = reply.parts;
+    if (reply.inPlace && reply.unique !== this.outOwner) {
+      // The room was taken by a later request: sending it would answer with its bytes.
+      this.opts.log.error('an in-place READ reply came after its room was reused', { unique: reply.unique });
+      reply = errorReply(reply.unique, E.EIO);
+    }
+    const parts = reply.inPlace ? [this.out.subarray(0, reply.length)] : reply.parts;
     try {
       native.writevFd(this.fd, parts.length === 1 ? [hdr, parts[0]!] : [hdr, ...parts]);
     } catch (err) {

@@ -113,12 +113,21 @@ const S_ISGID = 0o2000;
 const S_IXGRP = 0o010;
 const PERM_BITS = 0o7777;
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
+/**
+ * READs up to this size are answered inside dispatch() when the file can read in place
+ * into the transport's reply buffers, or has the bytes at hand (OpenFile.readNow): a 4 KiB
+ * random read then costs no promise chain. Larger ones may be copied off the event loop
+ * (readIntoAsync, from 512 KiB).
+ */
+const SYNC_READ_MAX_BYTES = 128 * 1024;
 
 /** One request in flight. */
 class Pending {
   settled = false;
   /** A READ being copied into the reply buffers off the event loop: not interruptible (readIntoAsync). */
   copying = false;
+  /** A READ whose file was asked to read in place already (readInPlace). */
+  triedInPlace = false;
   /**
    * What to undo if the reply is not delivered (interrupted, did not fit): the lookup of
    * the node entered first (`entered`, 0 for none: the common case needs no closure), then
@@ -301,8 +310,10 @@ export class FuseServer {
       return done(errorReply(req.h.unique, E.EIO));
     }
     const p = new Pending(req, maxReply, done, payload, asyncPayload);
-    if (req.op === Opcode.LOOKUP || req.op === Opcode.GETATTR || req.op === Opcode.READDIR || req.op === Opcode.READDIRPLUS) {
-      // Answered from what the Vfs has cached or the directory handle holds: no promise chain, nothing in flight.
+    if (req.op === Opcode.LOOKUP || req.op === Opcode.GETATTR || req.op === Opcode.READDIR || req.op === Opcode.READDIRPLUS
+      || (req.op === Opcode.READ && req.size <= SYNC_READ_MAX_BYTES)) {
+      // Answered from what the Vfs has cached, the directory handle holds or the file reads
+      // in place or has at hand: no promise chain, nothing in flight.
       let reply: FuseReply | undefined;
       try {
         reply = this.answerNow(req, p);
@@ -316,7 +327,7 @@ export class FuseServer {
     this.inflight++;
     // A large READ copied off the event loop: answered from the copy's callback, with no
     // promise or async function in between (the common request of a sequential reader).
-    if (req.op === Opcode.READ && asyncPayload !== undefined && this.readNow(p, req)) return;
+    if (req.op === Opcode.READ && asyncPayload !== undefined && this.startCopyRead(p, req)) return;
     // LOOKUP and GETATTR (a cache miss) in small functions of their own: run() is too
     // large for the optimizing compiler.
     const result = req.op === Opcode.LOOKUP ? this.lookupLater(req, p)
@@ -455,7 +466,7 @@ export class FuseServer {
    * the READ as usual. The caller has entered `p` as pending and in flight. The reply
    * waits for the copy, whatever happens meanwhile (INTERRUPT, RELEASE).
    */
-  private readNow(p: Pending, req: ReadLikeRequest): boolean {
+  private startCopyRead(p: Pending, req: ReadLikeRequest): boolean {
     const h = Number.isSafeInteger(req.fh) ? this.handles.file(req.fh) : undefined;
     const size = req.size;
     if (h === undefined || !h.readable || h.file.readIntoAsync === undefined || size === 0 || req.offset > MAX_SAFE
@@ -563,6 +574,24 @@ export class FuseServer {
     return h;
   }
 
+  /** The open file a READ reads: EBADF, and EINVAL/EIO for a size past what was agreed or the room for the reply. */
+  private readableHandle(req: ReadLikeRequest, p: Pending): FileHandle {
+    const h = this.fileHandle(req.fh);
+    if (!h.readable) fail('EBADF');
+    if (req.size > Math.max(this.opts.maxWrite, this.opts.maxPages * 4096)) fail('EINVAL', 'read larger than max_pages');
+    if (req.size > p.maxReply) fail('EIO', 'no room for the read data');
+    return h;
+  }
+
+  /** A READ answered by the file reading into the transport's reply buffers (PayloadTarget), or null. Tried once per request. */
+  private readInPlace(req: ReadLikeRequest, p: Pending, h: FileHandle): FuseReply | null {
+    if (p.payload === undefined || h.file.readInto === undefined) return null;
+    p.triedInPlace = true;
+    const views = p.payload(req.size);
+    const n = views === null ? null : h.file.readInto(req.offset, req.size, views);
+    return n === null ? null : { unique: req.h.unique, error: 0, parts: [], length: Math.min(n, req.size), inPlace: true };
+  }
+
   private dirHandle(fh: number): DirHandle {
     const h = Number.isSafeInteger(fh) ? this.handles.dir(fh) : undefined;
     if (h === undefined) fail('EBADF');
@@ -598,6 +627,14 @@ export class FuseServer {
       const h = this.dirHandle(req.fh);
       return req.offset === 0 && h.consumed ? undefined : okReply(req.h.unique, [this.readdirPage(req, p, h)]);
     }
+    if (req.op === Opcode.READ) {
+      const h = this.readableHandle(req, p);
+      if (req.size === 0 || req.offset > MAX_SAFE) return okReply(req.h.unique, []);
+      const inPlace = this.readInPlace(req, p, h);
+      if (inPlace !== null) return inPlace;
+      const data = h.file.readNow?.(req.offset, req.size);
+      return data != null ? okReply(req.h.unique, [data.length > req.size ? data.subarray(0, req.size) : data]) : undefined;
+    }
     const vfs = this.vfs;
     if (vfs.statNow === undefined) return undefined;
     if (req.op === Opcode.LOOKUP) {
@@ -605,7 +642,7 @@ export class FuseServer {
       const attr = vfs.statNow(path);
       return attr === undefined ? undefined : this.lookupReply(p, req, attr, path);
     }
-    if (req.op !== Opcode.GETATTR) return undefined; // READ: never here
+    if (req.op !== Opcode.GETATTR) return undefined; // READ: answered above
     const ino = this.inode(req.h.nodeid);
     if (this.getattrHandle(req, ino) !== undefined) return undefined;
     const gone = this.detachedAttr(ino);
@@ -747,18 +784,12 @@ export class FuseServer {
         return ok(encodeEntryOut(this.entry(ino, made.attr)), encodeOpenOut(fh, 0));
       }
       case Opcode.READ: {
-        const h = this.fileHandle(req.fh);
-        if (!h.readable) fail('EBADF');
-        if (req.size > Math.max(this.opts.maxWrite, this.opts.maxPages * 4096)) fail('EINVAL', 'read larger than max_pages');
-        if (req.size > p.maxReply) fail('EIO', 'no room for the read data');
+        const h = this.readableHandle(req, p);
         if (req.size === 0 || req.offset > MAX_SAFE) return ok();
-        // (A copy off the event loop, where possible, was started by readNow() already.)
-        if (p.payload !== undefined && h.file.readInto !== undefined) {
-          // Before any await: the reply buffers are written while nothing else can run.
-          const views = p.payload(req.size);
-          const n = views === null ? null : h.file.readInto(req.offset, req.size, views);
-          if (n !== null) return { unique: u, error: 0, parts: [], length: Math.min(n, req.size), inPlace: true };
-        }
+        // (A copy off the event loop, where possible, was started by startCopyRead() already.)
+        // Before any await: the reply buffers are written while nothing else can run.
+        const inPlace = p.triedInPlace ? null : this.readInPlace(req, p, h);
+        if (inPlace !== null) return inPlace;
         const data = await h.file.read(req.offset, req.size);
         return ok(data.length > req.size ? data.subarray(0, req.size) : data);
       }

@@ -104,6 +104,11 @@ export interface OpenFile {
    */
   readInto?(offset: number, length: number, targets: readonly Uint8Array[]): number | null;
   /**
+   * Optional, synchronous: the bytes read() would give when they are at hand (cached), or
+   * null. Possibly a view of a cache's memory: to be sent at once, never written to or kept.
+   */
+  readNow?(offset: number, length: number): Uint8Array | null;
+  /**
    * Optional, the asynchronous form of readInto for large reads: starts reading up to
    * `length` bytes at `offset` straight into `targets` (host memory by address, filled in
    * order; their lengths add up to at least `length`) on another thread so that several

@@ -126,7 +126,13 @@ export interface NativeAddon {
   close(fd: number): void;
   dup(fd: number): number;
 
-  createPoller(fd: number, callback: (status: number, events: number) => void): Poller;
+  /**
+   * With `readEventfd` (fd being an eventfd), each readable wake-up first reads (resets) the
+   * counter, before the callback: what a kick or call handler would otherwise do with
+   * eventfdRead, one addon call fewer per wake-up. A failed read (not EAGAIN: a counter
+   * already read is no failure) is reported as the callback's status, a negative errno.
+   */
+  createPoller(fd: number, callback: (status: number, events: number) => void, readEventfd?: boolean): Poller;
 
   // eventfd (EFD_NONBLOCK | EFD_CLOEXEC)
   eventfd(initval: number): number;

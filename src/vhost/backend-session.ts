@@ -720,7 +720,8 @@ export class BackendSession extends EventEmitter {
     if (v.kickFd < 0 || v.polling) return;
     if (v.poller === null) {
       const fd = v.kickFd;
-      v.poller = native.createPoller(fd, (status) => this.onKick(v, fd, status));
+      // The poller resets the kick counter itself before calling back.
+      v.poller = native.createPoller(fd, (status) => this.onKick(v, fd, status), true);
     }
     v.poller.start(POLL_READABLE);
     v.polling = true;
@@ -744,14 +745,7 @@ export class BackendSession extends EventEmitter {
   private onKick(v: Vring, fd: number, status: number): void {
     if (fd !== v.kickFd || !v.polling) return;
     if (status < 0) {
-      this.log.error('kick fd poll error; ring no longer polled', { queue: v.index, status });
-      this.breakVring(v);
-      return;
-    }
-    try {
-      native.eventfdRead(fd);
-    } catch (err) {
-      this.log.error('cannot read the kick eventfd', { queue: v.index, error: err });
+      this.log.error('kick fd poll or read error; ring no longer polled', { queue: v.index, status });
       this.breakVring(v);
       return;
     }

@@ -5,13 +5,15 @@
 // pages come synchronously from the handle's snapshot; only a rewind relists.
 import { expect } from 'chai';
 import { FileStore } from '../../src/backends/file-store.js';
+import { MemoryStore } from '../../src/backends/memory-store.js';
+import type { ObjectStore } from '../../src/backends/object-store.js';
 import { BucketVfs } from '../../src/backends/posix/bucket-vfs.js';
 import { FuseServer } from '../../src/fuse/server.js';
 import { E, ENTRY_OUT_SIZE, O_RDWR, Opcode } from '../../src/fuse/abi.js';
 import { cstr, encode, encodeRequest } from '../../src/fuse/requests.js';
 import { decodeAttrOut, decodeDirents, decodeDirentsPlus, decodeEntryOut, decodeOpenOut, type FuseReply } from '../../src/fuse/replies.js';
 import { silentLogger } from '../../src/util/log.js';
-import { TmpDir } from '../support/tmp.js';
+import { TmpDir, patternBytes } from '../support/tmp.js';
 
 let unique = 100n;
 function msg(opcode: number, args: Uint8Array[], nodeid = 1): Uint8Array {
@@ -123,6 +125,33 @@ describe('FUSE LOOKUP/GETATTR answered from the Vfs caches (BucketVfs on a file 
     expect(heads).to.equal(7); // d's file key and marker (then its listing), f; m's file key and marker; f; f
   });
 
+
+  it('a name with neither a file nor a marker costs its two synchronous HEADs and then only a LIST, not the HEADs again', async () => {
+    const asked: string[] = [];
+    const headNow = store.headNow.bind(store);
+    store.headNow = (key) => {
+      asked.push(`headNow ${key}`);
+      return headNow(key);
+    };
+    for (const m of ['head', 'list'] as const) {
+      const orig = (store[m] as (...a: unknown[]) => unknown).bind(store);
+      (store as unknown as Record<string, unknown>)[m] = (...a: unknown[]) => {
+        asked.push(m === 'head' ? `head ${String(a[0])}` : 'list');
+        return orig(...a);
+      };
+    }
+    const { s } = await server();
+    const missing = await now(s, msg(Opcode.LOOKUP, [cstr('nothing')]));
+    expect(missing.reply.error).to.equal(-E.ENOENT);
+    expect(asked).to.deep.equal(['headNow nothing', 'headNow nothing/', 'list']);
+    // A directory below it needs the LIST that finds it, the HEADs only once.
+    await store.put('implicit/x', new Uint8Array(1));
+    asked.length = 0;
+    const implicit = await now(s, msg(Opcode.LOOKUP, [cstr('implicit')]));
+    expect(implicit.reply.error).to.equal(0);
+    expect(decodeEntryOut(concat(implicit.reply)).attr.mode & 0o170000).to.equal(0o040000);
+    expect(asked).to.deep.equal(['headNow implicit', 'headNow implicit/', 'list']);
+  });
   it('a directory replaced by rename while open answers GETATTR with its last attributes and no links, as Linux', async () => {
     const { s } = await server();
     const made = async (name: string, mode: number): Promise<number> => {
@@ -210,5 +239,81 @@ describe('FUSE LOOKUP/GETATTR answered from the Vfs caches (BucketVfs on a file 
     expect(tight.reply.error).to.equal(-E.EIO);
     expect(s.lookupCount(f)).to.equal(before);
     await now(s, msg(Opcode.RELEASE, [encode.release(fh, O_RDWR)], f));
+  });
+});
+
+describe('FUSE READ answered before dispatch returns (in place, or the bytes at hand)', function () {
+  this.timeout(30_000);
+  const body = patternBytes(5, 300 * 1024 + 7);
+
+  /** A READ dispatched with a PayloadTarget: its reply, whether it came before dispatch() returned, and the bytes read in place. */
+  async function read(s: FuseServer, nodeid: number, fh: number, offset: number, size: number): Promise<{ reply: FuseReply; sync: boolean; data: Uint8Array }> {
+    let room: Uint8Array | null = null;
+    let got: FuseReply | undefined;
+    const later = new Promise<FuseReply>((resolve) => s.dispatch(msg(Opcode.READ, [encode.read(fh, offset, size)], nodeid), 1 << 20, (r) => {
+      got = r!;
+      resolve(r!);
+    }, (length) => [(room = new Uint8Array(length))]));
+    const sync = got !== undefined;
+    const reply = await later;
+    const data = reply.inPlace ? room!.subarray(0, reply.length) : concat(reply);
+    return { reply, sync, data };
+  }
+
+  async function open(store: ObjectStore): Promise<{ s: FuseServer; nodeid: number; fh: number }> {
+    const s = new FuseServer(new BucketVfs({ store, logger: silentLogger, blockSize: 64 * 1024, readAheadBytes: 0 }), { log: silentLogger });
+    expect((await s.handle(msg(Opcode.INIT, [encode.init(7, 38, 0, 0)], 0)))!.error).to.equal(0);
+    const nodeid = decodeEntryOut(concat((await s.handle(msg(Opcode.LOOKUP, [cstr('p')])))!)).nodeid;
+    const { fh } = decodeOpenOut(concat((await s.handle(msg(Opcode.OPEN, [encode.open(O_RDWR)], nodeid)))!));
+    return { s, nodeid, fh };
+  }
+
+  it('a store read over the network (memory store): a READ of cached pages at once; one that needs a fetch later', async () => {
+    const store = new MemoryStore();
+    await store.put('p', body);
+    const { s, nodeid, fh } = await open(store);
+    const cold = await read(s, nodeid, fh, 70_000, 4096);
+    expect(cold.sync).to.equal(false);
+    expect(Buffer.from(cold.data).equals(Buffer.from(body.subarray(70_000, 74_096)))).to.equal(true);
+    // 64 KiB blocks: the second is cached now; a read across the first and the second
+    // waits for the first, then both are cached; the end of the file needs a fetch (no
+    // read-ahead here).
+    for (const [off, len, sync] of [[70_000, 4096, true], [65_000, 1000, false], [60_000, 10_000, true], [body.length - 5, 4096, false]] as const) {
+      const r = await read(s, nodeid, fh, off, len);
+      expect(r.sync, `${off}+${len}`).to.equal(sync);
+      expect(Buffer.from(r.data).equals(Buffer.from(body.subarray(off, off + len))), `${off}+${len}`).to.equal(true);
+    }
+    // The end of the file was fetched by the read before; at once now.
+    const tail = await read(s, nodeid, fh, body.length - 5, 4096);
+    expect(tail.sync).to.equal(true);
+    expect(tail.reply.inPlace).to.equal(undefined); // the cached bytes themselves (readNow)
+    expect(tail.data.length).to.equal(5);
+    // Past the end: empty, at once. An unknown handle: EBADF, at once.
+    expect((await read(s, nodeid, fh, body.length + 10, 4096)).reply.length).to.equal(0);
+    const bad = await read(s, nodeid, fh + 99, 0, 4096);
+    expect([bad.sync, bad.reply.error]).to.deep.equal([true, -E.EBADF]);
+    // Unstored writes: the ordinary (asynchronous) path, which sees them.
+    expect((await s.handle(msg(Opcode.WRITE, [encode.write(fh, 70_001, 2), new Uint8Array([9, 9])], nodeid)))!.error).to.equal(0);
+    const dirty = await read(s, nodeid, fh, 70_000, 4);
+    expect(dirty.sync).to.equal(false);
+    expect([...dirty.data]).to.deep.equal([body[70_000], 9, 9, body[70_003]]);
+  });
+
+  it('a file store: a READ of up to 128 KiB at once, a larger one later, both in place', async () => {
+    const dir = new TmpDir('vhost-s3-answer-now-read-');
+    try {
+      const store = await FileStore.open(dir.file('store'), { create: true, noSync: true });
+      await store.put('p', body);
+      const { s, nodeid, fh } = await open(store);
+      const small = await read(s, nodeid, fh, 1000, 128 * 1024);
+      expect([small.sync, small.reply.inPlace]).to.deep.equal([true, true]);
+      expect(Buffer.from(small.data).equals(Buffer.from(body.subarray(1000, 1000 + 128 * 1024)))).to.equal(true);
+      const large = await read(s, nodeid, fh, 1000, 128 * 1024 + 1);
+      expect([large.sync, large.reply.inPlace]).to.deep.equal([false, true]);
+      expect(Buffer.from(large.data).equals(Buffer.from(body.subarray(1000, 1001 + 128 * 1024)))).to.equal(true);
+      await store.close();
+    } finally {
+      dir.remove();
+    }
   });
 });

@@ -90,6 +90,74 @@ describe('native: Poller', () => {
     expect(nativeError(() => native.close(efd)).code).to.equal('EBUSY');
   });
 
+  it('with readEventfd, resets the counter before each callback', async () => {
+    const efd = native.eventfd(0);
+    const seen: Array<[number, number, number]> = [];
+    const poller = native.createPoller(efd, (status, events) => {
+      seen.push([status, events, native.eventfdRead(efd)]);
+    }, true);
+    poller.start(POLL_READABLE);
+    native.eventfdWrite(efd, 5);
+    await tick();
+    // Read once by the poller (counter 0 afterwards), so level-triggered polling stops.
+    expect(seen).to.deep.equal([[0, POLL_READABLE, 0]]);
+    native.eventfdWrite(efd, 1);
+    await tick();
+    expect(seen).to.deep.equal([[0, POLL_READABLE, 0], [0, POLL_READABLE, 0]]);
+    poller.close();
+    native.close(efd);
+  });
+
+  it('refuses a readEventfd flag that is not a boolean', () => {
+    const efd = native.eventfd(0);
+    expect(() => native.createPoller(efd, () => undefined, 1 as unknown as boolean)).to.throw(TypeError);
+    native.close(efd);
+  });
+
+  it('runs the nextTicks and promise jobs a callback queues before the next callback of the same loop turn', async () => {
+    const efds = [native.eventfd(0), native.eventfd(0), native.eventfd(0)];
+    const order: string[] = [];
+    const pollers = efds.map((efd, i) => native.createPoller(efd, () => {
+      order.push(`cb${i}`);
+      process.nextTick(() => order.push(`tick${i}`));
+      void Promise.resolve().then(() => order.push(`job${i}`));
+    }, true));
+    for (const p of pollers) p.start(POLL_READABLE);
+    // Written in one JS turn: all three are ready in the same epoll wait.
+    for (const efd of efds) native.eventfdWrite(efd, 1);
+    await tick();
+    expect(order).to.have.length(9);
+    for (let k = 0; k < 9; k += 3) {
+      const i = order[k]!.slice(2);
+      expect(order.slice(k, k + 3)).to.deep.equal([`cb${i}`, `tick${i}`, `job${i}`]);
+    }
+    for (const p of pollers) p.close();
+    for (const efd of efds) native.close(efd);
+  });
+
+  it('a callback closing its own unreferenced poller leaves nothing to fire or leak', async () => {
+    const efd = native.eventfd(0);
+    let calls = 0;
+    (() => {
+      const p = native.createPoller(efd, () => {
+        calls++;
+        p.close();
+        // The wrapper may now be collected: the callback still runs to its end.
+        void Promise.resolve().then(() => calls++);
+      }, true);
+      p.start(POLL_READABLE);
+    })();
+    await collectGarbage();
+    native.eventfdWrite(efd, 1);
+    await tick();
+    await collectGarbage();
+    native.eventfdWrite(efd, 1);
+    await tick();
+    expect(calls).to.equal(2);
+    // Closed: the fd is no longer watched.
+    native.close(efd);
+  });
+
   it('refuses to close an fd that an open poller watches', () => {
     const efd = native.eventfd(0);
     const poller = native.createPoller(efd, () => undefined);

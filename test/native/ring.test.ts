@@ -1,5 +1,7 @@
 import { expect } from 'chai';
+import { openSync, closeSync } from 'node:fs';
 import { native } from '../../src/native/index.js';
+import { nativeError } from './helpers.js';
 
 // Reference vring_need_event() from the virtio spec.
 function needEvent(event: number, newIdx: number, oldIdx: number): boolean {
@@ -85,5 +87,32 @@ describe('native: fence and publishIdx', () => {
     expect(() => native.publishIdx(buf, 1, 1, 0, buf, 0, true, -1)).to.throw(RangeError);
     expect(() => native.publishIdx(buf, 0, 1, 0, new ArrayBuffer(1), 0, true, -1)).to.throw(RangeError);
     expect(() => native.publishIdx(buf, 0.5, 1, 0, buf, 0, true, -1)).to.throw(RangeError);
+    expect(() => native.publishIdx(buf, 0, 1, 0, buf, 0, true, -2)).to.throw(RangeError);
+    expect(() => native.publishIdx(buf, 0, 1, 0, buf, 0, true, 1.5)).to.throw(RangeError);
+    expect(() => native.publishIdx(buf, 0, 1, 0, buf, 0, true, 2 ** 31)).to.throw(RangeError);
+  });
+
+  it('throws TypeError on arguments of the wrong type, or missing', () => {
+    const buf = new ArrayBuffer(8);
+    const call = (...args: unknown[]): unknown => (native.publishIdx as (...a: unknown[]) => boolean)(...args);
+    expect(() => call(new Uint8Array(buf), 0, 1, 0, buf, 0, true, -1)).to.throw(TypeError);
+    expect(() => call(buf, 0, 1, 0, null, 0, true, -1)).to.throw(TypeError);
+    expect(() => call(buf, '0', 1, 0, buf, 0, true, -1)).to.throw(TypeError);
+    expect(() => call(buf, 0, '1', 0, buf, 0, true, -1)).to.throw(TypeError);
+    expect(() => call(buf, 0, 1, 0n, buf, 0, true, -1)).to.throw(TypeError);
+    expect(() => call(buf, 0, 1, 0, buf, 0, 1, -1)).to.throw(TypeError);
+    expect(() => call(buf, 0, 1, 0, buf, 0, true)).to.throw(TypeError);
+    expect(new DataView(buf).getUint16(0, true)).to.equal(0);
+  });
+
+  it('reports a failed eventfd write as a NativeError, after publishing', () => {
+    const fd = openSync('/dev/null', 'r');
+    const ring = new ArrayBuffer(8);
+    try {
+      expect(nativeError(() => native.publishIdx(ring, 0, 3, 2, ring, 4, false, fd)).code).to.equal('EBADF');
+      expect(new DataView(ring).getUint16(0, true)).to.equal(3);
+    } finally {
+      closeSync(fd);
+    }
   });
 });

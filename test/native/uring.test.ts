@@ -284,6 +284,34 @@ describe('native: io_uring', function () {
     closeSync(fd);
   });
 
+  it('a ring with no JS reference closed by its own onComplete calls back once and is reclaimed', async () => {
+    const path = join(fx.dir, 'self-close');
+    writeFileSync(path, Buffer.alloc(4096, 5));
+    const fd = openSync(path, 'r');
+    const before = fdCount();
+    let calls = 0;
+    const delivered = new Promise<void>((resolve) => {
+      (() => {
+        const owner: { ring: Uring | null } = { ring: null };
+        owner.ring = native.createUring(8, () => {
+          calls++;
+          owner.ring!.close();
+          resolve();
+        });
+        const iov = new Float64Array([fx.mem.address, 4096]);
+        owner.ring!.prepReadv(fd, iov, 1, 0, 1);
+        owner.ring!.submit();
+      })();
+    });
+    // Busy: the ring (and so its callback) survives a GC with nothing referring to it.
+    await collectGarbage();
+    await delivered;
+    await collectGarbage();
+    expect(calls).to.equal(1);
+    expect(fdCount()).to.equal(before); // the ring's fds went with close()
+    closeSync(fd);
+  });
+
   it('unclosed idle rings are reclaimed by GC', async () => {
     const before = fdCount();
     (() => {

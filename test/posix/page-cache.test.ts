@@ -29,6 +29,30 @@ describe('posix page cache', () => {
     expect(cache.cachedBytes).to.equal(body.length);
   });
 
+  it('cachedView: a view of the block for a range inside one, a copy across blocks, null (nothing fetched) when a block is missing', async () => {
+    const { store, cache, etag, body } = await setup();
+    const v = { key: 'obj', etag, size: body.length };
+    expect(cache.cachedView(v, 100, 10)).to.equal(null);
+    await cache.read(v, 0, new Uint8Array(12 * KiB)); // blocks 0-2
+    const fetched = store.count('getInto');
+    const hits = cache.stats.hits;
+    const inside = cache.cachedView(v, 5000, 100)!;
+    expect(inside.buffer).to.equal(cache.peek(v, 1)!.buffer); // no copy
+    expect(equalBytes(inside, body.subarray(5000, 5100))).to.equal(true);
+    const across = cache.cachedView(v, 1000, 10_001)!;
+    expect(equalBytes(across, body.subarray(1000, 11_001))).to.equal(true);
+    expect(cache.stats.hits).to.equal(hits + 4);
+    // Block 3 is not cached: null, nothing fetched, nothing counted.
+    expect(cache.cachedView(v, 11 * KiB, 2 * KiB)).to.equal(null);
+    expect(store.count('getInto')).to.equal(fetched);
+    expect(cache.stats.hits).to.equal(hits + 4);
+    // The object's last block is short: clipped at the end of the object.
+    await cache.read(v, 40 * KiB, new Uint8Array(5));
+    expect(equalBytes(cache.cachedView(v, 40 * KiB + 1, 100)!, body.subarray(40 * KiB + 1))).to.equal(true);
+    // Another version of the object: nothing cached.
+    expect(cache.cachedView({ ...v, etag: '"other"' }, 0, 10)).to.equal(null);
+  });
+
   it('stays within its byte bound', async () => {
     const { cache, etag, body } = await setup(10 * KiB);
     await cache.read({ key: 'obj', etag, size: body.length }, 0, new Uint8Array(body.length));

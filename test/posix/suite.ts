@@ -118,6 +118,43 @@ export function bucketVfsSuite(target: VfsTarget): void {
         expect(str((await shared.store.get(`${prefix}f`)).body)).to.equal('buffered');
       });
 
+      it('a FLUSH of a new file still empty stores nothing; RELEASE, fsync, sync or a FLUSH with data or with a second handle open does', async () => {
+        const { vfs, store, prefix } = mk();
+        // `echo x > f`: FLUSH of the empty file (a dup closed), WRITE, FLUSH, RELEASE.
+        const echo = await vfs.create('echo', 0o644, CALLER, NEW);
+        await echo.file.flush();
+        expect(store.count('put')).to.equal(0);
+        await echo.file.write(0, text('x\n'));
+        await echo.file.flush();
+        expect(store.count('put')).to.equal(1);
+        await echo.file.release();
+        expect(store.count('put')).to.equal(1);
+        expect(str((await shared.store.get(`${prefix}echo`)).body)).to.equal('x\n');
+        // `touch f`: stored by RELEASE.
+        const touch = await vfs.create('touch', 0o644, CALLER, NEW);
+        await touch.file.flush();
+        expect(await shared.store.head(`${prefix}touch`)).to.equal(null);
+        await touch.file.release();
+        expect((await shared.store.head(`${prefix}touch`))!.size).to.equal(0);
+        // Stored by fsync, and by a FLUSH while another handle holds the file open.
+        const synced = await vfs.create('synced', 0o644, CALLER, NEW);
+        await synced.file.fsync(false);
+        expect((await shared.store.head(`${prefix}synced`))!.size).to.equal(0);
+        await synced.file.release();
+        const shared2 = await vfs.create('two', 0o644, CALLER, NEW);
+        const other = await vfs.open('two', { read: true, write: false, append: false, truncate: false });
+        await shared2.file.flush();
+        expect((await shared.store.head(`${prefix}two`))!.size).to.equal(0);
+        await shared2.file.release();
+        await other.release();
+        // Stored by sync.
+        const kept = await vfs.create('kept', 0o644, CALLER, NEW);
+        await kept.file.flush();
+        await vfs.sync();
+        expect((await shared.store.head(`${prefix}kept`))!.size).to.equal(0);
+        await kept.file.release();
+      });
+
       it('shows a created file that is not stored yet in stat and in its directory', async () => {
         const { vfs } = mk();
         await vfs.mkdir('d', 0o755, CALLER);

@@ -273,6 +273,11 @@ export class BucketVfs implements Vfs {
   private readonly maxFileSize: number;
   /** Bumped by every change we make: lookups that started before do not fill the caches. */
   private epoch = 0;
+  /**
+   * The last path entryNow found neither a file nor a marker at, when, and in which epoch:
+   * the asynchronous lookup that follows it needs only the LIST (see fetchEntry).
+   */
+  private headsMissed: { readonly path: string; readonly epoch: number; readonly at: number } | null = null;
   private uploads = 0;
   /** The store copies parts (UploadPartCopy); false once it said it does not. */
   private partCopy = true;
@@ -401,6 +406,7 @@ export class BucketVfs implements Vfs {
       else {
         const marker = this.store.headNow(dk);
         if (marker) e = this.entryOf(marker, 'dir');
+        else this.headsMissed = { path, epoch: this.epoch, at: performance.now() };
       }
     } catch {
       return undefined;
@@ -840,9 +846,16 @@ export class BucketVfs implements Vfs {
       const file = path !== '' && keyFits(this.store, fk) ? await this.store.head(fk) : null;
       return file ? this.entryOf(file, 'object') : null;
     }
-    const [file, marker] = await Promise.all([path === '' ? null : this.store.head(fk), this.store.head(dk)]);
-    if (file) return this.entryOf(file, 'object');
-    if (marker) return this.entryOf(marker, 'dir');
+    const missed = this.headsMissed;
+    this.headsMissed = null;
+    // entryNow has just asked for both and nothing of ours changed since. "Just": an answer
+    // that old is one the negative cache could have given (and never older than 50 ms).
+    const recent = missed !== null && missed.path === path && missed.epoch === this.epoch && performance.now() - missed.at <= Math.min(HEADS_MISSED_MAX_AGE_MS, this.negCache.ttlMs);
+    if (!recent) {
+      const [file, marker] = await Promise.all([path === '' ? null : this.store.head(fk), this.store.head(dk)]);
+      if (file) return this.entryOf(file, 'object');
+      if (marker) return this.entryOf(marker, 'dir');
+    }
     if (path === '') return this.implicitDir();
     const page = await this.store.list({ prefix: dk, maxKeys: 1 });
     return page.objects.length > 0 || page.commonPrefixes.length > 0 ? this.implicitDir() : null;
@@ -1290,6 +1303,11 @@ export class BucketVfs implements Vfs {
     await buf?.close();
   }
 
+  /** Created by this file system, never stored, empty, and open through one handle only. */
+  isUnstoredEmpty(n: FileNode): boolean {
+    return n.dirty && n.base === null && n.size === 0 && n.refs === 1;
+  }
+
   /** Stores a dirty node; EIO (with the cause in the message) when that fails. */
   async storeNode(n: FileNode): Promise<void> {
     if (!n.dirty || n.unlinked) return;
@@ -1500,6 +1518,21 @@ export class BucketVfs implements Vfs {
   }
 
   /**
+   * OpenFile.readNow: what readOnce would give from the page cache, when the page cache
+   * holds all of it (a view of the block for a range inside one), or null. For a store
+   * read over the network; the file store reads in place instead (readNodeInto).
+   */
+  readNodeNow(n: FileNode, offset: number, length: number, h: Handle): Uint8Array | null {
+    const base = n.base;
+    if (n.buf || !base || this.store.readIntoSync || !Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) return null;
+    if (offset >= base.size || length === 0) return EMPTY;
+    const v: ObjectVersion = { key: base.key, etag: base.etag, size: base.size };
+    const data = this.pages.cachedView(v, offset, length);
+    if (data !== null) this.readAhead(h, v, offset, data.length);
+    return data;
+  }
+
+  /**
    * A read straight into the caller's buffers, for a store that reads on the calling
    * thread (the file store: its files are in the kernel's page cache, so ours is skipped).
    * null when it does not apply: a file with buffered writes, another store, a version that
@@ -1507,7 +1540,8 @@ export class BucketVfs implements Vfs {
    */
   readNodeInto(n: FileNode, offset: number, length: number, targets: readonly Uint8Array[], h: Handle): number | null {
     const base = n.base;
-    if (n.buf || !base || !this.store.readIntoSync || !Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) return null;
+    if (n.buf || !base || !Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) return null;
+    if (!this.store.readIntoSync) return null;
     if (offset >= base.size || length === 0) return 0;
     try {
       const r = this.readerOf(n, h);
@@ -1666,6 +1700,9 @@ export class BucketVfs implements Vfs {
   }
 }
 
+/** How long the HEADs entryNow found nothing with stand for the asynchronous lookup after it. */
+const HEADS_MISSED_MAX_AGE_MS = 50;
+
 /** One open(2)/create(2) of a file. */
 class Handle implements OpenFile {
   /** Read-ahead state: where a sequential reader reads next, and how far ahead we fetch. */
@@ -1697,6 +1734,11 @@ class Handle implements OpenFile {
     return this.vfs.readNodeInto(this.node, offset, length, targets, this);
   }
 
+  readNow(offset: number, length: number): Uint8Array | null {
+    if (this.released) return null;
+    return this.vfs.readNodeNow(this.node, offset, length, this);
+  }
+
   readIntoAsync(offset: number, length: number, targets: readonly Segment[], done: (result: number) => void): boolean {
     if (this.released) return false;
     return this.vfs.readNodeAsync(this.node, offset, length, targets, this, done);
@@ -1715,6 +1757,11 @@ class Handle implements OpenFile {
 
   async flush(): Promise<void> {
     this.check();
+    // A file created here, never stored and still empty, behind this handle alone: a FLUSH
+    // has no written byte to keep, and storing would PUT an empty object only to replace
+    // it — `echo x > f` closes a dup of its descriptor before it writes. RELEASE, an fsync,
+    // a sync or the next FLUSH after a write stores it.
+    if (this.vfs.isUnstoredEmpty(this.node)) return;
     await this.vfs.storeNode(this.node);
   }
 

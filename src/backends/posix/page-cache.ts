@@ -178,6 +178,35 @@ export class PageCache {
     return out;
   }
 
+  /**
+   * The bytes of [offset, offset + length) of `v` (clipped at v.size) when every block of
+   * it is cached: a view of the block for a range inside one (never to be written to), a
+   * copy across blocks. Null, with nothing fetched or counted, when a block is missing.
+   */
+  cachedView(v: ObjectVersion, offset: number, length: number): Uint8Array | null {
+    const end = Math.min(v.size, offset + length);
+    if (end <= offset) return new Uint8Array(0);
+    const first = Math.floor(offset / this.blockSize);
+    const last = Math.floor((end - 1) / this.blockSize);
+    for (let b = first; b <= last; b++) {
+      const data = this.blocks.get(this.cacheKey(v, b));
+      if (data === undefined || b * this.blockSize + data.length < Math.min(end, (b + 1) * this.blockSize)) return null;
+    }
+    this.stats.hits += last - first + 1;
+    if (first === last) {
+      const start = first * this.blockSize;
+      return this.blocks.get(this.cacheKey(v, first))!.subarray(offset - start, end - start);
+    }
+    const out = new Uint8Array(end - offset);
+    for (let b = first; b <= last; b++) {
+      const start = b * this.blockSize;
+      const data = this.blocks.get(this.cacheKey(v, b))!;
+      const from = Math.max(offset, start);
+      out.set(data.subarray(from - start, Math.min(end, start + data.length) - start), from - offset);
+    }
+    return out;
+  }
+
   /** A cached block's bytes without fetching (null when not cached). */
   peek(v: ObjectVersion, index: number): Uint8Array | null {
     return this.blocks.get(this.cacheKey(v, index)) ?? null;

@@ -1,4 +1,4 @@
-// FuseServer's READ copied off the event loop (readNow): answered from the copy's
+// FuseServer's READ copied off the event loop (startCopyRead): answered from the copy's
 // callback in the same turn — no promise or microtask between the completion and the
 // reply — also when the copy completes before readIntoAsync returns; a copy that throws
 // is answered with its errno; an INTERRUPT does not answer it early; what readIntoAsync
@@ -25,7 +25,7 @@ function concat(r: FuseReply): Uint8Array {
 
 type Copy = (offset: number, length: number, targets: readonly Segment[], done: (result: number) => void) => boolean;
 
-describe('FUSE READ copied off the event loop (FuseServer.readNow)', () => {
+describe('FUSE READ copied off the event loop (FuseServer.startCopyRead)', () => {
   let vfs: MemoryVfs;
   let s: FuseServer;
   /** What the open files' readIntoAsync does (set per test). */
