@@ -3,6 +3,8 @@
 // and a Buffer copy is not; and syncfs(2) on the thread pool (Node has no call for it).
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -104,6 +106,29 @@ Napi::Value Syncfs(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// isFile(path, dev, ino): whether stat(path) names that file (device and inode number);
+// false when it does not or stat fails. A held-open reader's per-READ "is this still the
+// object?" check: one syscall, no Stats object (fs.statSync builds one, with four Dates).
+Napi::Value IsFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    ThrowType(env, "isFile(path, dev, ino)");
+    return env.Undefined();
+  }
+  // One byte more than the kernel takes (PATH_MAX with its NUL), so that a truncated copy
+  // is told from a path of the largest size allowed.
+  char path[PATH_MAX + 1];
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, info[0], path, sizeof(path), &len) != napi_ok) return env.Undefined();
+  // PATH_MAX bytes or more: stat would fail with ENAMETOOLONG.
+  if (len >= PATH_MAX) return Napi::Boolean::New(env, false);
+  struct stat st;
+  if (stat(path, &st) != 0) return Napi::Boolean::New(env, false);
+  double dev = info[1].As<Napi::Number>().DoubleValue();
+  double ino = info[2].As<Napi::Number>().DoubleValue();
+  return Napi::Boolean::New(env, static_cast<double>(st.st_dev) == dev && static_cast<double>(st.st_ino) == ino);
+}
+
 }  // namespace
 
 void InitFileIo(Napi::Env env, Napi::Object exports) {
@@ -112,6 +137,7 @@ void InitFileIo(Napi::Env env, Napi::Object exports) {
   exports.Set("fdatasync", Napi::Function::New(env, Fdatasync, "fdatasync"));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("syncfs", Napi::Function::New(env, Syncfs, "syncfs"));
+  exports.Set("isFile", Napi::Function::New(env, IsFile, "isFile"));
 }
 
 }  // namespace vhs

@@ -1219,7 +1219,9 @@ function preadvInto(fd: number, offset: number, want: number, targets: readonly 
 }
 
 /** The first `want` bytes of `segs`, or null when they hold fewer. */
-function firstSegments(segs: readonly Segment[], want: number): Segment[] | null {
+function firstSegments(segs: readonly Segment[], want: number): readonly Segment[] | null {
+  // The common case, a room sized to the read: no copy of the list.
+  if (segs.length === 1 && segs[0]!.length === want) return segs;
   const out: Segment[] = [];
   for (const g of segs) {
     if (want === 0) break;
@@ -1261,15 +1263,10 @@ class FileObjectReader implements ObjectReader {
   ) {}
 
   current(): boolean {
-    if (this.closed) return false;
-    let st: Stats | undefined;
-    try {
-      st = statSync(this.path, { throwIfNoEntry: false });
-    } catch {
-      return false; // ENOTDIR, EACCES ...: not this object any more as far as we can tell
-    }
+    // One stat of the path, natively (no Stats object: this runs for every READ); an error
+    // (ENOENT, ENOTDIR, EACCES ...) means not this object any more as far as we can tell.
     // While our descriptor is open the inode is alive, so its number cannot be reused.
-    return st !== undefined && st.ino === this.ino && st.dev === this.dev;
+    return !this.closed && native.isFile(this.path, this.dev, this.ino);
   }
 
   readIntoSync(offset: number, length: number, targets: readonly Uint8Array[]): number {
@@ -1300,7 +1297,9 @@ class FileObjectReader implements ObjectReader {
       });
     };
     step(segs);
-    io.unplug();
+    // The other READs the guest sent with this one are being served in the same turn: one
+    // submission for all of them (a short read's remainder goes from the completion's turn).
+    io.unplugSoon();
     return true;
   }
 

@@ -325,6 +325,9 @@ export class FuseServer {
     const unique = req.h.unique;
     this.pending.set(unique, p);
     this.inflight++;
+    // A large READ copied off the event loop: answered from the copy's callback, with no
+    // promise or async function in between (the common request of a sequential reader).
+    if (req.op === Opcode.READ && asyncPayload !== undefined && this.startCopyRead(p, req)) return;
     // LOOKUP and GETATTR (a cache miss) in small functions of their own: run() is too
     // large for the optimizing compiler.
     const result = req.op === Opcode.LOOKUP ? this.lookupLater(req, p)
@@ -456,37 +459,53 @@ export class FuseServer {
   }
 
   /**
-   * A READ copied into the reply buffers off the event loop (OpenFile.readIntoAsync), or
-   * null when the file or the transport cannot do that for it (the caller goes on with
-   * the synchronous paths). The reply waits for the copy, whatever happens meanwhile.
+   * Starts a READ copied into the reply buffers off the event loop (OpenFile.readIntoAsync)
+   * when nothing stands in its way, and answers it from the copy's callback (settle):
+   * true. false when it does not apply — an unknown or unreadable handle, a size run()
+   * refuses, a file or transport that cannot copy it — and run() then serves (or fails)
+   * the READ as usual. The caller has entered `p` as pending and in flight. The reply
+   * waits for the copy, whatever happens meanwhile (INTERRUPT, RELEASE).
    */
-  private readAsync(p: Pending, file: OpenFile, req: ReadLikeRequest): Promise<FuseReply> | null {
-    const room = p.asyncPayload!(req.size);
-    if (room === null) return null;
-    let settle!: (result: number) => void;
-    const copied = new Promise<number>((resolve) => {
-      settle = resolve;
-    });
-    let started = false;
-    try {
-      started = file.readIntoAsync!(req.offset, req.size, room.segments, (result) => {
-        room.release();
-        settle(result);
-      });
-    } finally {
-      if (!started) room.release();
-    }
-    if (!started) return null;
+  private startCopyRead(p: Pending, req: ReadLikeRequest): boolean {
+    const h = Number.isSafeInteger(req.fh) ? this.handles.file(req.fh) : undefined;
+    const size = req.size;
+    if (h === undefined || !h.readable || h.file.readIntoAsync === undefined || size === 0 || req.offset > MAX_SAFE
+      || size > p.maxReply || size > Math.max(this.opts.maxWrite, this.opts.maxPages * 4096)) return false;
+    const room = p.asyncPayload!(size);
+    if (room === null) return false;
+    // Before the call: the copy may complete (and settle) before readIntoAsync returns.
     p.copying = true;
-    return copied.then((result) => {
+    let started = false;
+    let answered = false;
+    try {
+      started = h.file.readIntoAsync(req.offset, size, room.segments, (result) => {
+        answered = true;
+        room.release();
+        p.copying = false;
+        this.settle(p, this.readReply(req, result));
+      });
+    } catch (err) {
+      // As run() would have: the READ fails with what the Vfs threw (unless it was answered).
       p.copying = false;
-      const u = req.h.unique;
-      if (result < 0) {
-        this.log.debug('asynchronous READ failed', { errno: -result });
-        return errorReply(u, E.EIO);
-      }
-      return { unique: u, error: 0, parts: [], length: Math.min(result, req.size), inPlace: true };
-    });
+      room.release();
+      if (!answered) this.settle(p, this.failure(req, err));
+      return true;
+    }
+    if (!started) {
+      p.copying = false;
+      room.release();
+    }
+    return started;
+  }
+
+  /** The reply to a READ copied off the event loop: `result` bytes copied, or a negative errno. */
+  private readReply(req: ReadLikeRequest, result: number): FuseReply {
+    const u = req.h.unique;
+    if (result < 0) {
+      this.log.debug('asynchronous READ failed', { errno: -result });
+      return errorReply(u, E.EIO);
+    }
+    return { unique: u, error: 0, parts: [], length: Math.min(result, req.size), inPlace: true };
   }
 
   // ---- helpers -----------------------------------------------------------------------------
@@ -767,10 +786,7 @@ export class FuseServer {
       case Opcode.READ: {
         const h = this.readableHandle(req, p);
         if (req.size === 0 || req.offset > MAX_SAFE) return ok();
-        if (p.asyncPayload !== undefined && h.file.readIntoAsync !== undefined) {
-          const copying = this.readAsync(p, h.file, req);
-          if (copying !== null) return copying;
-        }
+        // (A copy off the event loop, where possible, was started by startCopyRead() already.)
         // Before any await: the reply buffers are written while nothing else can run.
         const inPlace = p.triedInPlace ? null : this.readInPlace(req, p, h);
         if (inPlace !== null) return inPlace;

@@ -184,6 +184,11 @@ export interface NativeAddon {
   pwritev(fd: number, iov: Float64Array, iovCount: number, position: number): number;
   fdatasync(fd: number): void;
   fallocate(fd: number, mode: number, offset: number, length: number): void;
+  /**
+   * Whether stat(path) (following symlinks) is the file with this st_dev and st_ino, as
+   * fs.statSync reports them; false when it is another or stat fails. No Stats object.
+   */
+  isFile(path: string, dev: number, ino: number): boolean;
   /** syncfs(2) of the file system holding `fd`, on the thread pool; `done` gets 0 or a positive errno. Keep `fd` open until then. */
   syncfs(fd: number, done: (err: number) => void): void;
 

@@ -205,6 +205,8 @@ describe('FUSE READ copied off the event loop (virtio-fs, file store, io_uring)'
     expect(session.guestMemory).to.not.equal(old);
     expect(old.regionCount).to.equal(0); // no longer translates ...
     expect(old.pinCount).to.equal(1); // ... but stays mapped until the copy is done
+    await until(() => gate.holding === 1, 'the copy to complete'); // (submitted at the end of its turn)
+    expect(old.pinCount).to.equal(1); // done, but not answered yet
     gate.release();
     expect(old.pinCount).to.equal(0);
   });

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { closeSync, fstatSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, statSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, native } from '../../src/native/index.js';
 import { nativeError, useFileAndMemory } from './helpers.js';
@@ -92,5 +92,48 @@ describe('native: synchronous file I/O into mapped memory', () => {
     } finally {
       closeSync(fd);
     }
+  });
+
+  it('isFile tells whether a path still names a file (st_dev and st_ino as fs.statSync gives them)', () => {
+    const path = join(fx.dir, 'obj');
+    writeFileSync(path, 'one');
+    const { dev, ino } = statSync(path);
+    expect(native.isFile(path, dev, ino)).to.equal(true);
+    expect(native.isFile(path, dev, ino + 1)).to.equal(false);
+    expect(native.isFile(path, dev + 1, ino)).to.equal(false);
+    const link = join(fx.dir, 'link');
+    symlinkSync(path, link);
+    expect(native.isFile(link, dev, ino)).to.equal(true); // followed, as statSync does
+    // Replaced by rename (a store's put), while the old one stays open: another file.
+    const fd = openSync(path, 'r');
+    try {
+      writeFileSync(join(fx.dir, 'tmp'), 'two');
+      renameSync(join(fx.dir, 'tmp'), path);
+      expect(native.isFile(path, dev, ino)).to.equal(false);
+      const now = statSync(path);
+      expect(native.isFile(path, now.dev, now.ino)).to.equal(true);
+      // Errors are "no": gone, a file where a directory should be, a path too long.
+      unlinkSync(path);
+      expect(native.isFile(path, now.dev, now.ino)).to.equal(false);
+      writeFileSync(join(fx.dir, 'plain'), '');
+      expect(native.isFile(join(fx.dir, 'plain', 'x'), now.dev, now.ino)).to.equal(false);
+      expect(native.isFile('/' + 'a/'.repeat(3000), now.dev, now.ino)).to.equal(false);
+      mkdirSync(join(fx.dir, 'd'));
+      const d = statSync(join(fx.dir, 'd'));
+      expect(native.isFile(join(fx.dir, 'd'), d.dev, d.ino)).to.equal(true); // any kind of file
+    } finally {
+      closeSync(fd);
+    }
+    expect(() => (native.isFile as (...a: unknown[]) => boolean)(path, 'x', 1)).to.throw(TypeError);
+    // The longest path the kernel takes (PATH_MAX 4096 with its NUL): still looked up.
+    let long = fx.dir;
+    while (4094 - long.length > 255) long = join(long, 'd'.repeat(200)); // the last name fits NAME_MAX
+    mkdirSync(long, { recursive: true });
+    long = join(long, 'f'.repeat(4095 - long.length - 1));
+    expect(long.length).to.equal(4095);
+    writeFileSync(long, '');
+    const ls = statSync(long);
+    expect(native.isFile(long, ls.dev, ls.ino)).to.equal(true);
+    expect(native.isFile(long + 'x', ls.dev, ls.ino)).to.equal(false);
   });
 });
