@@ -39,8 +39,8 @@ export class DevFuseMount {
   private readonly hdr = new Uint8Array(OUT_HEADER_SIZE);
   private readonly hdrView = new DataView(this.hdr.buffer);
   /**
-   * The payload room a READ's file reads into (PayloadTarget), so that a READ from cached
-   * or local data is one copy and, up to 128 KiB, answered within dispatch(). The engine
+   * The payload room a READ's file reads into (PayloadTarget: the file store's in-place
+   * read), so that such a READ up to 128 KiB is answered within dispatch(). The engine
    * reads in place only before its first await, and this transport offers no copy off the
    * event loop, so such a reply is written before the next request is read (within
    * dispatch(), or by the promise jobs that run right after it): each request may take the
@@ -127,16 +127,16 @@ export class DevFuseMount {
 
   private send(reply: FuseReply | null): void {
     if (reply === null || this.closed) return;
-    // writev is synchronous: one header buffer serves every reply.
-    const hdr = this.hdr;
-    this.hdrView.setUint32(0, OUT_HEADER_SIZE + reply.length, true);
-    this.hdrView.setInt32(4, reply.error, true);
-    this.hdrView.setBigUint64(8, reply.unique, true);
     if (reply.inPlace && reply.unique !== this.outOwner) {
       // The room was taken by a later request: sending it would answer with its bytes.
       this.opts.log.error('an in-place READ reply came after its room was reused', { unique: reply.unique });
       reply = errorReply(reply.unique, E.EIO);
     }
+    // writev is synchronous: one header buffer serves every reply.
+    const hdr = this.hdr;
+    this.hdrView.setUint32(0, OUT_HEADER_SIZE + reply.length, true);
+    this.hdrView.setInt32(4, reply.error, true);
+    this.hdrView.setBigUint64(8, reply.unique, true);
     const parts = reply.inPlace ? [this.out.subarray(0, reply.length)] : reply.parts;
     try {
       native.writevFd(this.fd, parts.length === 1 ? [hdr, parts[0]!] : [hdr, ...parts]);
