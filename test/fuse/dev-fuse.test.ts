@@ -8,6 +8,7 @@ import { readFile, writeFile, readdir, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { Opcode } from '../../src/fuse/abi.js';
 import { FuseServer } from '../../src/fuse/server.js';
 import { DevFuseMount, READ_AHEAD_KB, mountDevice } from '../../src/fuse/dev-fuse.js';
 import { silentLogger } from '../../src/util/log.js';
@@ -67,6 +68,38 @@ describe('/dev/fuse transport', function () {
     expect(dev).to.match(/^0:\d+$/);
     expect((await readFile(`/sys/class/bdi/${dev}/read_ahead_kb`, 'utf8')).trim()).to.equal(String(READ_AHEAD_KB));
     expect((await sh('cat f | wc -c', dir)).trim()).to.equal(String(8 << 20));
+  });
+
+  it('a READ read in place whose reply comes after the next request took the room is answered EIO, never with the other bytes', async () => {
+    await mount!.unmount();
+    // A server that holds the reply of a READ it read in place until the next request
+    // arrives: what the engine never does, and the transport's guard exists for.
+    const errors: string[] = [];
+    const log = { ...silentLogger, error: (msg: string) => void errors.push(msg) };
+    let held: (() => void) | null = null;
+    class HoldingServer extends FuseServer {
+      override dispatch(...args: Parameters<FuseServer['dispatch']>): void {
+        const [bytes, , done, payload] = args;
+        const release = held;
+        held = null;
+        const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+        // fuse_read_in.size comes 16 bytes after the 40-byte in header.
+        const views = view.getUint32(4, true) === Opcode.READ && !release ? payload?.(view.getUint32(56, true)) : null;
+        if (views) {
+          views[0]!.fill(0x61);
+          const unique = view.getBigUint64(8, true);
+          held = () => done({ unique, error: 0, parts: [], length: views[0]!.length, inPlace: true });
+        } else super.dispatch(...args);
+        release?.();
+      }
+    }
+    mount = DevFuseMount.mount(new HoldingServer(new MemoryVfs(), { log: silentLogger }), { mountpoint: dir, readOnly: false, fsName: 'memtest', log });
+    await writeFile(join(dir, 'f'), new Uint8Array(4096).fill(0x62));
+    const reader = run('dd', [`if=${join(dir, 'f')}`, 'of=/dev/null', 'bs=4096', 'count=1', 'iflag=direct']).then(() => 'read', (e: { stderr?: string }) => String(e.stderr));
+    while (held === null) await new Promise((r) => setTimeout(r, 10));
+    await readdir(dir); // the next request: it may take the room, and releases the held reply
+    expect(await reader).to.match(/Input\/output error/);
+    expect(errors).to.deep.equal(['an in-place READ reply came after its room was reused']);
   });
 
   it('ends the session when unmounted from outside', async () => {
