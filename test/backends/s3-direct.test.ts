@@ -34,7 +34,7 @@ describe('HeadObject and PutObject sent directly (DirectS3) against the SDK', fu
   const stores: S3Store[] = [];
   const open = (smallRequestTransport: 'direct' | 'sdk', maxAttempts = 3): S3Store => {
     const s = new S3Store({
-      bucket: 'heads', endpoint: proxy.endpoint, credentials: s3.credentials, maxAttempts, readWorkers: 0, observer, smallRequestTransport, conditionalWrites: true,
+      bucket: 'heads', endpoint: proxy.endpoint, credentials: s3.credentials, maxAttempts, readWorkers: 0, observer, smallRequestTransport, directPutMaxBytes: 1 << 20, conditionalWrites: true,
       retry: { baseDelayMs: 1, throttlingBaseDelayMs: 1 },
     });
     stores.push(s);
@@ -238,7 +238,7 @@ describe('DirectS3: the request as the SDK sends it (plain server)', function ()
   it('PUT: the headers the SDK sends (but its own), the same path and query, and a valid SigV4 signature', async () => {
     const credentials = { accessKeyId: 'AKID', secretAccessKey: 'sec', sessionToken: 'tok' };
     const mk = (t: 'direct' | 'sdk'): S3Store =>
-      new S3Store({ bucket: 'bkt', endpoint: `http://127.0.0.1:${port}`, credentials, readWorkers: 0, smallRequestTransport: t, conditionalWrites: true });
+      new S3Store({ bucket: 'bkt', endpoint: `http://127.0.0.1:${port}`, credentials, readWorkers: 0, smallRequestTransport: t, directPutMaxBytes: 1 << 20, conditionalWrites: true });
     const direct = mk('direct');
     const sdk = mk('sdk');
     const sdkOwn = new Set(['user-agent', 'x-amz-user-agent', 'amz-sdk-invocation-id', 'amz-sdk-request', 'authorization', 'x-amz-date', 'connection']);
