@@ -38,7 +38,7 @@ import { Hash } from '@smithy/core/serde';
 import { SignatureV4 } from '@smithy/signature-v4';
 import type { AwsCredentialIdentity, RetryErrorInfo, RetryErrorType, RetryStrategyV2 } from '@smithy/types';
 import type { S3Observer } from '../metrics/observer.js';
-import { asNodeError } from './s3-ranged-get.js';
+import { asNodeError, escape, flatHeaders } from './s3-ranged-get.js';
 
 /** sha256 of an empty payload (a HEAD's), hex. */
 /** The SDK's node:crypto SHA-256 (and HMAC) for the signer. */
@@ -326,18 +326,9 @@ export function encodeKey(key: string): string {
   for (;;) {
     const slash = key.indexOf('/', start);
     const seg = slash < 0 ? key.slice(start) : key.slice(start, slash);
-    out += /^[A-Za-z0-9\-._~]*$/.test(seg) ? seg : encodeURIComponent(seg).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+    out += /^[A-Za-z0-9\-._~]*$/.test(seg) ? seg : escape(seg);
     if (slash < 0) return out;
     out += '/';
     start = slash + 1;
   }
-}
-
-function flatHeaders(h: Record<string, string | string[] | undefined>): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const k in h) {
-    const v = h[k];
-    if (v !== undefined) out[k] = Array.isArray(v) ? v.join(', ') : v;
-  }
-  return out;
 }

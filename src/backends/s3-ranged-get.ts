@@ -234,14 +234,18 @@ export function undiciAgent(o: { readonly connections: number; readonly connecti
   });
 }
 
-function flatHeaders(h: Record<string, string | string[] | undefined>): Record<string, string> {
+/** undici's reply headers as the SDK's handlers give them: one string per name (repeats joined by ", "). */
+export function flatHeaders(h: Record<string, string | string[] | undefined>): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(h)) if (v !== undefined) out[k] = Array.isArray(v) ? v.join(', ') : v;
+  for (const k in h) {
+    const v = h[k];
+    if (v !== undefined) out[k] = Array.isArray(v) ? v.join(', ') : v;
+  }
   return out;
 }
 
-/** RFC 3986 escaping, as the SDK's query builder does. */
-function escape(s: string): string {
+/** RFC 3986 escaping, as the SDK's query builder and its greedy path labels do. */
+export function escape(s: string): string {
   return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 }
 

@@ -470,7 +470,7 @@ export class FuseServer {
     const h = Number.isSafeInteger(req.fh) ? this.handles.file(req.fh) : undefined;
     const size = req.size;
     if (h === undefined || !h.readable || h.file.readIntoAsync === undefined || size === 0 || req.offset > MAX_SAFE
-      || size > p.maxReply || size > Math.max(this.opts.maxWrite, this.opts.maxPages * 4096)) return false;
+      || this.readSizeError(req, p) !== null) return false;
     const room = p.asyncPayload!(size);
     if (room === null) return false;
     // Before the call: the copy may complete (and settle) before readIntoAsync returns.
@@ -574,13 +574,19 @@ export class FuseServer {
     return h;
   }
 
-  /** The open file a READ reads: EBADF, and EINVAL/EIO for a size past what was agreed or the room for the reply. */
+  /** The open file a READ reads: EBADF, and the errno of readSizeError. */
   private readableHandle(req: ReadLikeRequest, p: Pending): FileHandle {
     const h = this.fileHandle(req.fh);
     if (!h.readable) fail('EBADF');
-    if (req.size > Math.max(this.opts.maxWrite, this.opts.maxPages * 4096)) fail('EINVAL', 'read larger than max_pages');
-    if (req.size > p.maxReply) fail('EIO', 'no room for the read data');
+    const e = this.readSizeError(req, p);
+    if (e !== null) fail(e, e === 'EINVAL' ? 'read larger than max_pages' : 'no room for the read data');
     return h;
+  }
+
+  /** EINVAL for a READ larger than was agreed at INIT, EIO for one the reply room cannot hold, else null. */
+  private readSizeError(req: ReadLikeRequest, p: Pending): 'EINVAL' | 'EIO' | null {
+    if (req.size > Math.max(this.opts.maxWrite, this.opts.maxPages * 4096)) return 'EINVAL';
+    return req.size > p.maxReply ? 'EIO' : null;
   }
 
   /** A READ answered by the file reading into the transport's reply buffers (PayloadTarget), or null. Tried once per request. */
