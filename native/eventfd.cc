@@ -7,8 +7,27 @@
 
 #include "addon.h"
 #include "args.h"
+#include "eventfd.h"
 
 namespace vhs {
+
+int ReadEventfd(int fd, uint64_t* value) {
+  ssize_t n;
+  do {
+    n = read(fd, value, sizeof(*value));
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return errno == EWOULDBLOCK ? EAGAIN : errno;
+  return n == sizeof(*value) ? 0 : EINVAL;
+}
+
+int WriteEventfd(int fd, uint64_t value) {
+  ssize_t n;
+  do {
+    n = write(fd, &value, sizeof(value));
+  } while (n < 0 && errno == EINTR);
+  return n < 0 ? (errno == EWOULDBLOCK ? EAGAIN : errno) : 0;
+}
+
 namespace {
 
 Napi::Value EventfdCreate(const Napi::CallbackInfo& info) {
@@ -28,17 +47,10 @@ Napi::Value EventfdRead(const Napi::CallbackInfo& info) {
   int fd;
   if (!ArgFd(info, 0, &fd)) return env.Undefined();
   uint64_t value = 0;
-  ssize_t n;
-  do {
-    n = read(fd, &value, sizeof(value));
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, 0);
-    ThrowErrno(env, errno, "eventfd read");
-    return env.Undefined();
-  }
-  if (n != sizeof(value)) {
-    ThrowErrno(env, EINVAL, "eventfd read");
+  int err = ReadEventfd(fd, &value);
+  if (err == EAGAIN) return Napi::Number::New(env, 0);
+  if (err != 0) {
+    ThrowErrno(env, err, "eventfd read");
     return env.Undefined();
   }
   return Napi::Number::New(env, static_cast<double>(value));
@@ -49,14 +61,8 @@ Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
   int fd;
   uint64_t value;
   if (!ArgFd(info, 0, &fd) || !ArgU64(info, 1, "value", &value)) return env.Undefined();
-  ssize_t n;
-  do {
-    n = write(fd, &value, sizeof(value));
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    ThrowErrno(env, errno, "eventfd write");
-    return env.Undefined();
-  }
+  int err = WriteEventfd(fd, value);
+  if (err != 0) ThrowErrno(env, err, "eventfd write");
   return env.Undefined();
 }
 

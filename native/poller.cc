@@ -4,7 +4,6 @@
 
 #include <errno.h>
 #include <stdint.h>
-#include <unistd.h>
 #include <uv.h>
 
 #include <memory>
@@ -13,6 +12,7 @@
 
 #include "addon.h"
 #include "args.h"
+#include "eventfd.h"
 
 namespace vhs {
 
@@ -149,18 +149,6 @@ class Poller : public Napi::ObjectWrap<Poller> {
     Deactivate();
   }
 
-  // 0, or a negative errno when reading the counter failed (EAGAIN, a wake-up with the
-  // counter already read, is not a failure).
-  static int ReadEventfd(int fd) {
-    uint64_t value;
-    ssize_t n;
-    do {
-      n = read(fd, &value, sizeof(value));
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
-    return n == sizeof(value) ? 0 : -EINVAL;
-  }
-
   // Runs once per wake-up of every kick, call and socket fd: kept to the few N-API calls
   // it needs (one handle scope, two reference reads, two small integers, the call).
   static void OnPoll(uv_poll_t* uv, int status, int events) {
@@ -168,7 +156,12 @@ class Poller : public Napi::ObjectWrap<Poller> {
     if (self == nullptr) return;
     // Reset the counter here rather than by a JS call back into the addon from the
     // callback: one crossing fewer per kick.
-    if (self->readEventfd_ && status == 0 && (events & UV_READABLE) != 0) status = ReadEventfd(self->fd_);
+    // EAGAIN (a wake-up with the counter already read) is not a failure.
+    if (self->readEventfd_ && status == 0 && (events & UV_READABLE) != 0) {
+      uint64_t value;
+      int err = ReadEventfd(self->fd_, &value);
+      if (err != 0 && err != EAGAIN) status = -err;
+    }
     napi_env env = self->env_;
     Napi::HandleScope scope(env);
     // Holding the receiver in this scope keeps the wrapper alive even if the callback

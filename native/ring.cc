@@ -10,6 +10,7 @@
 
 #include "addon.h"
 #include "args.h"
+#include "eventfd.h"
 
 namespace vhs {
 namespace {
@@ -52,13 +53,9 @@ int PublishAndNotify(uint16_t* idx, uint16_t newIdx, uint16_t oldIdx, uint16_t* 
     *notify = (word & 1) == 0;  // VRING_USED_F_NO_NOTIFY / VRING_AVAIL_F_NO_INTERRUPT
   }
   if (*notify && notifyFd >= 0) {
-    uint64_t one = 1;
-    ssize_t n;
-    do {
-      n = write(notifyFd, &one, sizeof(one));
-    } while (n < 0 && errno == EINTR);
+    int err = WriteEventfd(notifyFd, 1);
     // EAGAIN means the counter is saturated, so the peer is going to wake anyway.
-    if (n < 0 && errno != EAGAIN) return errno;
+    if (err != 0 && err != EAGAIN) return err;
   }
   return 0;
 }

@@ -28,6 +28,7 @@ void InitUring(Napi::Env env, Napi::Object exports) {
 
 #include "addon.h"
 #include "args.h"
+#include "eventfd.h"
 #include "iovec.h"
 
 namespace vhs {
@@ -337,10 +338,8 @@ class Uring : public Napi::ObjectWrap<Uring> {
   // Signals our own completion eventfd so that the event loop drains the CQ (used when
   // completions may be left in the CQ without a signal of their own).
   void Kick() {
-    uint64_t one = 1;
-    if (efd_ >= 0 && write(efd_, &one, sizeof(one)) < 0) {
-      // EAGAIN: the counter is saturated, a wake-up is pending anyway.
-    }
+    // An error is EAGAIN: the counter is saturated, a wake-up is pending anyway.
+    if (efd_ >= 0) (void)WriteEventfd(efd_, 1);
   }
 
   // Delivers every completion in the CQ to onComplete, in batches of up to `capacity`.
@@ -408,10 +407,9 @@ class Uring : public Napi::ObjectWrap<Uring> {
     Uring* self = static_cast<CompletionPoll*>(uv->data)->owner;
     if (self == nullptr) return;
     // Reset the counter before draining: a CQE posted after the drain re-arms it.
+    // An error is EAGAIN: a previous drain already took these completions.
     uint64_t counter;
-    if (read(self->efd_, &counter, sizeof(counter)) < 0) {
-      // EAGAIN: a previous drain already took these completions.
-    }
+    (void)ReadEventfd(self->efd_, &counter);
     if (self->draining_) return;  // cannot happen: the loop does not run inside a drain
     self->Drain(self->env_, true);
   }
