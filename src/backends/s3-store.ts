@@ -350,12 +350,7 @@ export class S3Store implements ObjectStore {
   async head(key: string): Promise<ObjectHead | null> {
     validateKey(key, 'head');
     if (this.direct && (await this.direct.usable())) {
-      let reply: DirectReply | null;
-      try {
-        reply = await this.queue.add(() => this.direct!.head(key));
-      } catch (err) {
-        throw this.mapError(err, 'head', key);
-      }
+      const reply = await this.call('head', key, () => this.direct!.head(key));
       if (reply === null) {
         await this.checkBucketOnce();
         return null;

@@ -1540,8 +1540,7 @@ export class BucketVfs implements Vfs {
    */
   readNodeInto(n: FileNode, offset: number, length: number, targets: readonly Uint8Array[], h: Handle): number | null {
     const base = n.base;
-    if (n.buf || !base || !Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) return null;
-    if (!this.store.readIntoSync) return null;
+    if (n.buf || !base || !this.store.readIntoSync || !Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) return null;
     if (offset >= base.size || length === 0) return 0;
     try {
       const r = this.readerOf(n, h);
