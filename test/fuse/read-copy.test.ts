@@ -61,15 +61,22 @@ describe('FUSE READ copied off the event loop (FuseServer.startCopyRead)', () =>
     return unique - 1n;
   }
 
-  it('answers in the callback of the copy, in the same turn, and releases the room', async () => {
-    const f = await openF();
-    let complete: ((r: number) => void) | undefined;
+  /** Copies that start and wait: `done` is the last one's completion, for the test to call. */
+  function holdCopies(): { done: ((r: number) => void) | undefined } {
+    const held: { done: ((r: number) => void) | undefined } = { done: undefined };
     copy = (_o, _l, _t, done) => {
-      complete = done;
+      held.done = done;
       return true;
     };
+    return held;
+  }
+
+  it('answers in the callback of the copy, in the same turn, and releases the room', async () => {
+    const f = await openF();
+    const held = holdCopies();
     let reply: FuseReply | null | undefined;
     read(f, 4096, (r) => (reply = r));
+    const complete = held.done;
     expect(complete).to.be.a('function');
     expect(pins).to.equal(1);
     expect(reply).to.equal(undefined);
@@ -118,13 +125,10 @@ describe('FUSE READ copied off the event loop (FuseServer.startCopyRead)', () =>
 
   it('does not answer a READ being copied on INTERRUPT; the copy answers it', async () => {
     const f = await openF();
-    let complete: ((r: number) => void) | undefined;
-    copy = (_o, _l, _t, done) => {
-      complete = done;
-      return true;
-    };
+    const held = holdCopies();
     const replies: (FuseReply | null)[] = [];
     const u = read(f, 4096, (r) => replies.push(r));
+    const complete = held.done;
     expect(await s.handle(msg(Opcode.INTERRUPT, [encode.interrupt(u)]))).to.equal(null);
     expect(replies).to.have.length(0);
     expect(s.counters.interrupted).to.equal(0);
