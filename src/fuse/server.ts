@@ -164,6 +164,17 @@ function openFlags(raw: number): OpenFlags {
   return { read: acc !== O_WRONLY, write, truncate: write && (raw & O_TRUNC) !== 0, append: (raw & O_APPEND) !== 0 };
 }
 
+/**
+ * The flags of a CREATE, written out rather than spread from openFlags(): a spread plus a
+ * property made a slow-path object per CREATE (runtime calls in the create profile), and
+ * the handle reads these flags again.
+ */
+function createFlags(raw: number): CreateFlags {
+  const acc = raw & O_ACCMODE;
+  const write = acc !== O_RDONLY;
+  return { read: acc !== O_WRONLY, write, truncate: write && (raw & O_TRUNC) !== 0, append: (raw & O_APPEND) !== 0, exclusive: (raw & O_EXCL) !== 0 };
+}
+
 /** MKNOD of a regular file: made like O_CREAT|O_EXCL and closed at once. */
 const MKNOD_FLAGS: CreateFlags = { read: false, write: false, truncate: false, append: false, exclusive: true };
 
@@ -776,7 +787,7 @@ export class FuseServer {
         return ok(encodeOpenOut(fh, 0));
       }
       case Opcode.CREATE: {
-        const flags: CreateFlags = { ...openFlags(req.flags), exclusive: (req.flags & O_EXCL) !== 0 };
+        const flags = createFlags(req.flags);
         const made = await this.vfs.create(this.childPath(req.h.nodeid, req.name), req.mode & PERM_BITS, this.caller(req), flags);
         let ino: Inode;
         try {
@@ -811,7 +822,8 @@ export class FuseServer {
       case Opcode.RELEASE: {
         const h = Number.isSafeInteger(req.fh) ? this.handles.take(req.fh, 'file') : undefined;
         if (h === undefined) fail('EBADF');
-        await h.appendTail;
+        // appendTail only ever changes for an O_APPEND handle (write()): no await otherwise.
+        if (h.append) await h.appendTail;
         await h.file.release();
         return ok();
       }
@@ -831,7 +843,7 @@ export class FuseServer {
         return ok();
       case Opcode.FLUSH: {
         const h = this.fileHandle(req.fh);
-        await h.appendTail;
+        if (h.append) await h.appendTail;
         await h.file.flush();
         return ok();
       }

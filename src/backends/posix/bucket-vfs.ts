@@ -589,14 +589,17 @@ export class BucketVfs implements Vfs {
       if (!existing) this.checkKeyFits(this.keys.fileKey(path));
       if (!existing && !this.liveNode(path)) {
         const t = nowNs();
-        const node = new FileNode(path, { ...newObjectOwner(parent, caller, S_IFREG | (mode & PERM_MASK)), atime: t, mtime: t, ctime: t }, new Map(), {}, null);
+        const owner = newObjectOwner(parent, caller, S_IFREG | (mode & PERM_MASK));
+        // Written out (not spread): the same shape as acquire()'s, so the stores into a node's
+        // attributes (every WRITE) stay on the fast path.
+        const node = new FileNode(path, { mode: owner.mode, uid: owner.uid, gid: owner.gid, atime: t, mtime: t, ctime: t }, new Map(), {}, null);
         node.buf = this.newBuffer(0);
         node.dirty = true;
         node.refs = 1;
         this.nodes.set(path, node);
         // Not in the store until its first flush; the node stands in for it meanwhile.
         this.epoch++;
-        this.lookups.clear();
+        this.dropLookups();
         this.attrCache.delete(path);
         this.negCache.delete(path);
         return { attr: this.nodeAttr(node), file: new Handle(this, node, flags) };
@@ -750,7 +753,11 @@ export class BucketVfs implements Vfs {
 
   private nodeAttr(n: FileNode): FileAttr {
     // An open file no name leads to any more has no links (fstat after unlink: st_nlink 0, as Linux).
-    return { kind: 'file', ...n.attrs, size: n.size, ...(n.unlinked ? { nlink: 0 } : {}) };
+    // Written out rather than spread from n.attrs: one object shape (attrFromMetadata's key
+    // order), no slow-path copies.
+    const a = n.attrs;
+    const attr: FileAttr = { kind: 'file', mode: a.mode, uid: a.uid, gid: a.gid, size: n.size, mtime: a.mtime, ctime: a.ctime, atime: a.atime };
+    return n.unlinked ? { ...attr, nlink: 0 } : attr;
   }
 
   /** Attributes of what is at `path` (open files included), or undefined. */
@@ -899,7 +906,7 @@ export class BucketVfs implements Vfs {
    */
   private changed(path: string, entry: Entry | null | undefined): void {
     this.epoch++;
-    this.lookups.clear();
+    this.dropLookups();
     if (entry === undefined) {
       this.attrCache.delete(path);
       this.negCache.delete(path);
@@ -925,10 +932,19 @@ export class BucketVfs implements Vfs {
     this.changed(path, listing !== undefined && !listing.shadowed.has(baseName(path)) ? null : undefined);
   }
 
+  /**
+   * Lookups in flight are no longer shared with later ones (their answers may predate our
+   * change). Map.clear() allocates a new table even when the map is empty, which it is on
+   * nearly every change (a create loop made two per file).
+   */
+  private dropLookups(): void {
+    if (this.lookups.size > 0) this.lookups.clear();
+  }
+
   /** We changed everything below `path` (its own entry: see `changed`). */
   private changedTree(path: string): void {
     this.epoch++;
-    this.lookups.clear();
+    this.dropLookups();
     this.attrCache.deleteTree(path);
     this.negCache.deleteTree(path);
     this.listCache.deleteTree(path);
