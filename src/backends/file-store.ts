@@ -54,7 +54,7 @@ import { ASYNC_MIN_BYTES, IOV_MAX, createFileIo, type FileIo } from '../blk/file
 import type { Segment } from '../virtio/memory.js';
 import { forEachLimit } from './posix/locks.js';
 import { listPage, isAfter, type ListPosition, type SeekSource } from './listing.js';
-import { classifyName, encodeSegment, keyPathFits, keyToPath, DIR_TAG, NAME_MAX, OBJECT_TAG, TEMP_TAG, UPLOAD_TAG } from './file-keys.js';
+import { classifyName, encodeSegment, keyPathFits, keyToPath, nameFits, DIR_TAG, NAME_MAX, OBJECT_TAG, TEMP_TAG, UPLOAD_TAG } from './file-keys.js';
 import {
   DELETE_BATCH,
   MAX_PART_SIZE,
@@ -333,8 +333,9 @@ export class FileStore implements ObjectStore {
   prefixDir(base: string): string | null {
     if (base === '') return this.root;
     const names = base.slice(0, -1).split('/').map((s) => DIR_TAG + encodeSegment(s));
-    if (names.some((n) => Buffer.byteLength(n, 'utf8') > NAME_MAX)) return null;
-    return join(this.root, ...names);
+    if (!names.every(nameFits)) return null;
+    // Plain names (see pathOf): concatenated, without path.join's normalising pass.
+    return this.rootSlash + names.join('/');
   }
 
   // ---- writes

@@ -220,9 +220,12 @@ export function writeMetadata(attrs: StoredAttrs, xattrs: ReadonlyMap<string, Ui
   out[MODE_KEY] = formatMode(attrs.mode);
   out[UID_KEY] = formatId(attrs.uid);
   out[GID_KEY] = formatId(attrs.gid);
-  out[MTIME_KEY] = formatTime(attrs.mtime);
-  out[CTIME_KEY] = formatTime(attrs.ctime);
-  out[ATIME_KEY] = formatTime(attrs.atime);
+  // The three times are often the same (a new file; a write sets mtime and ctime): formatted once.
+  const mtime = formatTime(attrs.mtime);
+  const ctime = attrs.ctime === attrs.mtime ? mtime : formatTime(attrs.ctime);
+  out[MTIME_KEY] = mtime;
+  out[CTIME_KEY] = ctime;
+  out[ATIME_KEY] = attrs.atime === attrs.mtime ? mtime : attrs.atime === attrs.ctime ? ctime : formatTime(attrs.atime);
   for (const [name, value] of xattrs) out[xattrKey(name)] = encodeXattrValue(value);
   return out;
 }
