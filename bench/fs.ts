@@ -81,6 +81,8 @@ interface FsMeasurement {
 
 const READ_QD = 8;
 const SMALL = 4096;
+/** Creates before the timed loops (see the warm-up below). */
+const WARM_CREATES = 2000;
 
 function fmtVal(unit: string, v: number | null): string {
   if (v === null || !Number.isFinite(v)) return '-';
@@ -259,8 +261,11 @@ export async function runFsSuite(o: FsSuiteOptions): Promise<StorageSuiteResult>
             const c = await FuseClient.connect(socket, { maxInFlight: 16 });
             try {
               await c.init();
-              // Untimed warm-up (JIT, first touches): a few creates.
-              await localWorkload(c, 'create', -1 - round, 0.2, big, 50, 'warm');
+              // Untimed warm-up, the same for every target: creates until a fresh gateway's JIT
+              // has settled. 50 creates left 60-70 optimizing compiles (V8's compiler threads
+              // count as the daemon's CPU) inside the timed 1,000, ~40% of a create's cost
+              // then; a daemon serves a VM for hours, so the steady state is what is compared.
+              await localWorkload(c, 'create', -1 - round, 0, big, WARM_CREATES, 'warm');
               // stat looks up the files create made: without a timed create, make them untimed.
               if (localWs.includes('stat') && !localWs.includes('create')) await localWorkload(c, 'create', round, o.runtime, big, files, target);
               for (const w of localWs) {
