@@ -81,8 +81,9 @@ interface FsMeasurement {
 
 const READ_QD = 8;
 const SMALL = 4096;
-/** Creates before the timed loops (see the warm-up below). */
+/** Creates before the timed loops, and seconds of each looping workload before its timed run (see the warm-ups below). */
 const WARM_CREATES = 2000;
+const WARM_SECONDS = 1;
 
 function fmtVal(unit: string, v: number | null): string {
   if (v === null || !Number.isFinite(v)) return '-';
@@ -261,14 +262,16 @@ export async function runFsSuite(o: FsSuiteOptions): Promise<StorageSuiteResult>
             const c = await FuseClient.connect(socket, { maxInFlight: 16 });
             try {
               await c.init();
-              // Untimed warm-up, the same for every target: creates until a fresh gateway's JIT
-              // has settled. 50 creates left 60-70 optimizing compiles (V8's compiler threads
-              // count as the daemon's CPU) inside the timed 1,000, ~40% of a create's cost
-              // then; a daemon serves a VM for hours, so the steady state is what is compared.
+              // Untimed warm-ups, the same for every target, so that a fresh gateway's JIT has
+              // settled before each timed loop (a daemon serves a VM for hours: steady states
+              // are compared). 50 creates left 60-70 optimizing compiles (V8's compiler threads
+              // count as the daemon's CPU) inside the timed 1,000, ~40% of a create's cost then;
+              // the first 5 s of stat and read-1m cost 10-15% more than later ones.
               await localWorkload(c, 'create', -1 - round, 0, big, WARM_CREATES, 'warm');
               // stat looks up the files create made: without a timed create, make them untimed.
               if (localWs.includes('stat') && !localWs.includes('create')) await localWorkload(c, 'create', round, o.runtime, big, files, target);
               for (const w of localWs) {
+                if (w !== 'create') await localWorkload(c, w, round, WARM_SECONDS, big, files, target);
                 await waitForQuiet(o.quietCores, o.quietWait, log);
                 const probe = new CpuProbe({ backend: backend.pid });
                 const r = await localWorkload(c, w, round, o.runtime, big, files, target);
