@@ -18,7 +18,7 @@
 // - Per-request CPU: `cacheMiddleware` (the SDK builds the middleware stack once per
 //   command type): a listing of 10,000 files without metadata in the listing is 10,000
 //   HEADs, and the client's CPU per HEAD is what a busy machine makes us wait for. HEADs
-//   (and, opted in, small PUTs) skip the SDK's pipeline (`smallRequestTransport: 'direct'`,
+//   and small PUTs skip the SDK's pipeline (`smallRequestTransport: 'direct'`,
 //   s3-direct.ts): signed by the SDK's signer called directly, sent over undici, the reply
 //   read directly, with the SDK's endpoint rules, credentials, retry classification and
 //   our strategy — ~1.0 → 0.32 ms of client CPU per HEAD against s3rver.
@@ -155,17 +155,11 @@ export interface S3StoreOptions {
   /** Transport of ranged GETs: undici (default; less CPU per byte, s3-ranged-get.ts) or node:http as every other request. */
   readonly rangedGetTransport?: 'undici' | 'node-http';
   /**
-   * HeadObject (and PutObjects of up to `directPutMaxBytes`): signed and sent without the
+   * HeadObject and PutObjects of up to `directPutMaxBytes`: signed and sent without the
    * SDK's request pipeline, over undici (default; s3-direct.ts), or through the SDK.
    */
   readonly smallRequestTransport?: 'direct' | 'sdk';
-  /**
-   * Largest PutObject body sent directly. Default 0: PUTs go through the SDK. Direct PUTs
-   * are opt-in until a failure of test/reliability/store-faults (blk --writethrough: a
-   * chunk acknowledged as stored read back with zeros, once in a full CI run) is
-   * understood: the direct path changed the PUT's shape (no Expect: 100-continue, other
-   * headers) under the fault proxy, and nothing else on that path changed that day.
-   */
+  /** Largest PutObject body sent directly (0: every PUT through the SDK). Default 1 MiB. */
   readonly directPutMaxBytes?: number;
 }
 
@@ -219,7 +213,7 @@ export class S3Store implements ObjectStore {
     const requestTimeoutMs = opts.requestTimeoutMs ?? 30_000;
     // Direct PUTs only where the SDK would add nothing to the body (no flexible checksums).
     const direct = opts.smallRequestTransport !== 'sdk';
-    this.directPutMax = (opts.requestChecksumCalculation ?? 'WHEN_REQUIRED') === 'WHEN_REQUIRED' ? (opts.directPutMaxBytes ?? 0) : -1;
+    this.directPutMax = (opts.requestChecksumCalculation ?? 'WHEN_REQUIRED') === 'WHEN_REQUIRED' ? (opts.directPutMaxBytes ?? 1024 * 1024) : -1;
     this.undici = opts.rangedGetTransport !== 'node-http' || direct ? undiciAgent({ connections: maxSockets, connectionTimeoutMs, requestTimeoutMs }) : null;
     const region = opts.region ?? (process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || (opts.endpoint ? 'us-east-1' : undefined));
     const config: S3ClientConfig = {

@@ -258,6 +258,21 @@ describe('DirectS3: the request as the SDK sends it (plain server)', function ()
     }
   });
 
+  it('by default a PUT of up to 1 MiB is sent directly, a bigger one through the SDK', async () => {
+    const s = new S3Store({ bucket: 'bkt', endpoint: `http://127.0.0.1:${port}`, credentials: { accessKeyId: 'a', secretAccessKey: 'b' }, readWorkers: 0 });
+    try {
+      seen.length = 0;
+      await s.put('small', new Uint8Array(1 << 20));
+      await s.put('big', new Uint8Array((1 << 20) + 1));
+      const [small, big] = seen as [IncomingMessage, IncomingMessage];
+      expect(small.method).to.equal('PUT');
+      expect(small.headers['amz-sdk-invocation-id'], '1 MiB: not through the SDK').to.equal(undefined);
+      expect(big.headers['amz-sdk-invocation-id'], '1 MiB + 1: through the SDK').to.be.a('string');
+    } finally {
+      await s.close();
+    }
+  });
+
   it('credentials that cannot be had: the provider\'s error, no attempt made, the request finished once', async () => {
     const failing = Object.assign(new Error('Could not load credentials from any providers'), { name: 'CredentialsProviderError' });
     const client = new S3Client({ endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', forcePathStyle: true, credentials: () => Promise.reject(failing) });

@@ -4,7 +4,7 @@
 // after every successful FLUSH the chunks written since the last check are read straight
 // from the store (not through the gateway) and compared with the model.
 import { expect } from 'chai';
-import type { ObjectStore } from '../../src/backends/object-store.js';
+import type { ObjectStore, ReadIntoResult } from '../../src/backends/object-store.js';
 import { errnoOf } from '../../src/util/errors.js';
 import type { ImageKeys } from '../../src/blk/image-format.js';
 import { BlkStatus } from '../../src/blk/protocol.js';
@@ -84,6 +84,26 @@ function sub(b: SharedBuffer, length: number): SharedBuffer {
   return { gpa: b.gpa, uva: b.uva, bytes: b.bytes.subarray(0, length) };
 }
 
+/**
+ * Reads chunk `index` straight from the store into `buf` (its size is the chunk size):
+ * zeros when no object is stored. Every chunk object is a whole chunk (the chunk cache
+ * stores nothing shorter), so a shorter object or read throws, naming its size, rather
+ * than leaving zeros that would pass for lost writes.
+ */
+export async function readStoredChunk(store: ObjectStore, keys: ImageKeys, index: number, buf: Uint8Array): Promise<void> {
+  buf.fill(0);
+  let r: ReadIntoResult;
+  try {
+    r = await store.getInto(keys.chunk(index), 0, buf);
+  } catch (err) {
+    if (errnoOf(err) === 2 /* ENOENT: a chunk that is not stored reads as zeros */) return;
+    throw err;
+  }
+  if (r.size !== buf.length || r.bytesRead !== buf.length) {
+    throw new Error(`${store.description} ${keys.chunk(index)}: the stored object is ${r.size} bytes (${r.bytesRead} read), not a whole chunk of ${buf.length}`);
+  }
+}
+
 /** Compares every stored chunk of `chunks` (all chunks when undefined) with the model, reading the store directly. Returns bytes compared. */
 export async function verifyStoredChunks(store: ObjectStore, keys: ImageKeys, chunkSize: number, model: DiskModel, chunks?: Iterable<number>): Promise<number> {
   const todo = chunks ? [...chunks] : Array.from({ length: model.size / chunkSize }, (_, i) => i);
@@ -91,12 +111,7 @@ export async function verifyStoredChunks(store: ObjectStore, keys: ImageKeys, ch
   const worker = async (): Promise<void> => {
     const buf = new Uint8Array(chunkSize);
     for (let i = todo.pop(); i !== undefined; i = todo.pop()) {
-      buf.fill(0);
-      try {
-        await store.getInto(keys.chunk(i), 0, buf);
-      } catch (err) {
-        if (errnoOf(err) !== 2 /* ENOENT: a chunk that is not stored reads as zeros */) throw err;
-      }
+      await readStoredChunk(store, keys, i, buf);
       n += model.check(i * chunkSize, buf, `${store.description} ${keys.chunk(i)}`);
     }
   };

@@ -26,7 +26,7 @@ import { ErrnoError, errnoOf } from '../../src/util/errors.js';
 import { CliProcess, startBlkServer } from '../support/cli.js';
 import { startBackend, type Backend, type BackendKind } from '../support/mount.js';
 import { TmpDir, patternBytes } from '../support/tmp.js';
-import { allocBlkBuffers, DiskModel, MAX_IO, readWholeDisk, Rng } from './blk-workload.js';
+import { allocBlkBuffers, DiskModel, MAX_IO, readStoredChunk, readWholeDisk, Rng } from './blk-workload.js';
 import { BIG_FILE, FS_MAX_IO, FsModel, newFsTally, readBack, ROOT, writeAll, type FsWorkload } from './fs-workload.js';
 import { report, scaled, seedOffset } from './report.js';
 
@@ -150,13 +150,7 @@ for (const kind of ['s3', 'file'] as BackendKind[]) {
 
         // Straight from the store: what the last completed FLUSH covered is there; the rest may or may not be.
         const stored = new Uint8Array(SIZE);
-        for (let c = 0; c < SIZE / CS; c++) {
-          try {
-            await be.store.getInto(keys.chunk(c), 0, stored.subarray(c * CS, (c + 1) * CS));
-          } catch (err) {
-            if (errnoOf(err) !== 2) throw err;
-          }
-        }
+        for (let c = 0; c < SIZE / CS; c++) await readStoredChunk(be.store, keys, c, stored.subarray(c * CS, (c + 1) * CS));
         const want = new DiskModel(SIZE);
         want.apply(0, durable);
         for (let s = 0; s < since.length; s++) if (since[s]) want.forget(s * SECTOR, SECTOR);

@@ -18,11 +18,20 @@
 // segments, empty segments ('a//b') and leading '/' are not stored faithfully; a copy
 // source is decoded with decodeURI, so keys containing # $ & + , : ; = ? @ cannot be copied.
 //
-// One gap is mended here rather than worked around: s3rver's file-system store answers a
-// PutObject, UploadPart or CompleteMultipartUpload once the body went into its hashing
-// stream, before the file holding it is written; a GET, copy or completion right after
-// could read a short file under the full object's ETag (a test renaming a just-stored
-// file read zeros). S3RVER_DURABLE_WRITES, preloaded into s3rver, makes both wait.
+// Two gaps are mended here rather than worked around, by S3RVER_DURABLE_WRITES preloaded
+// into s3rver:
+// - its file-system store answers a PutObject, UploadPart or CompleteMultipartUpload once
+//   the body went into its hashing stream, before the file holding it is written; a GET,
+//   copy or completion right after could read a short file under the full object's ETag
+//   (a test renaming a just-stored file read zeros): it now answers once the bytes are in;
+// - it writes the body into the object's file in place (truncated first), and a GET takes
+//   the object's length from that file: a GET while a PutObject is under way read the
+//   part received so far as the whole object, under the previous ETag, and a PutObject cut
+//   off (client reset, proxy fault) left that part as the object. In S3 a PUT replaces the
+//   object whole, or not at all. Bodies are now written to a file of their own and
+//   renamed over the object's file once complete (test/reliability's
+//   store-faults read a chunk straight from s3rver while the gateway stored it, and took
+//   the short object for an acknowledged write lost).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -34,9 +43,12 @@ export const S3RVER_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3R
 
 /**
  * CommonJS preload for s3rver (its file-system store's module path substituted for
- * STORE_MODULE): putObject and putPart answer only once the bytes are in the file
- * (pipeline to the write stream's close). Same results otherwise (size and MD5 of the
- * body, the metadata written after the bytes).
+ * STORE_MODULE): putObject and putPart write the body to a file of their own at the top
+ * of the bucket's directory (`.vhost-s3-writing-*`: listings take only files named as
+ * objects), rename it over the object's (or part's) file once every byte is in, and only
+ * then answer. A body that fails or is cut off is removed and leaves the previous object.
+ * Same results otherwise (size and MD5 of the body; the metadata, which holds the ETag,
+ * written right after the bytes, as s3rver does).
  */
 const S3RVER_DURABLE_WRITES = `
 const { createHash } = require('node:crypto');
@@ -45,22 +57,38 @@ const path = require('node:path');
 const { Readable, Transform } = require('node:stream');
 const { pipeline } = require('node:stream/promises');
 const Store = require(STORE_MODULE);
-async function writeBody(file, content) {
-  await fs.promises.mkdir(path.dirname(file), { recursive: true });
+let written = 0;
+async function writeBody(store, bucket, file, content) {
+  const tmp = path.join(store.getBucketPath(bucket), '.vhost-s3-writing-' + process.pid + '-' + ++written);
   const md5 = createHash('md5');
   let size = 0;
   const count = new Transform({ transform(chunk, enc, done) { md5.update(chunk); size += chunk.length; done(null, chunk); } });
-  await pipeline(Buffer.isBuffer(content) ? Readable.from([content]) : content, count, fs.createWriteStream(file));
+  try {
+    await pipeline(Buffer.isBuffer(content) ? Readable.from([content]) : content, count, fs.createWriteStream(tmp));
+    // s3rver removes a key's directory when a DELETE empties it: made again if that raced.
+    for (let tries = 1; ; tries++) {
+      await fs.promises.mkdir(path.dirname(file), { recursive: true });
+      try {
+        await fs.promises.rename(tmp, file);
+        break;
+      } catch (err) {
+        if (err.code !== 'ENOENT' || tries === 3) throw err;
+      }
+    }
+  } catch (err) {
+    await fs.promises.rm(tmp, { force: true });
+    throw err;
+  }
   return [size, md5.digest('hex')];
 }
 Store.prototype.putObject = async function (object) {
-  const [size, md5] = await writeBody(this.getResourcePath(object.bucket, object.key, 'object'), object.content);
+  const [size, md5] = await writeBody(this, object.bucket, this.getResourcePath(object.bucket, object.key, 'object'), object.content);
   await this.putMetadata(object.bucket, object.key, object.metadata, md5);
   return { size, md5 };
 };
 Store.prototype.putPart = async function (bucket, uploadId, partNumber, content) {
   const file = path.join(this.getResourcePath(bucket, undefined, 'uploads'), uploadId, String(partNumber));
-  const [size, md5] = await writeBody(file, content);
+  const [size, md5] = await writeBody(this, bucket, file, content);
   await fs.promises.writeFile(file + '.md5', md5);
   return { size, md5 };
 };
