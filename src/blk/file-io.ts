@@ -131,7 +131,12 @@ class UringFileIo implements FileIo {
     if (!this.closed) this.unplug();
   };
 
-  constructor(private readonly entries: number) {
+  /** IOSQE_ASYNC requests in the kernel now (counted only when maxAsync is finite). */
+  private asyncInFlight = 0;
+  /** IOSQE_ASYNC requests waiting for one of those to complete, in arrival order. */
+  private readonly asyncWaiting: (() => void)[] = [];
+
+  constructor(private readonly entries: number, private readonly maxAsync = Infinity) {
     const ring = native.createUring(entries, (tags, results, count) => this.complete(tags, results, count));
     if (!ring) throw new Error('io_uring unavailable');
     this.ring = ring;
@@ -142,6 +147,14 @@ class UringFileIo implements FileIo {
   readv(fd: number, segs: readonly Segment[], position: number, done: Completion): void {
     if (segs.length > IOV_MAX) return done(-EINVAL);
     const async = totalLength(segs) >= ASYNC_MIN_BYTES;
+    if (async && this.maxAsync !== Infinity) {
+      if (this.asyncInFlight >= this.maxAsync) {
+        this.asyncWaiting.push(() => this.readv(fd, segs, position, done));
+        return;
+      }
+      this.asyncInFlight++;
+      done = this.asyncDone(done);
+    }
     // Straight into the ring when nothing waits and the SQ has room (no closure: a large
     // READ of the file store comes here for every request); else by way of prep().
     if (this.backlog.length === 0 && this.prepared < this.entries && this.free.length > 0) {
@@ -162,6 +175,14 @@ class UringFileIo implements FileIo {
   writev(fd: number, segs: readonly Segment[], position: number, done: Completion): void {
     if (segs.length > IOV_MAX) return done(-EINVAL);
     const async = totalLength(segs) >= ASYNC_MIN_BYTES;
+    if (async && this.maxAsync !== Infinity) {
+      if (this.asyncInFlight >= this.maxAsync) {
+        this.asyncWaiting.push(() => this.writev(fd, segs, position, done));
+        return;
+      }
+      this.asyncInFlight++;
+      done = this.asyncDone(done);
+    }
     this.prep(done, (tag) => this.ring.prepWritev(fd, this.iov, packIov(segs, this.iov), position, tag, async));
   }
   fdatasync(fd: number, done: Completion): void {
@@ -195,6 +216,20 @@ class UringFileIo implements FileIo {
   close(): void {
     this.closed = true;
     this.ring.close();
+  }
+
+  /** `done` of an async request under maxAsync: once it ran, the next waiting request goes to the ring. */
+  private asyncDone(done: Completion): Completion {
+    return (result) => {
+      this.asyncInFlight--;
+      try {
+        done(result);
+      } finally {
+        // Prepared now, submitted by the unplug() that ends this completion batch.
+        const next = this.asyncWaiting.shift();
+        if (next !== undefined) next();
+      }
+    };
   }
 
   private prep(done: Completion, prepare: (tag: number) => void): void {
@@ -245,11 +280,23 @@ class UringFileIo implements FileIo {
   }
 }
 
+export interface FileIoOptions {
+  /**
+   * io_uring: IOSQE_ASYNC requests (ASYNC_MIN_BYTES and larger) in the kernel at once;
+   * more wait here, in arrival order, for one of them to complete (default: no limit).
+   * Each runs in its own io-wq worker: page-cache copies beyond one per CPU only share
+   * the CPUs, so that all of a batch finish together, late, instead of one after another.
+   */
+  readonly maxAsync?: number;
+}
+
 /** io_uring when asked for and available, otherwise synchronous syscalls. */
-export function createFileIo(preferred: IoEngineName, entries = 256): FileIo {
+export function createFileIo(preferred: IoEngineName, entries = 256, opts: FileIoOptions = {}): FileIo {
+  const maxAsync = opts.maxAsync ?? Infinity;
+  if (!(maxAsync >= 1)) throw new RangeError('maxAsync must be at least 1');
   if (preferred === 'uring') {
     try {
-      return new UringFileIo(entries);
+      return new UringFileIo(entries, maxAsync);
     } catch {
       // fall through: the sync engine is always available
     }
