@@ -134,7 +134,7 @@ class UringFileIo implements FileIo {
   /** IOSQE_ASYNC requests in the kernel now (counted only when maxAsync is finite). */
   private asyncInFlight = 0;
   /** IOSQE_ASYNC requests waiting for one of those to complete, in arrival order. */
-  private readonly asyncWaiting: (() => void)[] = [];
+  private readonly asyncWaiting: { op: 'readv' | 'writev'; fd: number; segs: readonly Segment[]; position: number; done: Completion }[] = [];
 
   constructor(private readonly entries: number, private readonly maxAsync = Infinity) {
     const ring = native.createUring(entries, (tags, results, count) => this.complete(tags, results, count));
@@ -148,12 +148,9 @@ class UringFileIo implements FileIo {
     if (segs.length > IOV_MAX) return done(-EINVAL);
     const async = totalLength(segs) >= ASYNC_MIN_BYTES;
     if (async && this.maxAsync !== Infinity) {
-      if (this.asyncInFlight >= this.maxAsync) {
-        this.asyncWaiting.push(() => this.readv(fd, segs, position, done));
-        return;
-      }
-      this.asyncInFlight++;
-      done = this.asyncDone(done);
+      const admitted = this.admitAsync('readv', fd, segs, position, done);
+      if (admitted === null) return;
+      done = admitted;
     }
     // Straight into the ring when nothing waits and the SQ has room (no closure: a large
     // READ of the file store comes here for every request); else by way of prep().
@@ -176,12 +173,9 @@ class UringFileIo implements FileIo {
     if (segs.length > IOV_MAX) return done(-EINVAL);
     const async = totalLength(segs) >= ASYNC_MIN_BYTES;
     if (async && this.maxAsync !== Infinity) {
-      if (this.asyncInFlight >= this.maxAsync) {
-        this.asyncWaiting.push(() => this.writev(fd, segs, position, done));
-        return;
-      }
-      this.asyncInFlight++;
-      done = this.asyncDone(done);
+      const admitted = this.admitAsync('writev', fd, segs, position, done);
+      if (admitted === null) return;
+      done = admitted;
     }
     this.prep(done, (tag) => this.ring.prepWritev(fd, this.iov, packIov(segs, this.iov), position, tag, async));
   }
@@ -218,8 +212,17 @@ class UringFileIo implements FileIo {
     this.ring.close();
   }
 
-  /** `done` of an async request under maxAsync: once it ran, the next waiting request goes to the ring. */
-  private asyncDone(done: Completion): Completion {
+  /**
+   * An IOSQE_ASYNC request under maxAsync: null when maxAsync of them are in the kernel
+   * (it waits, in order, and is made again once one completes), else the `done` to give
+   * the ring, which lets the next waiting request in once it ran.
+   */
+  private admitAsync(op: 'readv' | 'writev', fd: number, segs: readonly Segment[], position: number, done: Completion): Completion | null {
+    if (this.asyncInFlight >= this.maxAsync) {
+      this.asyncWaiting.push({ op, fd, segs, position, done });
+      return null;
+    }
+    this.asyncInFlight++;
     return (result) => {
       this.asyncInFlight--;
       try {
@@ -227,7 +230,7 @@ class UringFileIo implements FileIo {
       } finally {
         // Prepared now, submitted by the unplug() that ends this completion batch.
         const next = this.asyncWaiting.shift();
-        if (next !== undefined) next();
+        if (next !== undefined) this[next.op](next.fd, next.segs, next.position, next.done);
       }
     };
   }
