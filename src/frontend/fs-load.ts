@@ -129,7 +129,16 @@ export async function runFsLoad(c: FuseClient, o: FsLoadOptions): Promise<FsLoad
       let n = 0;
       start = performance.now();
       const offset = o.workload === 'seqread' ? () => (n++ % blocks) * o.bs : () => (rand() % blocks) * o.bs;
-      await pump(o.iodepth, stats, timeLeft, async () => (await c.read(e.nodeid, fh, offset(), o.bs)).length);
+      // A buffer per READ in flight, reused (FuseClient.readInto: no allocation per READ).
+      const free = Array.from({ length: o.iodepth }, () => new Uint8Array(o.bs));
+      await pump(o.iodepth, stats, timeLeft, async () => {
+        const b = free.pop()!;
+        try {
+          return await c.readInto(e.nodeid, fh, offset(), b);
+        } finally {
+          free.push(b);
+        }
+      });
       await c.release(e.nodeid, fh);
       break;
     }

@@ -140,6 +140,13 @@ describe('FUSE engine over vhost-user-fs', function () {
       expect(Buffer.from(back).equals(Buffer.from(data))).to.equal(true);
       const hole = await cl.read(entry.nodeid, fh, 0, 4096);
       expect(hole.every((b) => b === 0)).to.equal(true);
+      // readInto: the same bytes into the caller's buffer, reused; an errno is thrown as by read()
+      const into = new Uint8Array(MiB);
+      expect(await cl.readInto(entry.nodeid, fh, MiB, into)).to.equal(MiB);
+      expect(Buffer.from(into).equals(Buffer.from(data))).to.equal(true);
+      expect(await cl.readInto(entry.nodeid, fh, 2 * MiB - 10, into)).to.equal(10);
+      expect(Buffer.from(into.subarray(0, 10)).equals(Buffer.from(data.subarray(MiB - 10)))).to.equal(true);
+      expect(await errnoCode(cl.readInto(entry.nodeid, fh + 1000, 0, into))).to.equal('EBADF');
       // a write of max_write + 1 bytes, sent raw (the client's slots are sized for maxIo + headers)
       const r = await cl.request(Opcode.WRITE, entry.nodeid, [encode.write(fh, 0, MiB + 1), new Uint8Array(MiB + 1)]);
       expect(r.error).to.equal(-E.EINVAL);

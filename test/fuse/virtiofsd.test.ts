@@ -72,6 +72,11 @@ describe('FUSE client against virtiofsd', function () {
       cl.write(big.entry.nodeid, big.fh, i * step, data.subarray(i * step, (i + 1) * step))));
     const back = await cl.read(big.entry.nodeid, big.fh, 100_000, 200_000);
     expect(Buffer.from(back).equals(Buffer.from(data.subarray(100_000, 300_000)))).to.equal(true);
+    // readInto (the benchmarks' READ): into the caller's buffer, short at the end of the file
+    const into = new Uint8Array(128 * 1024).fill(0xee);
+    expect(await cl.readInto(big.entry.nodeid, big.fh, data.length - 1000, into)).to.equal(1000);
+    expect(Buffer.from(into.subarray(0, 1000)).equals(Buffer.from(data.subarray(data.length - 1000)))).to.equal(true);
+    expect(into[1000], 'bytes past what came back are left alone').to.equal(0xee);
     expect((await cl.getattr(big.entry.nodeid)).attr.size).to.equal(data.length);
     await cl.fsync(big.entry.nodeid, big.fh);
     await cl.release(big.entry.nodeid, big.fh);
