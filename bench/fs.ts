@@ -162,7 +162,8 @@ async function localWorkload(c: FuseClient, w: LocalW, round: number, runtime: n
         await pool(parts, READ_QD, async (i) => {
           const b = free.pop()!;
           try {
-            pass += await c.readInto(e.nodeid, fh, i * (1 << 20), b);
+            const n = await c.readInto(e.nodeid, fh, i * (1 << 20), b);
+            pass += n; // not `pass += await …`: that reads `pass` before the wait, losing the others' counts
           } finally {
             free.push(b);
           }
