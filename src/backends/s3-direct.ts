@@ -40,9 +40,9 @@ import type { AwsCredentialIdentity, RetryErrorInfo, RetryErrorType, RetryStrate
 import type { S3Observer } from '../metrics/observer.js';
 import { asNodeError, escape, flatHeaders } from './s3-ranged-get.js';
 
-/** sha256 of an empty payload (a HEAD's), hex. */
 /** The SDK's node:crypto SHA-256 (and HMAC) for the signer. */
 const Sha256 = Hash.bind(null, 'sha256');
+/** sha256 of an empty payload (a HEAD's), hex. */
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 /** The SDK's threshold: a server clock this far from ours (ms) resets the client's offset. */
 const CLOCK_SKEW_MS = 300_000;
@@ -232,7 +232,7 @@ export class DirectS3 {
    * SigV4 headers of a request of `path` (already encoded; S3 signs it as sent) with the
    * query `query` (`name=value`, already in canonical form) and `extra` headers (lower-case
    * names): the SDK's own signer (@smithy/signature-v4, as S3Client configures it: S3 paths
-   * are not escaped twice), one per endpoint, which caches the signing key per day.
+   * are not escaped twice), one per set of credentials (signerFor), which caches the signing key per day.
    */
   private async sign(
     t: Target, method: string, path: string, query: string, extra: PutHeaders, length: number | null, payloadHash: string, creds: AwsCredentialIdentity, now: Date,
