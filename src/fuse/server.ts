@@ -165,14 +165,13 @@ function openFlags(raw: number): OpenFlags {
 }
 
 /**
- * The flags of a CREATE, written out rather than spread from openFlags(): a spread plus a
- * property made a slow-path object per CREATE (runtime calls in the create profile), and
- * the handle reads these flags again.
+ * The flags of a CREATE: openFlags() plus O_EXCL, copied field by field rather than
+ * spread (a spread plus a property made a slow-path object per CREATE: runtime calls in
+ * the create profile), so that the handle, which reads these flags again, sees one shape.
  */
 function createFlags(raw: number): CreateFlags {
-  const acc = raw & O_ACCMODE;
-  const write = acc !== O_RDONLY;
-  return { read: acc !== O_WRONLY, write, truncate: write && (raw & O_TRUNC) !== 0, append: (raw & O_APPEND) !== 0, exclusive: (raw & O_EXCL) !== 0 };
+  const f = openFlags(raw);
+  return { read: f.read, write: f.write, truncate: f.truncate, append: f.append, exclusive: (raw & O_EXCL) !== 0 };
 }
 
 /** MKNOD of a regular file: made like O_CREAT|O_EXCL and closed at once. */
