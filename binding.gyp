@@ -18,7 +18,8 @@
         "native/iovec.cc",
         "native/fileio.cc",
         "native/uring.cc",
-        "native/fuse_dev.cc"
+        "native/fuse_dev.cc",
+        "native/loop_poll.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "_GNU_SOURCE"],

@@ -33,6 +33,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFileIo(env, exports);
   InitUring(env, exports);
   InitFuseDev(env, exports);
+  InitLoopPoll(env, exports);
   return exports;
 }
 

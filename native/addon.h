@@ -5,6 +5,8 @@
 
 namespace vhs {
 
+struct LoopPoll;
+
 struct AddonData {
   // NativeError from index.ts, so `err instanceof NativeError` holds for addon errors.
   Napi::FunctionReference errorClass;
@@ -15,6 +17,8 @@ struct AddonData {
   // Key of the callback property below: a symbol made once (a string key would be
   // converted and looked up in V8's string table on every access).
   Napi::Reference<Napi::Symbol> callbackKey;
+  // The event loop's busy-polling (loop_poll.cc), once turned on.
+  LoopPoll* loopPoll = nullptr;
 };
 
 inline AddonData* GetAddonData(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
@@ -35,5 +39,6 @@ void InitRing(Napi::Env env, Napi::Object exports);
 void InitFileIo(Napi::Env env, Napi::Object exports);
 void InitUring(Napi::Env env, Napi::Object exports);
 void InitFuseDev(Napi::Env env, Napi::Object exports);
+void InitLoopPoll(Napi::Env env, Napi::Object exports);
 
 }  // namespace vhs

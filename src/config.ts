@@ -73,6 +73,15 @@ convict.addFormat({
   coerce: (value: unknown) => (typeof value === 'number' ? value : String(value).trim() === '' ? NaN : Number(value)),
 });
 
+/** A whole number of microseconds up to one second. */
+convict.addFormat({
+  name: 'microseconds',
+  validate(value: unknown) {
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 1_000_000) throw new Error('must be a whole number of microseconds from 0 to 1000000');
+  },
+  coerce: (value: unknown) => (typeof value === 'number' ? value : String(value).trim() === '' ? NaN : Number(value)),
+});
+
 export interface OptionSpec {
   readonly doc: string;
   readonly format: unknown;
@@ -162,8 +171,13 @@ const observability = {
   metrics: { doc: 'serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464; docs/metrics.md); empty: off', format: String, default: '', env: 'VHOST_S3_METRICS', arg: 'metrics' },
 } satisfies Schema;
 
+/** Commands whose event loop serves requests (blk, fs, mount, serve, run). */
+const eventLoop = {
+  pollUs: { doc: 'microseconds the event loop may busy-poll for the next request before it sleeps; adaptive, as QEMU\'s poll-max-ns: grows while requests come back quickly, 0 after a longer wait (0: never poll)', format: 'microseconds', default: 100, env: 'VHOST_S3_POLL_US', arg: 'poll-us' },
+} satisfies Schema;
+
 export const schemas = {
-  blk: { ...common, ...blkDevice, ...imageCache, ...storage, ...localStore, ...lifecycle, ...observability },
+  blk: { ...common, ...blkDevice, ...imageCache, ...storage, ...localStore, ...lifecycle, ...observability, ...eventLoop },
   serve: {
     ...common,
     dataDir: { doc: 'directory holding the embedded default disk and sockets', format: String, default: './data', env: 'VHOST_S3_DATA_DIR', arg: 'data-dir' },
@@ -172,16 +186,17 @@ export const schemas = {
     ...imageCache,
     ...lifecycle,
     ...observability,
+    ...eventLoop,
   },
-  run: { ...common, ...lifecycle, ...observability,
+  run: { ...common, ...lifecycle, ...observability, ...eventLoop,
     config: { doc: 'JSON file listing the exports (blk and fs devices) to serve; re-read on SIGHUP', format: String, default: '', env: 'VHOST_S3_CONFIG', arg: 'config' },
   },
-  fs: { ...common, ...fileSystem, ...storage, ...localStore, ...lifecycle, ...observability,
+  fs: { ...common, ...fileSystem, ...storage, ...localStore, ...lifecycle, ...observability, ...eventLoop,
     socket: { doc: 'vhost-user socket path to listen on', format: String, default: '', env: 'VHOST_S3_SOCKET', arg: 'socket' },
     tag: { doc: 'mount tag the guest uses (QEMU sets it on the device: tag=...; printed in the QEMU arguments)', format: String, default: 'vhost-s3', env: 'VHOST_S3_TAG', arg: 'tag' },
     queues: { doc: 'request queues (QEMU num-request-queues must not exceed it)', format: 'fs-queue-count', default: 1, env: 'VHOST_S3_QUEUES', arg: 'queues' },
   },
-  mount: { ...common, ...fileSystem, ...storage, ...localStore, ...observability },
+  mount: { ...common, ...fileSystem, ...storage, ...localStore, ...observability, ...eventLoop },
   'image create': { ...common, ...storage,
     size: { doc: 'disk size (e.g. 20G)', format: 'size', default: 0, env: 'VHOST_S3_IMAGE_SIZE', arg: 'size' },
     chunkSize: { doc: 'chunk size: a power of two from 64K to 64M', format: 'size', default: 4 * 2 ** 20, env: 'VHOST_S3_CHUNK_SIZE', arg: 'chunk-size' },

@@ -27,5 +27,5 @@ export async function runBlk(argv: string[]): Promise<void> {
   const cfg = loadConfig('blk', argv);
   checkExport({ type: 'blk', config: cfg });
   const log = createLogger(cfg.logLevel);
-  await runGateway([{ type: 'blk', config: cfg }], { log, shutdownTimeoutMs: cfg.shutdownTimeout * 1000, metrics: cfg.metrics, banner: () => '' });
+  await runGateway([{ type: 'blk', config: cfg }], { log, shutdownTimeoutMs: cfg.shutdownTimeout * 1000, metrics: cfg.metrics, pollUs: cfg.pollUs, banner: () => '' });
 }

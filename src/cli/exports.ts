@@ -23,7 +23,7 @@ export type ExportSpec =
   | { readonly type: 'fs'; readonly config: ConfigOf<'fs'> };
 
 /** Options of the process, not of a device: given to `run` itself. */
-const PROCESS_FIELDS = new Set(['log-level', 'debug', 'metrics']);
+const PROCESS_FIELDS = new Set(['log-level', 'debug', 'metrics', 'poll-us']);
 
 /** The fields an export of `type` takes: its command's flags without the dashes. */
 export function exportFields(type: ExportType): ReadonlySet<string> {

@@ -8,6 +8,7 @@ import { openStore, type StorageConfig } from '../backends/store-config.js';
 import { BucketVfs, type BucketVfsOptions } from '../backends/posix/bucket-vfs.js';
 import { FuseServer, type FuseServerOptions } from '../fuse/server.js';
 import { DevFuseMount } from '../fuse/dev-fuse.js';
+import { native } from '../native/index.js';
 import { ReadOnlyVfs } from '../fuse/read-only-vfs.js';
 import type { Vfs } from '../fuse/vfs.js';
 import { holdSignals, stopOnSignals } from './lifecycle.js';
@@ -85,6 +86,7 @@ export async function runFs(argv: string[]): Promise<void> {
     log,
     shutdownTimeoutMs: cfg.shutdownTimeout * 1000,
     metrics: cfg.metrics,
+    pollUs: cfg.pollUs,
     banner: () =>
       `vhost-s3 is serving ${cfg.bucket} as virtio-fs on ${cfg.socket}\n` +
       `QEMU: ${QEMU_MEMORY_ARGS.join(' ')} \\\n      ${qemuDeviceArgs({ type: 'fs', config: cfg }, 'f0').join(' ')}\n` +
@@ -96,6 +98,7 @@ export async function runMount(argv: string[]): Promise<void> {
   const { config: cfg, args } = loadCommand('mount', argv, ['MOUNTPOINT']);
   const log = createLogger(cfg.logLevel);
   const service = await startMetrics(cfg.metrics, log);
+  native.setLoopPoll(cfg.pollUs * 1000);
   const id = args[0]!;
   let opened: Awaited<ReturnType<typeof openBucketVfs>>;
   try {

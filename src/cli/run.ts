@@ -15,6 +15,7 @@ export async function runRun(argv: string[]): Promise<void> {
     shutdownTimeoutMs: cfg.shutdownTimeout * 1000,
     // The flag (or VHOST_S3_METRICS) wins over the file's "metrics".
     metrics: cfg.metrics !== '' ? cfg.metrics : file.metrics,
+    pollUs: cfg.pollUs,
     banner,
     reread: () => readExportsFile(cfg.config),
   });

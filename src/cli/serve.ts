@@ -81,6 +81,7 @@ export async function runServe(argv: string[]): Promise<void> {
     log,
     shutdownTimeoutMs: cfg.shutdownTimeout * 1000,
     metrics: cfg.metrics,
+    pollUs: cfg.pollUs,
     banner: (g) => {
       const qemu = qemuAttachArgs(dir, cfg);
       const size = g.exports[0]!.type === 'blk' ? g.exports[0]!.exp.image.size : 0;

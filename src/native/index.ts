@@ -102,6 +102,17 @@ export interface Uring {
   close(): void;
 }
 
+/** The event loop's busy-polling: its settings and what it did so far. */
+export interface LoopPollStats {
+  readonly maxNs: number;
+  /** The window the next turn will poll for (0: it blocks at once). */
+  readonly windowNs: number;
+  /** Turns that polled, ended by a ready fd (hits) or by the window running out (misses). */
+  readonly spins: number;
+  readonly hits: number;
+  readonly misses: number;
+}
+
 export interface NativeAddon {
   readonly WINDOW_SIZE: number;
 
@@ -203,6 +214,13 @@ export interface NativeAddon {
   readFd(fd: number, buf: Uint8Array): number;
   /** writev(2) of one reply. */
   writevFd(fd: number, bufs: readonly Uint8Array[]): number;
+
+  /**
+   * Busy-polls this thread's event loop before it blocks (native/loop_poll.cc): the
+   * window adapts between 0 and `maxNs` (0: never poll). The first call installs it.
+   */
+  setLoopPoll(maxNs: number): void;
+  loopPollStats(): LoopPollStats;
 
   /** Returns null when io_uring is unavailable here (old kernel, seccomp). */
   createUring(entries: number, onComplete: (tags: Float64Array, results: Int32Array, count: number) => void): Uring | null;

@@ -157,6 +157,8 @@ describe('cli: bad configuration exits 2 with one line on stderr', function () {
     { name: 'invalid VHOST_S3_QUEUES', args: (d) => ['blk', '--socket', sock(d), '--image', img(d)], env: () => ({ VHOST_S3_QUEUES: 'zero' }), says: /VHOST_S3_QUEUES.*must be an integer/ },
     { name: 'invalid serve --queues', args: (d) => ['serve', '--data-dir', d.file('data'), '--queues', '100000'], says: /--queues .*from 1 to 1024/ },
     { name: 'invalid bench --iodepth', args: (d) => ['bench', 'blk', '--socket', sock(d), '--iodepth', '0'], says: /--iodepth \(VHOST_S3_BENCH_IODEPTH\): must be a positive integer/ },
+    { name: 'invalid --poll-us (more than a second)', args: (d) => ['blk', '--socket', sock(d), '--image', img(d), '--poll-us', '2000000'], says: /--poll-us \(VHOST_S3_POLL_US\): must be a whole number of microseconds from 0 to 1000000/ },
+    { name: 'invalid VHOST_S3_POLL_US', args: (d) => ['fs', '--socket', d.file('fs.sock'), '--bucket', `file:${d.path}`], env: () => ({ VHOST_S3_POLL_US: '2.5' }), says: /--poll-us .*whole number of microseconds/ },
     { name: 'invalid --io-engine', args: (d) => ['blk', '--socket', sock(d), '--image', img(d), '--io-engine', 'aio'], says: /--io-engine .*"aio"/ },
     { name: 'invalid --log-level', args: (d) => ['blk', '--socket', sock(d), '--image', img(d), '--log-level', 'loud'], says: /--log-level .*"loud"/ },
     { name: 'boolean flag with a value', args: (d) => ['blk', '--socket', sock(d), '--image', img(d), '--readonly=maybe'], says: /--readonly takes true or false/ },
