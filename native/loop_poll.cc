@@ -58,6 +58,8 @@ struct LoopPoll {
   double spins = 0, hits = 0, misses = 0;
   // Both handles closed: the memory can go.
   int open = 2;
+  // AddonData::busyRings of this environment.
+  const unsigned* busyRings = nullptr;
 };
 
 namespace {
@@ -89,6 +91,10 @@ void OnPrepare(uv_prepare_t* h) {
   uint64_t start = NowNs();
   s->waitStart = start;
   if (s->windowNs == 0) return;
+  // Waiting for the process's own work (a thread-pool request such as a file system
+  // call, a socket write, an io_uring copy), not for a peer: a spin would only take a
+  // CPU that work may need.
+  if (h->loop->active_reqs.count > 0 || *s->busyRings > 0) return;
   int timeoutMs = uv_backend_timeout(h->loop);
   if (timeoutMs == 0) return;  // the loop will not block this turn
   uint64_t budget = s->windowNs;
@@ -136,6 +142,7 @@ Napi::Value SetLoopPoll(const Napi::CallbackInfo& info) {
     state = new LoopPoll();
     uv_prepare_init(loop, &state->prepare);
     uv_check_init(loop, &state->check);
+    state->busyRings = &data->busyRings;
     state->prepare.data = state;
     state->check.data = state;
     // Polling must not be what keeps the process alive.
