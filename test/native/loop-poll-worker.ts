@@ -5,13 +5,17 @@
 // - timer: grows the window to its maximum, then reports how late a timer fires.
 // - wake: grows the window, waits for a write to `ping` with no timer pending, and reports
 //   how long after telling the test it was waiting the write was seen.
+// - busy: grows the window, then waits on timers while a thread-pool read, and then an
+//   io_uring read, of the FIFO `fifo` is in flight; reports the spins of each wait.
 import { parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { closeSync, openSync, read, writeSync, constants } from 'node:fs';
 import { native, POLL_READABLE } from '../../src/native/index.js';
 
 interface Job {
-  readonly scenario: 'pingpong' | 'timer' | 'wake';
+  readonly scenario: 'pingpong' | 'timer' | 'wake' | 'busy';
+  readonly fifo: string;
   readonly maxNs: number;
   readonly ping: number;
   readonly pong: number;
@@ -57,6 +61,35 @@ async function main(): Promise<void> {
     const t = performance.now();
     await sleep(30);
     port.postMessage({ window, lateMs: performance.now() - t - 30 });
+  } else if (job.scenario === 'busy') {
+    // O_RDWR: opening a FIFO so does not wait for a writer, and reads of it block.
+    const fd = openSync(job.fifo, constants.O_RDWR);
+    const spinsDuring = async (): Promise<number> => {
+      await grow();
+      const before = native.loopPollStats().spins;
+      for (let i = 0; i < 5; i++) await sleep(2);
+      return native.loopPollStats().spins - before;
+    };
+    const idle = await spinsDuring();
+    const pooled = new Promise((resolve) => read(fd, Buffer.alloc(1), 0, 1, null, resolve));
+    const threadPool = await spinsDuring();
+    writeSync(fd, 'x');
+    await pooled;
+    const mem = native.mmap(native.memfdCreate('loop-poll', 4096), 0, 4096, true);
+    let ringDone: () => void = () => undefined;
+    const ringRead = new Promise<void>((resolve) => (ringDone = resolve));
+    const ring = native.createUring(4, () => ringDone());
+    let uring = -1;
+    if (ring !== null) {
+      ring.prepReadv(fd, new Float64Array([mem.address, 1]), 1, -1, 1, true);
+      ring.submit();
+      uring = await spinsDuring();
+      writeSync(fd, 'y');
+      await ringRead;
+      ring.close();
+    }
+    closeSync(fd);
+    port.postMessage({ idle, threadPool, uring });
   } else {
     await grow();
     const window = native.loopPollStats().windowNs;

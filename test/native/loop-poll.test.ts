@@ -2,13 +2,17 @@ import { expect } from 'chai';
 import { Worker } from 'node:worker_threads';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { native, POLL_READABLE, type LoopPollStats } from '../../src/native/index.js';
 
 const WORKER = fileURLToPath(new URL('./loop-poll-worker.js', import.meta.url));
 
 /** Runs a scenario of loop-poll-worker.ts on its own event loop; `onMessage` sees each message until it returns a result. */
 async function inWorker<T>(job: Record<string, unknown>, onMessage: (m: Record<string, unknown>) => T | undefined): Promise<T> {
-  const w = new Worker(WORKER, { workerData: { ping: -1, pong: -1, rounds: 0, ...job } });
+  const w = new Worker(WORKER, { workerData: { ping: -1, pong: -1, rounds: 0, fifo: '', ...job } });
   // Listened for from the start: the worker may end by itself before the finally below.
   const exited = once(w, 'exit').catch(() => undefined);
   try {
@@ -89,6 +93,21 @@ describe('native: event loop busy-polling (setLoopPoll)', () => {
       expect(r.waitedMs).to.be.lessThan(400);
     } finally {
       native.close(ping);
+    }
+  });
+
+  it('does not spin while the process waits for its own work (thread pool, io_uring)', async function () {
+    const dir = mkdtempSync(join(tmpdir(), 'loop-poll-'));
+    try {
+      const fifo = join(dir, 'fifo');
+      execFileSync('mkfifo', [fifo]);
+      const r = await inWorker({ scenario: 'busy', maxNs: 1e9, fifo }, (m) => m as { idle: number; threadPool: number; uring: number });
+      expect(r.idle, 'timer waits with nothing in flight spin').to.be.at.least(4);
+      expect(r.threadPool, 'a thread-pool read in flight').to.equal(0);
+      if (r.uring === -1) this.skip(); // no io_uring here
+      expect(r.uring, 'an io_uring read in flight').to.equal(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
