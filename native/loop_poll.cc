@@ -10,12 +10,13 @@
 // Every fd the loop watches counts (kick eventfds, io_uring completions, sockets,
 // /dev/fuse, libuv's thread-pool wake-up), and so do its timers and immediates
 // (uv_backend_timeout bounds the spin): polling never delays anything the loop would
-// have run.
+// have run. It does not spin while the process waits for its own work (a thread-pool
+// request, a socket write, a busy io_uring ring): those threads may need the CPU.
 //
 // The window adapts per loop turn, like QEMU's: measured from the start of the spin to
 // the end of the wait (block), it doubles while the loop woke within the maximum (from
-// kInitialNs), stays while the spin caught the event, and drops to 0 as soon as a wait
-// outlasted the maximum, so an idle daemon does not spin at all.
+// kInitialNs), stays while the spin caught the event, and halves after each wait that
+// outlasted the maximum (to 0 below kInitialNs), so an idle daemon soon stops spinning.
 #include <errno.h>
 #include <poll.h>
 #include <stdint.h>

@@ -4,6 +4,7 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
 import type { RequestObserver, S3Observer, StoreObserver } from './observer.js';
 import { DeviceStats, type Sample } from './device-stats.js';
+import { native } from '../native/index.js';
 
 export type DeviceType = 'blk' | 'fs' | 'fuse';
 
@@ -68,6 +69,13 @@ export class Metrics {
     this.cacheFamily('gauge', 'vhost_s3_cache_bytes', 'Bytes held by the cache', (s) => s.bytes);
     this.cacheFamily('gauge', 'vhost_s3_cache_dirty_bytes', 'Bytes written and not yet stored', (s) => s.dirtyBytes);
     this.cacheFamily('counter', 'vhost_s3_cache_evictions_total', 'Entries dropped to make room', (s) => s.evictions);
+    this.family('vhost_s3_loop_polls_total', 'Event-loop turns that busy-polled before sleeping (--poll-us), by whether an event came within the window (hit) or not (miss)', 'counter', (out) => {
+      const p = native.loopPollStats();
+      out.push({ labels: { result: 'hit' }, value: p.hits }, { labels: { result: 'miss' }, value: p.misses });
+    });
+    this.family('vhost_s3_loop_poll_window_seconds', 'How long the event loop busy-polls before it sleeps now (adapts between 0 and --poll-us)', 'gauge', (out) => {
+      out.push({ labels: {}, value: native.loopPollStats().windowNs / 1e9 });
+    });
   }
 
   /** A family whose samples are made at scrape time from counters kept elsewhere. */

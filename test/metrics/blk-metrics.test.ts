@@ -58,6 +58,10 @@ describe('metrics: vhost-s3 blk --metrics', function () {
     expect(at0.has('vhost_s3_inflight_requests', dev), at0.text).to.equal(true);
     expect(at0.sum('process_resident_memory_bytes')).to.be.greaterThan(0);
     expect(at0.has('nodejs_eventloop_lag_seconds')).to.equal(true);
+    // --poll-us defaults to 100 µs: the window lies between 0 and that.
+    expect(at0.has('vhost_s3_loop_polls_total', { result: 'hit' }), at0.text).to.equal(true);
+    expect(at0.has('vhost_s3_loop_polls_total', { result: 'miss' })).to.equal(true);
+    expect(at0.sum('vhost_s3_loop_poll_window_seconds')).to.be.within(0, 100e-6);
 
     client = await BlkClient.connect(socket, { memorySize: 8 * MiB });
     const c = client;
