@@ -173,7 +173,7 @@ const observability = {
 
 /** Commands whose event loop serves requests (blk, fs, mount, serve, run). */
 const eventLoop = {
-  pollUs: { doc: 'microseconds the event loop may busy-poll for the next request before it sleeps; adaptive, as QEMU\'s poll-max-ns: grows while requests come back quickly, 0 after a longer wait (0: never poll)', format: 'microseconds', default: 100, env: 'VHOST_S3_POLL_US', arg: 'poll-us' },
+  pollUs: { doc: 'microseconds the event loop may busy-poll for the next request before it sleeps; adaptive, as QEMU\'s poll-max-ns: grows while requests come back quickly, halves after each longer wait (0: never poll)', format: 'microseconds', default: 100, env: 'VHOST_S3_POLL_US', arg: 'poll-us' },
 } satisfies Schema;
 
 export const schemas = {

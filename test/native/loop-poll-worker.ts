@@ -75,7 +75,9 @@ async function main(): Promise<void> {
     const threadPool = await spinsDuring();
     writeSync(fd, 'x');
     await pooled;
-    const mem = native.mmap(native.memfdCreate('loop-poll', 4096), 0, 4096, true);
+    const memfd = native.memfdCreate('loop-poll', 4096);
+    const mem = native.mmap(memfd, 0, 4096, true);
+    native.close(memfd);
     let ringDone: () => void = () => undefined;
     const ringRead = new Promise<void>((resolve) => (ringDone = resolve));
     const ring = native.createUring(4, () => ringDone());
@@ -88,6 +90,7 @@ async function main(): Promise<void> {
       await ringRead;
       ring.close();
     }
+    mem.unmap();
     closeSync(fd);
     port.postMessage({ idle, threadPool, uring });
   } else {
