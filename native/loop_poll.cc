@@ -10,8 +10,11 @@
 // Every fd the loop watches counts (kick eventfds, io_uring completions, sockets,
 // /dev/fuse, libuv's thread-pool wake-up), and so do its timers and immediates
 // (uv_backend_timeout bounds the spin): polling never delays anything the loop would
-// have run. It does not spin while the process waits for its own work (a thread-pool
-// request, a socket write, a busy io_uring ring): those threads may need the CPU.
+// have run. It spins only while the process waits for a peer, not for its own work: not
+// while a device request is being served (the counter the devices keep, which
+// setLoopPoll is given), nor while a thread-pool request, a socket write or an io_uring
+// ring is busy. That work may need the CPU the spin would take (an io-wq copy, a local
+// S3 server answering a GET), and it is not what the guest waits on.
 //
 // The window adapts per loop turn, like QEMU's: measured from the start of the spin to
 // the end of the wait (block), it doubles while the loop woke within the maximum (from
@@ -61,6 +64,9 @@ struct LoopPoll {
   int open = 2;
   // AddonData::busyRings of this environment.
   const unsigned* busyRings = nullptr;
+  // The devices' count of requests in flight (an Int32Array's only element), if given.
+  Napi::Reference<Napi::Int32Array> requests;
+  const int32_t* requestsInFlight = nullptr;
 };
 
 namespace {
@@ -72,6 +78,9 @@ void FreeWhenClosed(uv_handle_t* h) {
 
 void CloseLoopPoll(void* arg) {
   LoopPoll* s = static_cast<LoopPoll*>(arg);
+  // While the environment still exists: the handles' close callbacks may run after it.
+  s->requests.Reset();
+  s->requestsInFlight = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(&s->prepare), FreeWhenClosed);
   uv_close(reinterpret_cast<uv_handle_t*>(&s->check), FreeWhenClosed);
 }
@@ -92,10 +101,11 @@ void OnPrepare(uv_prepare_t* h) {
   uint64_t start = NowNs();
   s->waitStart = start;
   if (s->windowNs == 0) return;
-  // Waiting for the process's own work (a thread-pool request such as a file system
-  // call, a socket write, an io_uring copy), not for a peer: a spin would only take a
-  // CPU that work may need.
+  // Waiting for the process's own work (a device request being served, a thread-pool
+  // request such as a file system call, a socket write, an io_uring copy), not for a
+  // peer: a spin would only take a CPU that work may need.
   if (h->loop->active_reqs.count > 0 || *s->busyRings > 0) return;
+  if (s->requestsInFlight != nullptr && *s->requestsInFlight != 0) return;
   int timeoutMs = uv_backend_timeout(h->loop);
   if (timeoutMs == 0) return;  // the loop will not block this turn
   uint64_t budget = s->windowNs;
@@ -127,11 +137,18 @@ void OnCheck(uv_check_t* h) {
   s->waitStart = 0;
 }
 
-// setLoopPoll(maxNs): 0 turns polling off; otherwise the window's maximum.
+// setLoopPoll(maxNs, requestsInFlight?): 0 turns polling off; otherwise the window's
+// maximum. The optional Int32Array holds the devices' count of requests in flight.
 Napi::Value SetLoopPoll(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   double maxNs;
   if (!ArgInteger(info, 0, "maxNs", 0, kMaxWindowNs, &maxNs)) return env.Undefined();
+  bool counted = info.Length() > 1 && !info[1].IsUndefined();
+  if (counted && (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+                  info[1].As<Napi::Int32Array>().ElementLength() < 1)) {
+    ThrowType(env, "requestsInFlight must be an Int32Array of at least one element");
+    return env.Undefined();
+  }
   AddonData* data = GetAddonData(env);
   LoopPoll* state = data->loopPoll;
   if (state == nullptr) {
@@ -151,6 +168,14 @@ Napi::Value SetLoopPoll(const Napi::CallbackInfo& info) {
     uv_unref(reinterpret_cast<uv_handle_t*>(&state->check));
     data->loopPoll = state;
     napi_add_env_cleanup_hook(env, CloseLoopPoll, state);
+  }
+  if (counted) {
+    Napi::Int32Array counter = info[1].As<Napi::Int32Array>();
+    state->requests = Napi::Persistent(counter);
+    state->requestsInFlight = counter.Data();
+  } else {
+    state->requests.Reset();
+    state->requestsInFlight = nullptr;
   }
   state->maxNs = static_cast<uint64_t>(maxNs);
   state->windowNs = 0;

@@ -55,6 +55,7 @@ import type { Caller, CreateFlags, FileAttr, FileKind, OpenFile, OpenFlags, Vfs 
 import type { RequestObserver } from '../metrics/observer.js';
 import type { Segment } from '../virtio/memory.js';
 import { errnoName, IN_HEADER_SIZE } from './abi.js';
+import { requestsInFlight } from '../native/index.js';
 
 export interface FuseServerOptions {
   /** How long the kernel may cache a name → node binding (default 1000 ms). */
@@ -334,7 +335,7 @@ export class FuseServer {
     }
     const unique = req.h.unique;
     this.pending.set(unique, p);
-    this.inflight++;
+    this.began();
     // A large READ copied off the event loop: answered from the copy's callback, with no
     // promise or async function in between (the common request of a sequential reader).
     if (req.op === Opcode.READ && asyncPayload !== undefined && this.startCopyRead(p, req)) return;
@@ -360,8 +361,15 @@ export class FuseServer {
     }
   }
 
+  /** A request goes asynchronous (or the server starts work of its own): counted until ended(). */
+  private began(): void {
+    this.inflight++;
+    requestsInFlight[0]!++;
+  }
+
   /** Something counted in `inflight` is over: wakes idle() waiters at zero. */
   private ended(): void {
+    requestsInFlight[0]!--;
     if (--this.inflight === 0) {
       const w = this.idleWaiters;
       this.idleWaiters = [];
@@ -1106,7 +1114,7 @@ export class FuseServer {
     const h = this.handles.take(fh, 'file');
     if (h === undefined) return;
     // Counted in flight: idle() (and so reset()) waits for it like for a request.
-    this.inflight++;
+    this.began();
     h.file.release().then(
       () => this.ended(),
       (err: unknown) => {

@@ -7,6 +7,7 @@
 //   how long after telling the test it was waiting the write was seen.
 // - busy: grows the window, then waits on timers while a thread-pool read, and then an
 //   io_uring read, of the FIFO `fifo` is in flight; reports the spins of each wait.
+// - counted: as busy, with the devices' count of requests in flight at 1, then at 0.
 import { parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -14,7 +15,7 @@ import { closeSync, openSync, read, writeSync, constants } from 'node:fs';
 import { native, POLL_READABLE } from '../../src/native/index.js';
 
 interface Job {
-  readonly scenario: 'pingpong' | 'timer' | 'wake' | 'busy';
+  readonly scenario: 'pingpong' | 'timer' | 'wake' | 'busy' | 'counted';
   readonly fifo: string;
   readonly maxNs: number;
   readonly ping: number;
@@ -35,9 +36,23 @@ async function grow(): Promise<void> {
   }
 }
 
+/** Loop turns spent polling over five timer waits of 2 ms, after the window has grown. */
+async function spinsDuring(): Promise<number> {
+  await grow();
+  const before = native.loopPollStats().spins;
+  for (let i = 0; i < 5; i++) await sleep(2);
+  return native.loopPollStats().spins - before;
+}
+
 async function main(): Promise<void> {
-  native.setLoopPoll(job.maxNs);
-  if (job.scenario === 'pingpong') {
+  const requests = new Int32Array(1);
+  native.setLoopPoll(job.maxNs, job.scenario === 'counted' ? requests : undefined);
+  if (job.scenario === 'counted') {
+    requests[0] = 1;
+    const serving = await spinsDuring();
+    requests[0] = 0;
+    port.postMessage({ serving, idle: await spinsDuring() });
+  } else if (job.scenario === 'pingpong') {
     let seen = 0;
     const done = new Promise<void>((resolve) => {
       const poller = native.createPoller(job.ping, () => {
@@ -64,12 +79,6 @@ async function main(): Promise<void> {
   } else if (job.scenario === 'busy') {
     // O_RDWR: opening a FIFO so does not wait for a writer, and reads of it block.
     const fd = openSync(job.fifo, constants.O_RDWR);
-    const spinsDuring = async (): Promise<number> => {
-      await grow();
-      const before = native.loopPollStats().spins;
-      for (let i = 0; i < 5; i++) await sleep(2);
-      return native.loopPollStats().spins - before;
-    };
     const idle = await spinsDuring();
     const pooled = new Promise((resolve) => read(fd, Buffer.alloc(1), 0, 1, null, resolve));
     const threadPool = await spinsDuring();

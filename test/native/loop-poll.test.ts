@@ -29,8 +29,11 @@ async function inWorker<T>(job: Record<string, unknown>, onMessage: (m: Record<s
       w.on('exit', (code) => reject(new Error(`worker exited with ${code}`)));
     });
   } finally {
-    await w.terminate();
+    // Every scenario ends by itself. terminate() is only the fallback: stopping a thread
+    // inside an addon callback makes node-addon-api abort the process.
+    const timer = setTimeout(() => void w.terminate(), 10_000);
     await exited;
+    clearTimeout(timer);
   }
 }
 
@@ -111,7 +114,16 @@ describe('native: event loop busy-polling (setLoopPoll)', () => {
     }
   });
 
-  it('refuses a window that is not 0 to 1 s in whole nanoseconds', () => {
+  it('does not spin while the devices have requests in flight (the counter it is given)', async () => {
+    const r = await inWorker({ scenario: 'counted', maxNs: 1e9 }, (m) => m as { serving: number; idle: number });
+    expect(r.serving, 'one request in flight').to.equal(0);
+    expect(r.idle, 'none in flight').to.be.at.least(4);
+  });
+
+  it('refuses a window that is not 0 to 1 s in whole nanoseconds, and a counter that is not an Int32Array', () => {
     for (const bad of [-1, 1.5, 1e9 + 1, NaN]) expect(() => native.setLoopPoll(bad), String(bad)).to.throw(/maxNs/);
+    for (const bad of [new Int32Array(0), new Uint32Array(1), [0]]) {
+      expect(() => native.setLoopPoll(0, bad as Int32Array)).to.throw(/requestsInFlight/);
+    }
   });
 });
