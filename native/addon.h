@@ -19,9 +19,6 @@ struct AddonData {
   Napi::Reference<Napi::Symbol> callbackKey;
   // The event loop's busy-polling (loop_poll.cc), once turned on.
   LoopPoll* loopPoll = nullptr;
-  // io_uring instances with requests prepared or in flight: their io-wq workers may need
-  // the CPUs a spinning loop would take (loop_poll.cc does not spin meanwhile).
-  unsigned busyRings = 0;
 };
 
 inline AddonData* GetAddonData(Napi::Env env) { return env.GetInstanceData<AddonData>(); }

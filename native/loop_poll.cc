@@ -12,8 +12,8 @@
 // (uv_backend_timeout bounds the spin): polling never delays anything the loop would
 // have run. It spins only while the process waits for a peer, not for its own work: not
 // while a device request is being served (the counter the devices keep, which
-// setLoopPoll is given), nor while a thread-pool request, a socket write or an io_uring
-// ring is busy. That work may need the CPU the spin would take (an io-wq copy, a local
+// setLoopPoll is given), nor while a thread-pool request or a socket write is pending.
+// That work may need the CPU the spin would take (an io-wq copy, a local
 // S3 server answering a GET), and it is not what the guest waits on.
 //
 // The window adapts per loop turn, like QEMU's: measured from the start of the spin to
@@ -62,8 +62,6 @@ struct LoopPoll {
   double spins = 0, hits = 0, misses = 0;
   // Both handles closed: the memory can go.
   int open = 2;
-  // AddonData::busyRings of this environment.
-  const unsigned* busyRings = nullptr;
   // The devices' count of requests in flight (an Int32Array's only element), if given.
   Napi::Reference<Napi::Int32Array> requests;
   const int32_t* requestsInFlight = nullptr;
@@ -102,9 +100,9 @@ void OnPrepare(uv_prepare_t* h) {
   s->waitStart = start;
   if (s->windowNs == 0) return;
   // Waiting for the process's own work (a device request being served, a thread-pool
-  // request such as a file system call, a socket write, an io_uring copy), not for a
-  // peer: a spin would only take a CPU that work may need.
-  if (h->loop->active_reqs.count > 0 || *s->busyRings > 0) return;
+  // request such as a file system call, a socket write), not for a peer: a spin would
+  // only take a CPU that work may need.
+  if (h->loop->active_reqs.count > 0) return;
   if (s->requestsInFlight != nullptr && *s->requestsInFlight != 0) return;
   int timeoutMs = uv_backend_timeout(h->loop);
   if (timeoutMs == 0) return;  // the loop will not block this turn
@@ -160,7 +158,6 @@ Napi::Value SetLoopPoll(const Napi::CallbackInfo& info) {
     state = new LoopPoll();
     uv_prepare_init(loop, &state->prepare);
     uv_check_init(loop, &state->check);
-    state->busyRings = &data->busyRings;
     state->prepare.data = state;
     state->check.data = state;
     // Polling must not be what keeps the process alive.

@@ -295,19 +295,13 @@ class Uring : public Napi::ObjectWrap<Uring> {
   void Activate() {
     uv_ref(reinterpret_cast<uv_handle_t*>(&poll_->uv));
     Ref();
-    GetAddonData(env_)->busyRings++;
-  }
-
-  void Deactivate() {
-    Unref();
-    GetAddonData(env_)->busyRings--;
   }
 
   void Release(uint32_t slot) {
     freeSlots_.push_back(slot);
     if (--busy_ == 0) {
       uv_unref(reinterpret_cast<uv_handle_t*>(&poll_->uv));
-      Deactivate();
+      Unref();
     }
   }
 
@@ -336,7 +330,7 @@ class Uring : public Napi::ObjectWrap<Uring> {
     }
     if (busy_ > 0) {
       busy_ = 0;
-      Deactivate();
+      Unref();
     }
     inflight_ = 0;
   }

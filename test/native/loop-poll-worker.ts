@@ -5,8 +5,8 @@
 // - timer: grows the window to its maximum, then reports how late a timer fires.
 // - wake: grows the window, waits for a write to `ping` with no timer pending, and reports
 //   how long after telling the test it was waiting the write was seen.
-// - busy: grows the window, then waits on timers while a thread-pool read, and then an
-//   io_uring read, of the FIFO `fifo` is in flight; reports the spins of each wait.
+// - busy: grows the window, then waits on timers while a thread-pool read of the FIFO
+//   `fifo` is in flight; reports the spins of the waits before and during it.
 // - counted: as busy, with the devices' count of requests in flight at 1, then at 0.
 import { parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
@@ -84,24 +84,8 @@ async function main(): Promise<void> {
     const threadPool = await spinsDuring();
     writeSync(fd, 'x');
     await pooled;
-    const memfd = native.memfdCreate('loop-poll', 4096);
-    const mem = native.mmap(memfd, 0, 4096, true);
-    native.close(memfd);
-    let ringDone: () => void = () => undefined;
-    const ringRead = new Promise<void>((resolve) => (ringDone = resolve));
-    const ring = native.createUring(4, () => ringDone());
-    let uring = -1;
-    if (ring !== null) {
-      ring.prepReadv(fd, new Float64Array([mem.address, 1]), 1, -1, 1, true);
-      ring.submit();
-      uring = await spinsDuring();
-      writeSync(fd, 'y');
-      await ringRead;
-      ring.close();
-    }
-    mem.unmap();
     closeSync(fd);
-    port.postMessage({ idle, threadPool, uring });
+    port.postMessage({ idle, threadPool });
   } else {
     await grow();
     const window = native.loopPollStats().windowNs;
