@@ -11,8 +11,8 @@
 // /dev/fuse, libuv's thread-pool wake-up), and so do its timers and immediates
 // (uv_backend_timeout bounds the spin): polling never delays anything the loop would
 // have run. It spins only while the process waits for a peer, not for its own work: not
-// while a device request is being served (the counter the devices keep, which
-// setLoopPoll is given), nor while a thread-pool request or a socket write is pending.
+// while a device request or other work of its own is in flight (the counter the devices
+// and the S3 read workers keep, which setLoopPoll is given), nor while a thread-pool request or a socket write is pending.
 // That work may need the CPU the spin would take (an io-wq copy, a local
 // S3 server answering a GET), and it is not what the guest waits on.
 //
@@ -62,9 +62,9 @@ struct LoopPoll {
   double spins = 0, hits = 0, misses = 0;
   // Both handles closed: the memory can go.
   int open = 2;
-  // The devices' count of requests in flight (an Int32Array's only element), if given.
+  // The process's count of work in flight (an Int32Array's only element), if given.
   Napi::Reference<Napi::Int32Array> requests;
-  const int32_t* requestsInFlight = nullptr;
+  const int32_t* workInFlight = nullptr;
 };
 
 namespace {
@@ -78,7 +78,7 @@ void CloseLoopPoll(void* arg) {
   LoopPoll* s = static_cast<LoopPoll*>(arg);
   // While the environment still exists: the handles' close callbacks may run after it.
   s->requests.Reset();
-  s->requestsInFlight = nullptr;
+  s->workInFlight = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(&s->prepare), FreeWhenClosed);
   uv_close(reinterpret_cast<uv_handle_t*>(&s->check), FreeWhenClosed);
 }
@@ -99,11 +99,11 @@ void OnPrepare(uv_prepare_t* h) {
   uint64_t start = NowNs();
   s->waitStart = start;
   if (s->windowNs == 0) return;
-  // Waiting for the process's own work (a device request being served, a thread-pool
-  // request such as a file system call, a socket write), not for a peer: a spin would
-  // only take a CPU that work may need.
+  // Waiting for the process's own work (a device request being served, an S3 read, a
+  // thread-pool request such as a file system call, a socket write), not for a peer: a
+  // spin would only take a CPU that work may need.
   if (h->loop->active_reqs.count > 0) return;
-  if (s->requestsInFlight != nullptr && *s->requestsInFlight != 0) return;
+  if (s->workInFlight != nullptr && *s->workInFlight != 0) return;
   int timeoutMs = uv_backend_timeout(h->loop);
   if (timeoutMs == 0) return;  // the loop will not block this turn
   uint64_t budget = s->windowNs;
@@ -135,8 +135,8 @@ void OnCheck(uv_check_t* h) {
   s->waitStart = 0;
 }
 
-// setLoopPoll(maxNs, requestsInFlight?): 0 turns polling off; otherwise the window's
-// maximum. The optional Int32Array holds the devices' count of requests in flight.
+// setLoopPoll(maxNs, workInFlight?): 0 turns polling off; otherwise the window's
+// maximum. The optional Int32Array holds the process's count of work in flight.
 Napi::Value SetLoopPoll(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   double maxNs;
@@ -144,7 +144,7 @@ Napi::Value SetLoopPoll(const Napi::CallbackInfo& info) {
   bool counted = info.Length() > 1 && !info[1].IsUndefined();
   if (counted && (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
                   info[1].As<Napi::Int32Array>().ElementLength() < 1)) {
-    ThrowType(env, "requestsInFlight must be an Int32Array of at least one element");
+    ThrowType(env, "workInFlight must be an Int32Array of at least one element");
     return env.Undefined();
   }
   AddonData* data = GetAddonData(env);
@@ -169,10 +169,10 @@ Napi::Value SetLoopPoll(const Napi::CallbackInfo& info) {
   if (counted) {
     Napi::Int32Array counter = info[1].As<Napi::Int32Array>();
     state->requests = Napi::Persistent(counter);
-    state->requestsInFlight = counter.Data();
+    state->workInFlight = counter.Data();
   } else {
     state->requests.Reset();
-    state->requestsInFlight = nullptr;
+    state->workInFlight = nullptr;
   }
   state->maxNs = static_cast<uint64_t>(maxNs);
   state->windowNs = 0;

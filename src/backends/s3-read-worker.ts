@@ -19,6 +19,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import type { S3Observer } from '../metrics/observer.js';
 import { StoreError, type ReadIntoResult, type StoreErrorDetails } from './object-store.js';
 import type { ErrnoName } from '../util/errors.js';
+import { workInFlight } from '../native/index.js';
 
 /** The S3Store options a worker can be given (structured-clonable: no logger, no observer). */
 export interface WorkerStoreOptions {
@@ -217,6 +218,8 @@ export class S3ReadWorkers {
    * read would exit with it unanswered).
    */
   private busy(i: number, delta: number): void {
+    // The event loop does not busy-poll while a read is in flight: the worker needs the CPU.
+    workInFlight[0]! += delta;
     const n = (this.inFlight[i] ?? 0) + delta;
     this.inFlight[i] = n;
     const w = this.workers[i];

@@ -8,7 +8,7 @@ import { openStore, type StorageConfig } from '../backends/store-config.js';
 import { BucketVfs, type BucketVfsOptions } from '../backends/posix/bucket-vfs.js';
 import { FuseServer, type FuseServerOptions } from '../fuse/server.js';
 import { DevFuseMount } from '../fuse/dev-fuse.js';
-import { native, requestsInFlight } from '../native/index.js';
+import { native, workInFlight } from '../native/index.js';
 import { ReadOnlyVfs } from '../fuse/read-only-vfs.js';
 import type { Vfs } from '../fuse/vfs.js';
 import { holdSignals, stopOnSignals } from './lifecycle.js';
@@ -98,7 +98,7 @@ export async function runMount(argv: string[]): Promise<void> {
   const { config: cfg, args } = loadCommand('mount', argv, ['MOUNTPOINT']);
   const log = createLogger(cfg.logLevel);
   const service = await startMetrics(cfg.metrics, log);
-  native.setLoopPoll(cfg.pollUs * 1000, requestsInFlight);
+  native.setLoopPoll(cfg.pollUs * 1000, workInFlight);
   const id = args[0]!;
   let opened: Awaited<ReturnType<typeof openBucketVfs>>;
   try {

@@ -19,7 +19,7 @@ import { checkExport, exportName, type ExportSpec } from './exports.js';
 import { holdSignals, stopOnSignals } from './lifecycle.js';
 import type { Metrics } from '../metrics/registry.js';
 import { startMetrics, watchBucket, watchImage } from './export-metrics.js';
-import { native, requestsInFlight } from '../native/index.js';
+import { native, workInFlight } from '../native/index.js';
 
 /** Settings a running export takes on SIGHUP, by field of the file (flag name). */
 export const RELOADABLE: Readonly<Record<ExportSpec['type'], readonly string[]>> = {
@@ -250,7 +250,7 @@ export async function runGateway(specs: readonly ExportSpec[], o: RunOptions): P
   };
   // Before anything opens: a bad address or a port in use ends the command with one line.
   const service = await startMetrics(o.metrics ?? '', o.log);
-  native.setLoopPoll(o.pollUs * 1000, requestsInFlight);
+  native.setLoopPoll(o.pollUs * 1000, workInFlight);
   if (o.reread) process.on('SIGHUP', reload);
   try {
     const held = holdSignals();

@@ -55,7 +55,7 @@ import type { Caller, CreateFlags, FileAttr, FileKind, OpenFile, OpenFlags, Vfs 
 import type { RequestObserver } from '../metrics/observer.js';
 import type { Segment } from '../virtio/memory.js';
 import { errnoName, IN_HEADER_SIZE } from './abi.js';
-import { requestsInFlight } from '../native/index.js';
+import { workInFlight } from '../native/index.js';
 
 export interface FuseServerOptions {
   /** How long the kernel may cache a name → node binding (default 1000 ms). */
@@ -364,12 +364,12 @@ export class FuseServer {
   /** A request goes asynchronous (or the server starts work of its own): counted until ended(). */
   private began(): void {
     this.inflight++;
-    requestsInFlight[0]!++;
+    workInFlight[0]!++;
   }
 
   /** Something counted in `inflight` is over: wakes idle() waiters at zero. */
   private ended(): void {
-    requestsInFlight[0]!--;
+    workInFlight[0]!--;
     if (--this.inflight === 0) {
       const w = this.idleWaiters;
       this.idleWaiters = [];

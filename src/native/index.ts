@@ -218,9 +218,9 @@ export interface NativeAddon {
   /**
    * Busy-polls this thread's event loop before it blocks (native/loop_poll.cc): the
    * window adapts between 0 and `maxNs` (0: never poll). The first call installs it. It
-   * does not poll while `requestsInFlight[0]` is not 0 (see `requestsInFlight` below).
+   * does not poll while `workInFlight[0]` is not 0 (see `workInFlight` below).
    */
-  setLoopPoll(maxNs: number, requestsInFlight?: Int32Array): void;
+  setLoopPoll(maxNs: number, workInFlight?: Int32Array): void;
   loopPollStats(): LoopPollStats;
 
   /** Returns null when io_uring is unavailable here (old kernel, seccomp). */
@@ -247,13 +247,14 @@ function load(): NativeAddon {
 export const native: NativeAddon = load();
 
 /**
- * Requests the devices of this thread took from a guest (or a FUSE mount) and have not
- * answered yet, with work they started on their own (an abandoned file's release):
- * ServedQueue and FuseServer count into it. While it is not 0 the process waits for its
- * own work, not for the guest, so the event loop does not busy-poll
- * (`native.setLoopPoll(maxNs, requestsInFlight)`).
+ * Work this thread has in flight: requests the devices took from a guest (or a FUSE
+ * mount) and have not answered yet, and work started on their own (an abandoned file's
+ * release, S3 reads on the read workers, read-ahead included). ServedQueue, FuseServer
+ * and S3ReadWorkers count into it. While it is not 0 the process waits for its own work,
+ * not for the guest, so the event loop does not busy-poll
+ * (`native.setLoopPoll(maxNs, workInFlight)`).
  */
-export const requestsInFlight = new Int32Array(1);
+export const workInFlight = new Int32Array(1);
 
 // Linux fallocate(2) modes used by the blk device.
 export const FALLOC_FL_KEEP_SIZE = 0x01;

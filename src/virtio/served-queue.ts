@@ -5,7 +5,7 @@
 //   drain ran) or per microtask checkpoint (what finished asynchronously);
 // - requests in flight, so that stopping (GET_VRING_BASE) can wait for them.
 import type { DeviceQueue, PopResult } from './queue.js';
-import { requestsInFlight } from '../native/index.js';
+import { workInFlight } from '../native/index.js';
 
 /**
  * Settled once: `then` on it queues a plain V8 microtask. (Node's queueMicrotask wraps
@@ -53,12 +53,12 @@ export class ServedQueue {
   /** A request goes asynchronous: stop() waits for its end(). */
   begin(): void {
     this.inflight++;
-    requestsInFlight[0]!++;
+    workInFlight[0]!++;
   }
 
   /** The asynchronous request's completion has been pushed. */
   end(): void {
-    requestsInFlight[0]!--;
+    workInFlight[0]!--;
     if (--this.inflight === 0 && this.drained.length > 0) {
       const waiters = this.drained;
       this.drained = [];

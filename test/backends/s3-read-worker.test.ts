@@ -7,6 +7,7 @@ import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { S3ReadWorkers } from '../../src/backends/s3-read-worker.js';
 import { S3Store } from '../../src/backends/s3-store.js';
+import { workInFlight } from '../../src/native/index.js';
 import type { S3Observer } from '../../src/metrics/observer.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { startS3rver, type S3rver } from '../support/s3rver.js';
@@ -49,11 +50,16 @@ describe('S3Store read workers (s3rver)', function () {
       expect(store.readsOnWorkers).to.equal(0);
       await store.startReadWorkers();
       events.length = 0;
-      const reads = await Promise.all(Array.from({ length: 6 }, async (_, i) => {
+      const base = workInFlight[0]!;
+      const pending = Array.from({ length: 6 }, async (_, i) => {
         const t = shared(MiB + i * 1000);
         const r = await store.getInto('big', i * 700_000, t);
         return { ok: same(t, i * 700_000) && r.bytesRead === t.length, r };
-      }));
+      });
+      // Counted as work in flight while on the worker: the event loop does not busy-poll meanwhile.
+      expect(workInFlight[0]).to.equal(base + 6);
+      const reads = await Promise.all(pending);
+      expect(workInFlight[0]).to.equal(base);
       expect(reads.every((x) => x.ok)).to.equal(true);
       expect(store.readsOnWorkers).to.equal(6);
       expect(reads[0]!.r.etag).to.equal(r0.etag);

@@ -4,7 +4,7 @@
 // errnos, hiprio, many requests in flight, INTERRUPT, hostile chains, disconnects.
 import { expect } from 'chai';
 import { FsExport } from '../../src/fuse/export.js';
-import { requestsInFlight } from '../../src/native/index.js';
+import { workInFlight } from '../../src/native/index.js';
 import { CLIENT_INIT_FLAGS, FuseClient, type FuseClientOptions } from '../../src/frontend/fuse-client.js';
 import {
   E, FUSE_ASYNC_READ, FUSE_ATOMIC_O_TRUNC, FUSE_BIG_WRITES, FUSE_DO_READDIRPLUS, FUSE_EXPORT_SUPPORT, FUSE_INIT_EXT,
@@ -646,7 +646,7 @@ describe('FUSE engine over vhost-user-fs', function () {
       };
       const s = await cl.lookup(1, 'slow');
       const so = await cl.open(s.nodeid, O_RDONLY);
-      const base = requestsInFlight[0]!;
+      const base = workInFlight[0]!;
       const slowRead = cl.read(s.nodeid, so.fh, 0, 100, 2);
       await until(() => holding);
       const files = await Promise.all(Array.from({ length: 8 }, (_, i) => cl.create(1, `f${i}`, O_CREAT | O_RDWR)));
@@ -666,10 +666,10 @@ describe('FUSE engine over vhost-user-fs', function () {
       expect(reads.length).to.equal(8);
       expect(exp!.server.inflightCount).to.equal(1); // only the held read
       // The count the event loop's polling looks at: the held read, once by its queue and once by the server.
-      expect(requestsInFlight[0]).to.equal(base + 2);
+      expect(workInFlight[0]).to.equal(base + 2);
       held.open();
       expect(td.decode(await slowRead)).to.equal('slow data');
-      await until(() => requestsInFlight[0] === base);
+      await until(() => workInFlight[0] === base);
       await Promise.all(files.map((f) => cl.release(f.entry.nodeid, f.fh)));
       await cl.release(s.nodeid, so.fh);
       expect(vfs.openFiles).to.equal(0);

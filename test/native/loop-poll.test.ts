@@ -121,7 +121,7 @@ describe('native: event loop busy-polling (setLoopPoll)', () => {
   it('refuses a window that is not 0 to 1 s in whole nanoseconds, and a counter that is not an Int32Array', () => {
     for (const bad of [-1, 1.5, 1e9 + 1, NaN]) expect(() => native.setLoopPoll(bad), String(bad)).to.throw(/maxNs/);
     for (const bad of [new Int32Array(0), new Uint32Array(1), [0]]) {
-      expect(() => native.setLoopPoll(0, bad as Int32Array)).to.throw(/requestsInFlight/);
+      expect(() => native.setLoopPoll(0, bad as Int32Array)).to.throw(/workInFlight/);
     }
   });
 });

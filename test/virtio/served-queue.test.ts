@@ -4,7 +4,7 @@
 // waits for requests in flight and publishes them.
 import { expect } from 'chai';
 import { ServedQueue } from '../../src/virtio/served-queue.js';
-import { requestsInFlight } from '../../src/native/index.js';
+import { workInFlight } from '../../src/native/index.js';
 import { jsRingOps, type RingOps } from '../../src/virtio/ring-ops.js';
 import { DATA_BASE, makeRingPair } from './helpers.js';
 
@@ -65,7 +65,7 @@ describe('ServedQueue', () => {
     const { ops, pair, st, add } = setup();
     add(4);
     const heads: number[] = [];
-    const base = requestsInFlight[0]!;
+    const base = workInFlight[0]!;
     st.drain((r) => {
       if (r.kind === 'chain') {
         st.begin();
@@ -74,7 +74,7 @@ describe('ServedQueue', () => {
     });
     expect(ops.publishes).to.equal(0);
     // The process-wide count the event loop's polling looks at (native/loop_poll.cc).
-    expect(requestsInFlight[0]).to.equal(base + 4);
+    expect(workInFlight[0]).to.equal(base + 4);
     for (const h of heads.slice(0, 3)) {
       st.complete(h, 1);
       st.end();
@@ -94,7 +94,7 @@ describe('ServedQueue', () => {
     await Promise.resolve();
     expect(ops.publishes).to.equal(2); // the microtask found nothing left to publish
     expect(pair.driver.poll().map((c) => c.token).sort()).to.deep.equal([0, 3]);
-    expect(requestsInFlight[0]).to.equal(base);
+    expect(workInFlight[0]).to.equal(base);
   });
 
   it('publishes what a throwing handler completed, and the queue keeps serving', () => {
