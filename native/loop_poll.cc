@@ -63,7 +63,7 @@ struct LoopPoll {
   // Both handles closed: the memory can go.
   int open = 2;
   // The process's count of work in flight (an Int32Array's only element), if given.
-  Napi::Reference<Napi::Int32Array> requests;
+  Napi::Reference<Napi::Int32Array> counter;
   const int32_t* workInFlight = nullptr;
 };
 
@@ -77,7 +77,7 @@ void FreeWhenClosed(uv_handle_t* h) {
 void CloseLoopPoll(void* arg) {
   LoopPoll* s = static_cast<LoopPoll*>(arg);
   // While the environment still exists: the handles' close callbacks may run after it.
-  s->requests.Reset();
+  s->counter.Reset();
   s->workInFlight = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(&s->prepare), FreeWhenClosed);
   uv_close(reinterpret_cast<uv_handle_t*>(&s->check), FreeWhenClosed);
@@ -168,10 +168,10 @@ Napi::Value SetLoopPoll(const Napi::CallbackInfo& info) {
   }
   if (counted) {
     Napi::Int32Array counter = info[1].As<Napi::Int32Array>();
-    state->requests = Napi::Persistent(counter);
+    state->counter = Napi::Persistent(counter);
     state->workInFlight = counter.Data();
   } else {
-    state->requests.Reset();
+    state->counter.Reset();
     state->workInFlight = nullptr;
   }
   state->maxNs = static_cast<uint64_t>(maxNs);
