@@ -7,7 +7,7 @@
 //   how long after telling the test it was waiting the write was seen.
 // - busy: grows the window, then waits on timers while a thread-pool read of the FIFO
 //   `fifo` is in flight; reports the spins of the waits before and during it.
-// - counted: as busy, with the devices' count of requests in flight at 1, then at 0.
+// - counted: timer waits with the count of work in flight given to setLoopPoll at 1, then at 0.
 import { parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -45,12 +45,12 @@ async function spinsDuring(): Promise<number> {
 }
 
 async function main(): Promise<void> {
-  const requests = new Int32Array(1);
-  native.setLoopPoll(job.maxNs, job.scenario === 'counted' ? requests : undefined);
+  const work = new Int32Array(1);
+  native.setLoopPoll(job.maxNs, job.scenario === 'counted' ? work : undefined);
   if (job.scenario === 'counted') {
-    requests[0] = 1;
+    work[0] = 1;
     const serving = await spinsDuring();
-    requests[0] = 0;
+    work[0] = 0;
     port.postMessage({ serving, idle: await spinsDuring() });
   } else if (job.scenario === 'pingpong') {
     let seen = 0;

@@ -112,9 +112,9 @@ describe('native: event loop busy-polling (setLoopPoll)', () => {
     }
   });
 
-  it('does not spin while the devices have requests in flight (the counter it is given)', async () => {
+  it('does not spin while the work counter it is given is not 0 (requests being served, S3 reads)', async () => {
     const r = await inWorker({ scenario: 'counted', maxNs: 1e9 }, (m) => m as { serving: number; idle: number });
-    expect(r.serving, 'one request in flight').to.equal(0);
+    expect(r.serving, 'one piece of work in flight').to.equal(0);
     expect(r.idle, 'none in flight').to.be.at.least(4);
   });
 
