@@ -55,13 +55,18 @@ convict.addFormat({
   coerce: (value: unknown) => Number(value),
 });
 
+/** A flag's or variable's text as a number; an empty one is NaN (Number('') would be 0), which validate() refuses. */
+function toNumber(value: unknown): number {
+  return typeof value === 'number' ? value : String(value).trim() === '' ? NaN : Number(value);
+}
+
 /** Durations, counts, percentages: finite and not negative (a NaN TTL would cache forever). */
 convict.addFormat({
   name: 'non-negative',
   validate(value: unknown) {
     if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) throw new Error('must be a number, 0 or more');
   },
-  coerce: (value: unknown) => (typeof value === 'number' ? value : String(value).trim() === '' ? NaN : Number(value)),
+  coerce: toNumber,
 });
 
 /** A uid or gid (32 bits, (uid_t)-1 excluded), or -1 for "this process's". */
@@ -70,7 +75,7 @@ convict.addFormat({
   validate(value: unknown) {
     if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < -1 || value > 0xfffffffe) throw new Error('must be a numeric id from 0 to 4294967294');
   },
-  coerce: (value: unknown) => (typeof value === 'number' ? value : String(value).trim() === '' ? NaN : Number(value)),
+  coerce: toNumber,
 });
 
 /** A whole number of microseconds up to one second. */
@@ -79,7 +84,7 @@ convict.addFormat({
   validate(value: unknown) {
     if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 1_000_000) throw new Error('must be a whole number of microseconds from 0 to 1000000');
   },
-  coerce: (value: unknown) => (typeof value === 'number' ? value : String(value).trim() === '' ? NaN : Number(value)),
+  coerce: toNumber,
 });
 
 export interface OptionSpec {
