@@ -27,7 +27,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FuseClient } from '../src/frontend/fuse-client.js';
+import { FuseClient, ReadBuffers } from '../src/frontend/fuse-client.js';
 import { O_CREAT, O_RDONLY, O_WRONLY } from '../src/fuse/abi.js';
 import type { DirentPlus } from '../src/fuse/replies.js';
 import { FileStore } from '../src/backends/file-store.js';
@@ -150,7 +150,7 @@ async function localWorkload(c: FuseClient, w: LocalW, round: number, runtime: n
       const parts = Math.ceil(big / (1 << 20));
       // One buffer per READ in flight, reused: the client's cost per MiB stays the same
       // from run to run (see FuseClient.readInto).
-      const free = Array.from({ length: READ_QD }, () => new Uint8Array(1 << 20));
+      const buffers = new ReadBuffers(READ_QD, 1 << 20);
       let bytes = 0;
       let active = 0;
       let passes = 0;
@@ -160,13 +160,8 @@ async function localWorkload(c: FuseClient, w: LocalW, round: number, runtime: n
         const { fh } = await c.open(e.nodeid, O_RDONLY);
         let pass = 0;
         await pool(parts, READ_QD, async (i) => {
-          const b = free.pop()!;
-          try {
-            const n = await c.readInto(e.nodeid, fh, i * (1 << 20), b);
-            pass += n; // not `pass += await …`: that reads `pass` before the wait, losing the others' counts
-          } finally {
-            free.push(b);
-          }
+          const n = await buffers.read(c, e.nodeid, fh, i * (1 << 20));
+          pass += n; // not `pass += await …`: that reads `pass` before the wait, losing the others' counts
         });
         await c.release(e.nodeid, fh);
         active += performance.now() - t;

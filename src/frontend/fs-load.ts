@@ -5,7 +5,7 @@
 import { performance } from 'node:perf_hooks';
 import { O_CREAT, O_EXCL, O_RDONLY, O_RDWR } from '../fuse/abi.js';
 import { ErrnoError } from '../util/errors.js';
-import type { FuseClient } from './fuse-client.js';
+import { ReadBuffers, type FuseClient } from './fuse-client.js';
 import type { DecodedEntry } from '../fuse/replies.js';
 import { LatencyRecorder, type LoadResult } from './stats.js';
 import { xorshift32 } from '../util/xorshift.js';
@@ -129,16 +129,8 @@ export async function runFsLoad(c: FuseClient, o: FsLoadOptions): Promise<FsLoad
       let n = 0;
       start = performance.now();
       const offset = o.workload === 'seqread' ? () => (n++ % blocks) * o.bs : () => (rand() % blocks) * o.bs;
-      // A buffer per READ in flight, reused (FuseClient.readInto: no allocation per READ).
-      const free = Array.from({ length: o.iodepth }, () => new Uint8Array(o.bs));
-      await pump(o.iodepth, stats, timeLeft, async () => {
-        const b = free.pop()!;
-        try {
-          return await c.readInto(e.nodeid, fh, offset(), b);
-        } finally {
-          free.push(b);
-        }
-      });
+      const buffers = new ReadBuffers(o.iodepth, o.bs);
+      await pump(o.iodepth, stats, timeLeft, () => buffers.read(c, e.nodeid, fh, offset()));
       await c.release(e.nodeid, fh);
       break;
     }

@@ -542,6 +542,29 @@ export class FuseClient {
   }
 }
 
+/**
+ * Buffers for READs in flight, one per READ, each reused once its READ is done: readInto()
+ * with no allocation per READ (the bench and `vhost-s3 bench fs` read loops).
+ */
+export class ReadBuffers {
+  private readonly free: Uint8Array[];
+
+  constructor(count: number, size: number) {
+    this.free = Array.from({ length: count }, () => new Uint8Array(size));
+  }
+
+  /** readInto() with a free buffer: the bytes that came back. At most `count` at once. */
+  async read(c: FuseClient, nodeid: number, fh: number, offset: number): Promise<number> {
+    const b = this.free.pop();
+    if (b === undefined) throw new RangeError('more READs in flight than ReadBuffers has buffers');
+    try {
+      return await c.readInto(nodeid, fh, offset, b);
+    } finally {
+      this.free.push(b);
+    }
+  }
+}
+
 /** A reply from the bytes the device wrote (at most the reply room) and its used length. */
 function replyOf(bytes: Uint8Array, len: number): RawReply {
   const header = len >= OUT_HEADER_SIZE ? decodeOutHeader(bytes) : null;
