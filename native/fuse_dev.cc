@@ -4,6 +4,8 @@
 // in TypeScript (src/fuse/).
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -123,6 +125,45 @@ Napi::Value WritevFd(const Napi::CallbackInfo& info) {
   }
 }
 
+// FUSE passthrough (Linux 6.9+): the device ioctls of <linux/fuse.h>, defined here because
+// Debian 12's headers predate them.
+struct BackingMap {
+  int32_t fd;
+  uint32_t flags;
+  uint64_t padding;
+};
+constexpr unsigned long kBackingOpen = _IOW(229, 1, BackingMap);
+constexpr unsigned long kBackingClose = _IOW(229, 2, uint32_t);
+
+// fuseBackingOpen(devFd, fd): registers `fd` as a backing file of the connection and
+// returns its id (for fuse_open_out.backing_id). The kernel holds its own reference: the
+// caller may close `fd` at once. Needs CAP_SYS_ADMIN and a connection that negotiated
+// FUSE_PASSTHROUGH (EPERM otherwise).
+Napi::Value FuseBackingOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int dev, fd;
+  if (!ArgFd(info, 0, &dev) || !ArgFd(info, 1, &fd)) return env.Undefined();
+  BackingMap map = {fd, 0, 0};
+  int id = ioctl(dev, kBackingOpen, &map);
+  if (id < 0) {
+    ThrowErrno(env, errno, "FUSE_DEV_IOC_BACKING_OPEN");
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, id);
+}
+
+// fuseBackingClose(devFd, id): drops the connection's reference to a backing file (files
+// still open on it keep theirs).
+Napi::Value FuseBackingClose(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int dev;
+  double id;
+  if (!ArgFd(info, 0, &dev) || !ArgInteger(info, 1, "id", 0, 2147483647.0, &id)) return env.Undefined();
+  uint32_t backing = static_cast<uint32_t>(id);
+  if (ioctl(dev, kBackingClose, &backing) < 0) ThrowErrno(env, errno, "FUSE_DEV_IOC_BACKING_CLOSE");
+  return env.Undefined();
+}
+
 }  // namespace
 
 void InitFuseDev(Napi::Env env, Napi::Object exports) {
@@ -131,6 +172,8 @@ void InitFuseDev(Napi::Env env, Napi::Object exports) {
   exports.Set("umount", Napi::Function::New(env, Umount, "umount"));
   exports.Set("readFd", Napi::Function::New(env, ReadFd, "readFd"));
   exports.Set("writevFd", Napi::Function::New(env, WritevFd, "writevFd"));
+  exports.Set("fuseBackingOpen", Napi::Function::New(env, FuseBackingOpen, "fuseBackingOpen"));
+  exports.Set("fuseBackingClose", Napi::Function::New(env, FuseBackingClose, "fuseBackingClose"));
 }
 
 }  // namespace vhs

@@ -55,6 +55,7 @@ import type { Segment } from '../virtio/memory.js';
 import { forEachLimit } from './posix/locks.js';
 import { listPage, isAfter, type ListPosition, type SeekSource } from './listing.js';
 import { classifyName, encodeSegment, keyPathFits, keyToPath, nameFits, DIR_TAG, NAME_MAX, OBJECT_TAG, TEMP_TAG, UPLOAD_TAG } from './file-keys.js';
+import { pastBytes } from '../util/bytes.js';
 import {
   DELETE_BATCH,
   MAX_PART_SIZE,
@@ -1320,16 +1321,4 @@ class FileObjectReader implements ObjectReader {
     this.closed = true;
     if (this.inflight === 0) closeSync(this.fd);
   }
-}
-
-function pastBytes(views: readonly Uint8Array[], n: number): Uint8Array[] {
-  const rest: Uint8Array[] = [];
-  for (const v of views) {
-    if (n >= v.length) n -= v.length;
-    else {
-      rest.push(n > 0 ? v.subarray(n) : v);
-      n = 0;
-    }
-  }
-  return rest;
 }

@@ -16,7 +16,7 @@ import { checkExport, QEMU_MEMORY_ARGS, qemuDeviceArgs } from './exports.js';
 import { runGateway } from './gateway.js';
 import { startMetrics, watchBucket } from './export-metrics.js';
 
-type FsConfig = ConfigOf<'mount'> & Pick<StorageConfig, 's3Observer' | 'storeObserver'>;
+type FsConfig = Omit<ConfigOf<'mount'>, 'passthrough'> & Pick<StorageConfig, 's3Observer' | 'storeObserver'>;
 
 function octal(text: string, what: string): number {
   if (!/^0?[0-7]{1,4}$/.test(text)) throw new ConfigError(`${what} must be octal permissions such as 0644, got "${text}"`);
@@ -115,7 +115,10 @@ export async function runMount(argv: string[]): Promise<void> {
   try {
     const observer = service?.metrics.device(id, 'fuse');
     const server = new FuseServer(vfs, { ...fuseOptions(cfg), log, ...(observer ? { observer } : {}) });
-    mount = DevFuseMount.mount(server, { mountpoint: args[0]!, readOnly: cfg.readonly, fsName: cfg.bucket, log });
+    mount = DevFuseMount.mount(server, {
+      mountpoint: args[0]!, readOnly: cfg.readonly, fsName: cfg.bucket, log, ...(cfg.passthrough ? { passthroughBytes: cfg.cacheSize } : {}),
+    });
+    if (service && cfg.passthrough) service.metrics.cache(id, 'passthrough', () => ({ bytes: server.passthroughState?.heldBytes ?? 0, dirtyBytes: 0 }));
   } catch (err) {
     held.release(false);
     await close();

@@ -108,6 +108,8 @@ export const FUSE_HANDLE_KILLPRIV_V2 = 1 << 28;
 export const FUSE_SETXATTR_EXT = 1 << 29;
 export const FUSE_INIT_EXT = 1 << 30;
 export const FUSE_INIT_RESERVED = 2 ** 31;
+/** Bits of flags2 (flags bits 32..63). FUSE_PASSTHROUGH (bit 37, 7.40): opens may be served by a backing file. */
+export const FUSE2_PASSTHROUGH = 1 << (37 - 32);
 
 // ---- other flag words ------------------------------------------------------------------
 export const FATTR_MODE = 1 << 0;
@@ -127,6 +129,8 @@ export const FOPEN_DIRECT_IO = 1 << 0;
 export const FOPEN_KEEP_CACHE = 1 << 1;
 export const FOPEN_NONSEEKABLE = 1 << 2;
 export const FOPEN_CACHE_DIR = 1 << 3;
+/** The kernel reads and writes this open file through the backing file named by backing_id (7.40). */
+export const FOPEN_PASSTHROUGH = 1 << 7;
 
 export const FUSE_GETATTR_FH = 1 << 0;
 export const FUSE_FSYNC_FDATASYNC = 1 << 0;

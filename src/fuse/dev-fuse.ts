@@ -31,6 +31,11 @@ export interface DevFuseOptions {
   /** Shown as the mount's source in /proc/mounts (e.g. the bucket). */
   readonly fsName: string;
   readonly log: Logger;
+  /**
+   * Offer FUSE passthrough (src/fuse/passthrough.ts) with backing files of at most this
+   * many bytes in all; absent: off.
+   */
+  readonly passthroughBytes?: number;
 }
 
 export class DevFuseMount {
@@ -64,6 +69,12 @@ export class DevFuseMount {
   ) {
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
     this.raiseReadAhead = device;
+    if (opts.passthroughBytes !== undefined) {
+      server.offerPassthrough({
+        device: { open: (backing) => native.fuseBackingOpen(fd, backing), close: (id) => native.fuseBackingClose(fd, id) },
+        maxBytes: opts.passthroughBytes, log: opts.log,
+      });
+    }
     this.poller = native.createPoller(fd, () => this.drain());
     this.poller.start(POLL_READABLE);
   }

@@ -3,6 +3,7 @@
 // instead of someone else's file.
 import type { FileAttr, FileKind, OpenFile } from './vfs.js';
 import type { Inode } from './inodes.js';
+import type { Backing } from './passthrough.js';
 
 export interface FileHandle {
   readonly kind: 'file';
@@ -14,6 +15,8 @@ export interface FileHandle {
   readonly append: boolean;
   /** Tail of the chain that serializes O_APPEND writes on this handle. */
   appendTail: Promise<unknown>;
+  /** The passthrough backing the kernel reads this handle from (src/fuse/passthrough.ts), or null. */
+  readonly backing: Backing | null;
 }
 
 /** One entry of a directory snapshot. */

@@ -115,12 +115,14 @@ export function encodeAttrOut(attrValidMs: number, attr: WireAttr): Uint8Array {
   return out;
 }
 
-export function encodeOpenOut(fh: number, openFlags: number): Uint8Array {
+/** fuse_open_out; `backingId` (7.40) names the passthrough backing file of a FOPEN_PASSTHROUGH open. */
+export function encodeOpenOut(fh: number, openFlags: number, backingId = 0): Uint8Array {
   const out = carve(OPEN_OUT_SIZE);
   const v = carvedView;
   const at = carvedAt;
   setU64(v, at, fh);
   v.setUint32(at + 8, openFlags >>> 0, true);
+  v.setInt32(at + 12, backingId, true);
   return out;
 }
 
@@ -176,6 +178,8 @@ export interface InitOut {
   readonly mapAlignment: number;
   /** Bits 32..63 of the flags (only meaningful with FUSE_INIT_EXT). */
   readonly flags2: number;
+  /** With FUSE_PASSTHROUGH (7.40): how deep the backing files' file systems may stack (1: not a stacked one). */
+  readonly maxStackDepth: number;
 }
 
 export function encodeInitOut(o: InitOut): Uint8Array {
@@ -192,6 +196,7 @@ export function encodeInitOut(o: InitOut): Uint8Array {
   v.setUint16(28, o.maxPages, true);
   v.setUint16(30, o.mapAlignment, true);
   v.setUint32(32, o.flags2 >>> 0, true);
+  v.setUint32(36, o.maxStackDepth >>> 0, true);
   return out;
 }
 
@@ -291,9 +296,9 @@ export function decodeAttrOut(b: Uint8Array): { attrValidMs: number; attr: WireA
   return { attrValidMs: ms(getU64(v, 0), v.getUint32(8, true)), attr: decodeAttr(v, 16) };
 }
 
-export function decodeOpenOut(b: Uint8Array, at = 0): { fh: number; openFlags: number } {
+export function decodeOpenOut(b: Uint8Array, at = 0): { fh: number; openFlags: number; backingId: number } {
   const v = need(b, at + OPEN_OUT_SIZE, 'fuse_open_out');
-  return { fh: getU64(v, at), openFlags: v.getUint32(at + 8, true) };
+  return { fh: getU64(v, at), openFlags: v.getUint32(at + 8, true), backingId: v.getInt32(at + 12, true) };
 }
 
 export function decodeSizeOut(b: Uint8Array): number {
@@ -325,7 +330,7 @@ export function decodeInitOut(b: Uint8Array): InitOut {
   return {
     major: u32(0), minor: u32(4), maxReadahead: u32(8), flags: u32(12), maxBackground: u16(16),
     congestionThreshold: u16(18), maxWrite: u32(20), timeGran: u32(24), maxPages: u16(28), mapAlignment: u16(30),
-    flags2: u32(32),
+    flags2: u32(32), maxStackDepth: u32(36),
   };
 }
 

@@ -37,7 +37,7 @@ import { ErrnoError, errnoOf } from '../util/errors.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import {
   DT_DIR, DT_LNK, DT_REG, E, FATTR_ATIME, FATTR_ATIME_NOW, FATTR_CTIME, FATTR_FH, FATTR_GID, FATTR_KILL_SUIDGID,
-  FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID, FUSE_ASYNC_READ, FUSE_ATOMIC_O_TRUNC,
+  FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID, FOPEN_PASSTHROUGH, FUSE2_PASSTHROUGH, FUSE_ASYNC_READ, FUSE_ATOMIC_O_TRUNC,
   FUSE_BIG_WRITES, FUSE_DO_READDIRPLUS, FUSE_FSYNC_FDATASYNC, FUSE_GETATTR_FH, FUSE_INIT_EXT, FUSE_KERNEL_MINOR_VERSION,
   FUSE_KERNEL_VERSION, FUSE_MAX_PAGES, FUSE_MIN_MINOR_VERSION, FUSE_PARALLEL_DIROPS, FUSE_READDIRPLUS_AUTO,
   FUSE_ROOT_ID, O_ACCMODE, O_APPEND, O_EXCL, O_RDONLY, O_TRUNC, O_WRONLY, Opcode, RENAME_NOREPLACE, S_IFDIR,
@@ -51,6 +51,7 @@ import {
 } from './replies.js';
 import { InodeTable, joinPath, parentPath, type Inode } from './inodes.js';
 import { HandleTable, type DirHandle, type DirSnapshotEntry, type FileHandle } from './handles.js';
+import { Passthrough, type Backing, type PassthroughOptions } from './passthrough.js';
 import type { Caller, CreateFlags, FileAttr, FileKind, OpenFile, OpenFlags, Vfs } from './vfs.js';
 import type { RequestObserver } from '../metrics/observer.js';
 import type { Segment } from '../virtio/memory.js';
@@ -231,6 +232,9 @@ export class FuseServer {
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
   private closing: Promise<void> | null = null;
+  /** What the transport offers for FUSE passthrough (offerPassthrough), and the session's use of it once negotiated. */
+  private passthroughOffer: PassthroughOptions | null = null;
+  private passthrough: Passthrough | null = null;
 
   constructor(private readonly vfs: Vfs, opts: FuseServerOptions = {}) {
     this.opts = {
@@ -245,6 +249,19 @@ export class FuseServer {
     };
     this.log = opts.log ?? silentLogger;
     this.observer = opts.observer;
+  }
+
+  /**
+   * From the /dev/fuse transport, before the session starts: backing files can be
+   * registered, so FUSE_PASSTHROUGH is accepted at INIT when the kernel offers it.
+   */
+  offerPassthrough(o: PassthroughOptions): void {
+    this.passthroughOffer = o;
+  }
+
+  /** The session's passthrough state (null when not negotiated). */
+  get passthroughState(): Passthrough | null {
+    return this.passthrough;
   }
 
   /** INIT has been answered (and no DESTROY since). */
@@ -468,6 +485,7 @@ export class FuseServer {
     const files = this.handles.drain();
     this.inodes.clear(++this.epoch);
     for (const h of files) {
+      this.releaseBacking(h);
       try {
         await h.file.release();
       } catch (err) {
@@ -788,22 +806,39 @@ export class FuseServer {
         const path = this.pathOf(req.h.nodeid);
         if (ino.kind === 'dir') fail('EISDIR');
         const flags = openFlags(req.flags);
+        this.refuseChangeIfPassthrough(ino, flags.write);
         const file = await this.vfs.open(path, flags);
-        const fh = this.addFile(ino, file, flags);
+        const pt = this.passthrough;
+        let backing: Backing | null = null;
+        if (pt !== null) {
+          try {
+            // Asked again after the await: a passthrough open may have come meanwhile.
+            this.refuseChangeIfPassthrough(ino, flags.write);
+            if (!flags.write) backing = await pt.acquire(ino, () => this.handles.anyFileOf(ino) !== undefined, file.backingFile?.bind(file));
+          } catch (err) {
+            await file.release();
+            throw err;
+          }
+        }
+        const fh = this.addFile(ino, file, flags, backing);
         p.onUndo(() => this.dropFile(fh));
-        return ok(encodeOpenOut(fh, 0));
+        return ok(encodeOpenOut(fh, backing !== null ? FOPEN_PASSTHROUGH : 0, backing?.id ?? 0));
       }
       case Opcode.CREATE: {
         const flags = createFlags(req.flags);
-        const made = await this.vfs.create(this.childPath(req.h.nodeid, req.name), req.mode & PERM_BITS, this.caller(req), flags);
+        const path = this.childPath(req.h.nodeid, req.name);
+        // An existing file open for passthrough reads (asked again after the await, as OPEN does).
+        this.refuseChangeIfPassthrough(this.inodes.atPath(path), true);
+        const made = await this.vfs.create(path, req.mode & PERM_BITS, this.caller(req), flags);
         let ino: Inode;
         try {
+          this.refuseChangeIfPassthrough(this.inodes.atPath(path), true);
           ino = this.enterInode(p, req.h.nodeid, req.name, made.attr);
         } catch (err) {
           await made.file.release();
           throw err;
         }
-        const fh = this.addFile(ino, made.file, flags);
+        const fh = this.addFile(ino, made.file, flags, null);
         p.onUndo(() => this.dropFile(fh));
         return ok(encodeEntryOut(this.entry(ino, made.attr)), encodeOpenOut(fh, 0));
       }
@@ -829,6 +864,7 @@ export class FuseServer {
       case Opcode.RELEASE: {
         const h = Number.isSafeInteger(req.fh) ? this.handles.take(req.fh, 'file') : undefined;
         if (h === undefined) fail('EBADF');
+        this.releaseBacking(h);
         // appendTail only ever changes for an O_APPEND handle (write()): no await otherwise.
         if (h.append) await h.appendTail;
         await h.file.release();
@@ -943,12 +979,19 @@ export class FuseServer {
     let flags = req.flags & WANTED_FLAGS;
     if ((req.flags & FUSE_INIT_EXT) !== 0) flags |= FUSE_INIT_EXT;
     this.protoMinor = Math.min(req.minor, FUSE_KERNEL_MINOR_VERSION);
+    // Passthrough needs FUSE_INIT_EXT (its bit is in flags2) and excludes writeback caching (not asked for).
+    const passthrough = this.passthroughOffer !== null && (flags & FUSE_INIT_EXT) !== 0 && (req.flags2 & FUSE2_PASSTHROUGH) !== 0;
+    this.passthrough = passthrough ? new Passthrough(this.passthroughOffer!) : null;
+    if (this.passthroughOffer !== null && !passthrough) this.log.warn('FUSE passthrough was asked for, but the kernel does not offer it (Linux 6.9+); reads take the ordinary path');
     this.initialized = true;
     this.log.debug('FUSE session initialized', { minor: this.protoMinor, kernelFlags: req.flags, flags });
     return okReply(req.h.unique, [encodeInitOut({
       major: FUSE_KERNEL_VERSION, minor: this.protoMinor, maxReadahead: req.maxReadahead, flags: flags >>> 0,
       maxBackground: this.opts.maxBackground, congestionThreshold: this.opts.congestionThreshold,
-      maxWrite: this.opts.maxWrite, timeGran: 1, maxPages: this.opts.maxPages, mapAlignment: 0, flags2: 0,
+      maxWrite: this.opts.maxWrite, timeGran: 1, maxPages: this.opts.maxPages, mapAlignment: 0,
+      flags2: passthrough ? FUSE2_PASSTHROUGH : 0,
+      // Backing files are memfds (not on a stacked file system): depth 1 is enough.
+      maxStackDepth: passthrough ? 1 : 0,
     })]);
   }
 
@@ -966,6 +1009,7 @@ export class FuseServer {
     if (v & FATTR_SIZE) {
       if (a.size > MAX_SAFE) fail('EFBIG');
       if (ino.kind === 'dir') fail('EISDIR');
+      this.refuseChangeIfPassthrough(ino, true);
       changes.size = a.size;
     }
     if (v & FATTR_ATIME) changes.atime = v & FATTR_ATIME_NOW ? 'now' : a.atimeNs;
@@ -1103,16 +1147,33 @@ export class FuseServer {
     return pp === '' ? FUSE_ROOT_ID : this.inodes.atPath(pp)?.nodeid ?? pseudoIno(pp);
   }
 
-  private addFile(inode: Inode, file: OpenFile, flags: OpenFlags): number {
+  private addFile(inode: Inode, file: OpenFile, flags: OpenFlags, backing: Backing | null): number {
     return this.handles.add({
-      kind: 'file', inode, file, readable: flags.read, writable: flags.write, append: flags.append, appendTail: Promise.resolve(),
+      kind: 'file', inode, file, readable: flags.read, writable: flags.write, append: flags.append, appendTail: Promise.resolve(), backing,
     });
+  }
+
+  /**
+   * ETXTBSY for what would change a file that passthrough handles read from their own copy
+   * (an open for writing, a truncate): the kernel allows no other kind of open beside them,
+   * and the copy would not see the change (src/fuse/passthrough.ts).
+   */
+  private refuseChangeIfPassthrough(inode: Inode | undefined, changes: boolean): void {
+    if (changes && inode !== undefined && this.passthrough?.busy(inode) === true) {
+      this.passthrough.stats.refused++;
+      fail('ETXTBSY', 'the file is open for passthrough reads');
+    }
+  }
+
+  private releaseBacking(h: FileHandle): void {
+    if (h.backing !== null) this.passthrough?.release(h.inode, h.backing);
   }
 
   /** Removes a file handle and releases its file in the background (undo of OPEN/CREATE). */
   private dropFile(fh: number): void {
     const h = this.handles.take(fh, 'file');
     if (h === undefined) return;
+    this.releaseBacking(h);
     // Counted in flight: idle() (and so reset()) waits for it like for a request.
     this.began();
     h.file.release().then(

@@ -141,6 +141,15 @@ export interface OpenFile {
   setattr(changes: AttrChanges): Promise<FileAttr>;
   /** Last close: store what is left and drop buffers. */
   release(): Promise<void>;
+  /**
+   * Optional (FUSE passthrough, /dev/fuse): a file descriptor holding exactly the bytes
+   * this read-only handle reads, for the kernel to read from itself, and their count; null
+   * when none is at hand (not all of them cached, unstored writes) or it would exceed
+   * `maxBytes`. The caller closes the descriptor. Asked only while no other handle has the
+   * file open; the engine then refuses changes to the file (ETXTBSY) until the handles
+   * that share it are released.
+   */
+  backingFile?(maxBytes: number): Promise<{ fd: number; bytes: number } | null>;
 }
 
 export interface StatFs {

@@ -214,6 +214,14 @@ export interface NativeAddon {
   readFd(fd: number, buf: Uint8Array): number;
   /** writev(2) of one reply. */
   writevFd(fd: number, bufs: readonly Uint8Array[]): number;
+  /**
+   * FUSE_DEV_IOC_BACKING_OPEN: registers `fd` as a passthrough backing file of the /dev/fuse
+   * connection `devFd` and returns its backing id; the kernel keeps its own reference (close
+   * `fd` when done). EPERM without FUSE_PASSTHROUGH negotiated or without CAP_SYS_ADMIN.
+   */
+  fuseBackingOpen(devFd: number, fd: number): number;
+  /** FUSE_DEV_IOC_BACKING_CLOSE: drops the connection's reference to backing `id`. */
+  fuseBackingClose(devFd: number, id: number): void;
 
   /**
    * Busy-polls this thread's event loop before it blocks (native/loop_poll.cc): the

@@ -5,7 +5,7 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import {
-  DIRENTPLUS_SIZE, DIRENT_SIZE, E, ENTRY_OUT_SIZE, IN_HEADER_SIZE, Opcode, decodeAttr, decodeInHeader,
+  DIRENTPLUS_SIZE, DIRENT_SIZE, E, ENTRY_OUT_SIZE, FOPEN_PASSTHROUGH, FUSE2_PASSTHROUGH, IN_HEADER_SIZE, Opcode, decodeAttr, decodeInHeader,
   decodeOutHeader, direntAlign, encodeAttr, encodeInHeader, encodeOutHeader, errnoName, isNoReply, opcodeName, viewOf,
   type WireAttr,
 } from '../../src/fuse/abi.js';
@@ -258,12 +258,13 @@ describe('FUSE codec', () => {
       const e = { nodeid: 5, generation: 2, entryValidMs: 1500, attrValidMs: 250, attr };
       expect(decodeEntryOut(encodeEntryOut(e))).to.deep.equal(e);
       expect(decodeAttrOut(encodeAttrOut(1000, attr))).to.deep.equal({ attrValidMs: 1000, attr });
-      expect(decodeOpenOut(encodeOpenOut(77, 2))).to.deep.equal({ fh: 77, openFlags: 2 });
+      expect(decodeOpenOut(encodeOpenOut(77, 2))).to.deep.equal({ fh: 77, openFlags: 2, backingId: 0 });
+      expect(decodeOpenOut(encodeOpenOut(78, FOPEN_PASSTHROUGH, 5))).to.deep.equal({ fh: 78, openFlags: FOPEN_PASSTHROUGH, backingId: 5 });
       const s = { blocks: 10, bfree: 5, bavail: 4, files: 100, ffree: 50, bsize: 4096, namelen: 255, frsize: 4096 };
       expect(decodeStatfsOut(encodeStatfsOut(s))).to.deep.equal(s);
       const i = {
         major: 7, minor: 38, maxReadahead: 131072, flags: 0x40000000, maxBackground: 64, congestionThreshold: 48,
-        maxWrite: 1 << 20, timeGran: 1, maxPages: 256, mapAlignment: 0, flags2: 0,
+        maxWrite: 1 << 20, timeGran: 1, maxPages: 256, mapAlignment: 0, flags2: FUSE2_PASSTHROUGH, maxStackDepth: 1,
       };
       expect(decodeInitOut(encodeInitOut(i))).to.deep.equal(i);
       // a 7.22-sized (24 byte) init_out reads newer fields as 0
@@ -309,7 +310,7 @@ describe('FUSE codec', () => {
         expect(en.length).to.equal(ENTRY_OUT_SIZE);
         expect(decodeEntryOut(en)).to.deep.equal({ ...e, nodeid: i });
         expect(decodeAttrOut(at)).to.deep.equal({ attrValidMs: i, attr: { ...attr, ino: i } });
-        expect(decodeOpenOut(op)).to.deep.equal({ fh: i, openFlags: 0 });
+        expect(decodeOpenOut(op)).to.deep.equal({ fh: i, openFlags: 0, backingId: 0 });
         expect(op.subarray(12).every((b) => b === 0)).to.equal(true); // padding
         if (i % 100 === 0) k += 2;
       }

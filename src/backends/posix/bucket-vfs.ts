@@ -79,6 +79,7 @@ import {
 } from './metadata.js';
 import { KeyMap, NAME_MAX, PATH_MAX, baseName, checkPath, isBelow, isValidName, joinPath, parentOf, rebase } from './names.js';
 import { PageCache, StaleVersionError, type ObjectVersion } from './page-cache.js';
+import { copyToMemfd } from './memfd-copy.js';
 import { MemoryBudget, WriteBuffer } from './write-buffer.js';
 
 const MiB = 1024 * 1024;
@@ -1549,6 +1550,18 @@ export class BucketVfs implements Vfs {
   }
 
   /**
+   * Handle.backingFile (FUSE passthrough): a memfd copy of the node's stored version when
+   * the page cache holds all of it and nothing is buffered, else null.
+   */
+  async backingFileOf(n: FileNode, maxBytes: number): Promise<{ fd: number; bytes: number } | null> {
+    const base = n.base;
+    if (n.buf || n.dirty || !base || base.size === 0 || base.size > maxBytes) return null;
+    const v: ObjectVersion = { key: base.key, etag: base.etag, size: base.size };
+    const blocks = this.pages.cachedBlocks(v);
+    return blocks === null ? null : { fd: await copyToMemfd(blocks, v.size), bytes: v.size };
+  }
+
+  /**
    * A read straight into the caller's buffers, for a store that reads on the calling
    * thread (the file store: its files are in the kernel's page cache, so ours is skipped).
    * null when it does not apply: a file with buffered writes, another store, a version that
@@ -1795,6 +1808,11 @@ class Handle implements OpenFile {
   async setattr(changes: AttrChanges): Promise<FileAttr> {
     this.check();
     return this.vfs.guarded('setattr', () => this.vfs.setattrNode(this.node, changes));
+  }
+
+  async backingFile(maxBytes: number): Promise<{ fd: number; bytes: number } | null> {
+    if (this.released || this.flags.write) return null;
+    return this.vfs.backingFileOf(this.node, maxBytes);
   }
 
   async release(): Promise<void> {

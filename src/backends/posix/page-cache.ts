@@ -212,6 +212,17 @@ export class PageCache {
     return this.blocks.get(this.cacheKey(v, index)) ?? null;
   }
 
+  /** Every block of `v` in order when all are cached, else null. */
+  cachedBlocks(v: ObjectVersion): Uint8Array[] | null {
+    const out: Uint8Array[] = [];
+    for (let i = 0; i * this.blockSize < v.size; i++) {
+      const b = this.peek(v, i);
+      if (b === null) return null;
+      out.push(b);
+    }
+    return out;
+  }
+
   /** Starts fetching the blocks of [offset, offset+length) that are neither cached nor being fetched. */
   prefetch(v: ObjectVersion, offset: number, length: number): void {
     const end = Math.min(v.size, offset + length);
