@@ -14,9 +14,10 @@
 //   `rclone mount`, each on a fresh mount per round, the same shell commands:
 //     ls-l-10k     `ls -l` of a 10,000-entry directory (first listing after mounting)
 //     read-256m    `dd if=big of=/dev/null bs=1M` of a 256 MiB file (first read after mounting)
-//     randread-4k  fio psync 4 KiB random reads with O_DIRECT (so that they reach the daemon,
-//                  not the kernel's page cache) of a 64 MiB file read once before (cached by
-//                  each daemon: vhost-s3's page cache, s3fs use_cache, rclone --vfs-cache-mode full)
+//     randread-4k  fio psync 4 KiB random reads with O_DIRECT (so that they bypass the kernel's
+//                  page cache) of a 64 MiB file read once before (cached by each daemon:
+//                  vhost-s3's page cache, served by the kernel from a passthrough copy with
+//                  `mount --passthrough`; s3fs use_cache; rclone --vfs-cache-mode full)
 //     create-1000  `for i in $(seq 1000); do echo x > f$i; done` in a new directory (rclone: also
 //                  timed until every file is in the bucket, as its close() returns before uploading)
 //
@@ -324,7 +325,8 @@ export async function runFsSuite(o: FsSuiteOptions): Promise<StorageSuiteResult>
         const cache = join(dir, `cache-${target}-${round}`);
         mkdirSync(cache, { recursive: true });
         if (target === 'vhost-s3-mount') {
-          const args = [...o.vhostNodeArgs, cli, 'mount', '--bucket', 's3://fsb', mnt, '--log-level', 'warn', ...o.vhostArgs];
+          // --passthrough, as the peers run with their caches on (`--vhost-args --no-passthrough` for without).
+          const args = [...o.vhostNodeArgs, cli, 'mount', '--bucket', 's3://fsb', mnt, '--log-level', 'warn', '--passthrough', ...o.vhostArgs];
           commands['vhost-s3 mount'] = `node ${args.join(' ')}`;
           return startChild('vhost-s3 mount', process.execPath, args, { env: s3env });
         }
