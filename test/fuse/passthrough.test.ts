@@ -138,6 +138,38 @@ describe('FUSE passthrough in the engine (recording backing device)', function (
     expect(Buffer.from((await store.get('f.bin')).body.subarray(0, 5)).toString()).to.equal('hello');
   });
 
+  it('never answers a passthrough open and an open for writing of one file both with success, however they interleave', async () => {
+    const { s } = await start();
+    const ino = await lookup(s, 'f.bin');
+    await readAll(s, ino, size);
+    // Two read-only opens and a writer at once: the readers share one backing, or none of
+    // the three is passthrough and the writer got in (it came while the copy was made).
+    const [r1, w, r2] = await Promise.all([open(s, ino, O_RDONLY), open(s, ino, O_RDWR), open(s, ino, O_RDONLY)]);
+    const o1 = decodeOpenOut(body(r1));
+    const o2 = decodeOpenOut(body(r2));
+    const pt = [o1, o2].filter((o) => (o.openFlags & FOPEN_PASSTHROUGH) !== 0);
+    if (w.error === 0) {
+      expect(pt).to.have.length(0);
+      expect(dev.live.size).to.equal(0);
+      await release(s, ino, decodeOpenOut(body(w)).fh);
+    } else {
+      expect(w.error).to.equal(-E.ETXTBSY);
+      expect(pt).to.have.length(2);
+      expect(o1.backingId).to.equal(o2.backingId);
+      expect(dev.contents.size).to.equal(1);
+    }
+    await release(s, ino, o1.fh);
+    await release(s, ino, o2.fh);
+    expect(dev.live.size).to.equal(0);
+    // Two readers alone share one copy, made once.
+    const [a, b] = (await Promise.all([open(s, ino, O_RDONLY), open(s, ino, O_RDONLY)])).map((r) => decodeOpenOut(body(r)));
+    expect(a!.openFlags & b!.openFlags & FOPEN_PASSTHROUGH).to.equal(FOPEN_PASSTHROUGH);
+    expect(a!.backingId).to.equal(b!.backingId);
+    await release(s, ino, a!.fh);
+    await release(s, ino, b!.fh);
+    expect(dev.live.size).to.equal(0);
+  });
+
   it('keeps the ordinary path while another handle is open, past the budget, and once the kernel refused a backing', async () => {
     const { s } = await start({ maxBytes: size });
     const f = await lookup(s, 'f.bin');
