@@ -1,6 +1,7 @@
 // A Vfs that refuses every change with EROFS (--readonly): the guest may mount the share
 // read-write, so the refusal must come from the server, not from mount options.
 import { ErrnoError } from '../util/errors.js';
+import type { Segment } from '../virtio/memory.js';
 import type { AttrChanges, Caller, DirEntry, FileAttr, OpenFile, OpenFlags, StatFs, Vfs } from './vfs.js';
 
 const refuse = (): never => {
@@ -11,6 +12,9 @@ export class ReadOnlyVfs implements Vfs {
   constructor(private readonly inner: Vfs) {}
   stat(path: string): Promise<FileAttr | null> {
     return this.inner.stat(path);
+  }
+  statNow(path: string): FileAttr | null | undefined {
+    return this.inner.statNow?.(path);
   }
   list(path: string): Promise<DirEntry[]> {
     return this.inner.list(path);
@@ -69,11 +73,27 @@ export class ReadOnlyVfs implements Vfs {
   }
 }
 
-/** An open file whose attributes cannot be changed either (fchmod of a read-only fd is allowed by the kernel). */
+/**
+ * An open file whose attributes cannot be changed either (fchmod of a read-only fd is
+ * allowed by the kernel). The inner file's fast read paths and passthrough backing are
+ * passed on: a read-only share reads as fast as a writable one.
+ */
 class ReadOnlyFile implements OpenFile {
   constructor(private readonly inner: OpenFile) {}
   read(offset: number, length: number): Promise<Uint8Array> {
     return this.inner.read(offset, length);
+  }
+  readInto(offset: number, length: number, targets: readonly Uint8Array[]): number | null {
+    return this.inner.readInto?.(offset, length, targets) ?? null;
+  }
+  readNow(offset: number, length: number): Uint8Array | null {
+    return this.inner.readNow?.(offset, length) ?? null;
+  }
+  readIntoAsync(offset: number, length: number, targets: readonly Segment[], done: (result: number) => void): boolean {
+    return this.inner.readIntoAsync?.(offset, length, targets, done) ?? false;
+  }
+  async backingFile(maxBytes: number): Promise<{ fd: number; bytes: number } | null> {
+    return (await this.inner.backingFile?.(maxBytes)) ?? null;
   }
   attr(): Promise<FileAttr> {
     return this.inner.attr();
