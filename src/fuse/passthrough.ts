@@ -51,9 +51,11 @@ export class Passthrough {
 
   constructor(private readonly o: PassthroughOptions) {}
 
-  /** Whether `inode` is open in passthrough mode (what would change it fails with ETXTBSY). */
-  busy(inode: Inode): boolean {
-    return this.byInode.has(inode);
+  /** Whether `inode` is open in passthrough mode, so that a change to it must fail with ETXTBSY (counted). */
+  refusesChange(inode: Inode): boolean {
+    if (!this.byInode.has(inode)) return false;
+    this.stats.refused++;
+    return true;
   }
 
   /**

@@ -1159,10 +1159,7 @@ export class FuseServer {
    * and the copy would not see the change (src/fuse/passthrough.ts).
    */
   private refuseChangeIfPassthrough(inode: Inode | undefined, changes: boolean): void {
-    if (changes && inode !== undefined && this.passthrough?.busy(inode) === true) {
-      this.passthrough.stats.refused++;
-      fail('ETXTBSY', 'the file is open for passthrough reads');
-    }
+    if (changes && inode !== undefined && this.passthrough?.refusesChange(inode) === true) fail('ETXTBSY', 'the file is open for passthrough reads');
   }
 
   private releaseBacking(h: FileHandle): void {

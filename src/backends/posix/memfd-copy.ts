@@ -10,29 +10,20 @@ const writevAsync = promisify(writev);
 /** Blocks per writev (IOV_MAX is 1024). */
 const BATCH = 256;
 
-/** A memfd holding the concatenation of `blocks` cut at `size` bytes; the caller closes it. */
+/** A memfd holding the concatenation of `blocks` (the page cache's, `size` bytes in all); the caller closes it. */
 export async function copyToMemfd(blocks: readonly Uint8Array[], size: number): Promise<number> {
   // Its size sealed: nobody it is handed to can truncate it under a reader.
   const fd = native.memfdCreate('vhost-s3-passthrough', size, true);
   try {
     let at = 0;
-    for (let i = 0; i < blocks.length && at < size; i += BATCH) {
-      const batch: Uint8Array[] = [];
-      let bytes = 0;
-      for (const b of blocks.slice(i, i + BATCH)) {
-        const n = Math.min(b.length, size - at - bytes);
-        if (n <= 0) break;
-        batch.push(n === b.length ? b : b.subarray(0, n));
-        bytes += n;
+    for (let i = 0; i < blocks.length; i += BATCH) {
+      let rest = blocks.slice(i, i + BATCH);
+      while (rest.length > 0) {
+        const { bytesWritten } = await writevAsync(fd, rest, at);
+        if (bytesWritten <= 0) throw new Error('memfd write made no progress');
+        at += bytesWritten;
+        rest = pastBytes(rest, bytesWritten);
       }
-      let done = 0;
-      while (done < bytes) {
-        const rest = pastBytes(batch, done);
-        const { bytesWritten: n } = await writevAsync(fd, rest, at + done);
-        if (n <= 0) throw new Error('memfd write made no progress');
-        done += n;
-      }
-      at += bytes;
     }
     if (at !== size) throw new RangeError(`memfd copy: ${at} of ${size} bytes in the blocks`);
     return fd;
